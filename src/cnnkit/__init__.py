@@ -1,0 +1,3 @@
+"""cnnkit: convolutional neural networks from parts to production."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""Model registry: architecture name -> builder function.
+
+A dict plus a decorator, as in timm. Builders are plain functions with keyword arguments
+(`num_classes`, `in_chans`, ...); the registry never builds anything from strings with eval.
+
+    @register_model(family="resnet", source="cnnkit")
+    def resnet20(**kwargs):
+        return CifarResNet(depth=20, **kwargs)
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+from cnnkit.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered architecture."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str
+    source: str  # "cnnkit", "torchvision" or "timm": where the implementation comes from
+    description: str = ""
+    defaults: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(family: str, source: str = "cnnkit", **defaults) -> Callable:
+    """Decorator that registers a model builder under its function name.
+
+    Args:
+        family: Architecture family shown by `cnnkit models` ("resnet", "lenet", ...).
+        source: Where the implementation lives ("cnnkit", "torchvision", "timm").
+        **defaults: Keyword arguments recorded as the builder's defaults (for documentation).
+
+    Raises:
+        ModelError: If the name is already registered.
+    """
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ModelError(f"model name {name!r} is registered twice ({_REGISTRY[name].builder.__module__} "
+                             f"and {builder.__module__}); pick a different function name")
+        doc = inspect.getdoc(builder) or ""
+        _REGISTRY[name] = ModelEntry(name, builder, family, source, doc.split("\n")[0], dict(defaults))
+        return builder
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    # Importing cnnkit.models runs every @register_model decorator once.
+    import cnnkit.models  # noqa: F401
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Names of registered architectures, sorted, optionally only one family."""
+    _ensure_loaded()
+    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; raises ModelError with close matches when unknown."""
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}.{hint} Run `cnnkit models` to list them.")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered architecture.
+
+    Args:
+        name: Registered name, e.g. "simple_cnn", "lenet5", "resnet20".
+        **kwargs: Passed to the builder: `num_classes`, `in_chans`, `input_size`, `drop_rate` ...
+
+    Returns:
+        The model, in training mode, on the CPU.
+    """
+    entry = get_entry(name)
+    try:
+        return entry.builder(**kwargs)
+    except TypeError as error:
+        raise ModelError(f"model {name!r} does not accept these arguments {sorted(kwargs)}: {error}") from None
