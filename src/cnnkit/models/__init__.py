@@ -1,0 +1,9 @@
+"""Model families. Importing this package registers every builder (see cnnkit.registry).
+
+One module per family; each module's @register_model decorators run on import.
+"""
+
+from cnnkit.models import lenet, resnet_cifar, simple_cnn  # noqa: F401
+
+# Families added later are imported below, one line each:
+from cnnkit.models import fastnet  # noqa: F401,E402

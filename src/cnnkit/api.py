@@ -1,0 +1,275 @@
+"""The Python API: `train(config)`, `load(run_dir)`, and what a loaded run can do.
+
+The CLI (cnnkit.cli) is a thin layer over these functions.
+
+    import cnnkit
+    run = cnnkit.train(epochs=3)                  # or cnnkit.train("recipe.yaml", lr=0.1)
+    classifier = cnnkit.load(run.run_dir)
+    classifier.predict(["shoe.png"], top_k=3)     # [[("Sneaker", 0.91), ("Sandal", 0.06), ...]]
+    classifier.evaluate("test")["accuracy"]
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+import cnnkit
+from cnnkit.config import TrainConfig, apply_overrides, load_yaml, make_config, save_config
+from cnnkit.data import ArrayDataset, AugmentConfig, TensorLoader, compute_mean_std, load_dataset, train_val_split
+from cnnkit.data.preprocess import Preprocessing
+from cnnkit.engine import checkpoint as ckpt
+from cnnkit.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from cnnkit.engine.trainer import Trainer, resolve_precision
+from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.registry import create_model
+from cnnkit.tasks import ClassificationTask
+
+
+@dataclass
+class Run:
+    """The outcome of `train`: where the run lives and its best epoch's metrics."""
+
+    run_dir: Path
+    best: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA GPU is available; use device=cpu or auto")
+    return device
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"cnnkit": cnnkit.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class PreparedData:
+    """Train/validation/test tensors and the preprocessing derived from the training split."""
+
+    train: ArrayDataset
+    val: ArrayDataset | None
+    test: ArrayDataset | None
+    classes: list[str]
+    preprocessing: Preprocessing
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Load the dataset, split off validation (seeded) and compute normalization from the training split."""
+    size = (config.image_size, config.image_size) if config.image_size else None
+    splits = load_dataset(config.data, channels=config.channels, size=size)
+    train_indices, val_indices = train_val_split(len(splits.train), config.val_fraction, config.seed,
+                                                 labels=splits.train.labels)
+    train = splits.train.subset(train_indices)
+    val = splits.train.subset(val_indices) if len(val_indices) else None
+    mean, std = compute_mean_std(train.images)
+    preprocessing = Preprocessing(train.channels, train.image_size, tuple(mean), tuple(std))
+    return PreparedData(train, val, splits.test, list(splits.classes), preprocessing)
+
+
+def make_eval_loader(dataset: ArrayDataset, preprocessing: Preprocessing, config: TrainConfig,
+                     device: torch.device, dist_info: DistInfo = DistInfo()) -> TensorLoader:
+    """Every sample once, in order; under DDP each rank takes every world_size-th sample."""
+    if dist_info.enabled:
+        dataset = dataset.subset(torch.arange(dist_info.rank, len(dataset), dist_info.world_size))
+    return TensorLoader(dataset.images, dataset.labels, batch_size=max(config.batch_size, 512),
+                        mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=False, augment=None,
+                        drop_last=False, seed=config.seed, channels_last=config.channels_last, device=device)
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    data_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.data).stem if "/" in config.data else config.data)
+    name = config.name or f"{config.model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, suffix = Path(config.out) / name, 1
+    while run_dir.exists():
+        run_dir, suffix = Path(config.out) / f"{name}-{suffix}", suffix + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def train(config: TrainConfig | dict | str | Path | None = None, *, resume: str | Path | None = None,
+          stop_after_epoch: int | None = None, callbacks: Iterable[Callable] = (), **overrides) -> Run:
+    """Train a model; the Python twin of `cnnkit train`.
+
+    Args:
+        config: A TrainConfig, a dict of settings, or a YAML file; None uses the defaults.
+        resume: A run directory to continue from its `last` checkpoint (settings come from its
+            config.yaml; `overrides` such as epochs=20 still apply).
+        stop_after_epoch: Stop after this many epochs in total; the run stays resumable.
+        callbacks: Called as callback(trainer, epoch_metrics) after every epoch.
+        **overrides: Settings that take precedence, e.g. epochs=5, lr=0.1.
+
+    Returns:
+        A Run with the run directory and the best epoch's metrics.
+    """
+    if resume is not None:
+        resume = Path(resume)
+        if not (resume / "last.safetensors").is_file():
+            raise CheckpointError(f"cannot resume from {resume}: no last.safetensors there")
+        values = apply_overrides({}, load_yaml(resume / "config.yaml"), str(resume / "config.yaml"))
+        config = TrainConfig(**apply_overrides(values, overrides, "overrides"))
+    elif isinstance(config, TrainConfig):
+        config = TrainConfig(**apply_overrides(config.to_dict(), overrides, "overrides"))
+    elif isinstance(config, dict):
+        config = TrainConfig(**apply_overrides(apply_overrides({}, config, "config"), overrides, "overrides"))
+    else:
+        config = make_config(config, overrides)
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
+    dist_info = init_distributed(device)
+    try:
+        return _train(config, device, dist_info, resume, stop_after_epoch, list(callbacks))
+    finally:
+        shutdown(dist_info)
+
+
+def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Run:
+    data = prepare_data(config)
+    torch.manual_seed(config.seed)  # the same initial weights for the same seed
+    architecture = {"name": config.model, "args": {"num_classes": len(data.classes), "in_chans": data.preprocessing.channels,
+                                                   "input_size": list(data.preprocessing.image_size), **config.model_args}}
+    if config.drop_rate is not None:
+        architecture["args"]["drop_rate"] = config.drop_rate
+    model = create_model(config.model, **architecture["args"])
+    task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing)
+    record = {"task": task.name, "architecture": architecture, "classes": data.classes,
+              "preprocessing": data.preprocessing.to_dict(), "config": config.to_dict(), "versions": versions()}
+
+    preprocessing = data.preprocessing
+    augment = AugmentConfig(hflip=config.hflip, translate=config.translate)
+    # Per-rank batch of batch_size / world_size keeps the global batch (and the LR it was tuned for).
+    train_loader = TensorLoader(data.train.images, data.train.labels,
+                                batch_size=max(1, config.batch_size // dist_info.world_size),
+                                mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=True,
+                                augment=augment, drop_last=True, seed=config.seed, channels_last=config.channels_last,
+                                device=device, rank=dist_info.rank, world_size=dist_info.world_size)
+    val_loader = make_eval_loader(data.val, preprocessing, config, device, dist_info) if data.val is not None else None
+
+    run_dir = Path(resume) if resume else None
+    if run_dir is None:
+        run_dir = broadcast_object(_new_run_dir(config) if dist_info.is_main else None, dist_info)
+    if dist_info.is_main:
+        save_config(config, run_dir / "config.yaml")
+        _print_header(config, data, model, run_dir, device)
+    trainer = Trainer(config, task, train_loader, val_loader, run_dir, record, device, dist_info, callbacks)
+    if resume:
+        trainer.resume(run_dir / "last.safetensors")
+    best = trainer.fit(stop_after_epoch=stop_after_epoch)
+    barrier(dist_info)
+    if dist_info.is_main and config.progress:
+        monitored = best.get(config.monitor)
+        shown = f"{config.monitor} {monitored:.4f} at epoch {best.get('epoch')}" if monitored is not None else ""
+        print(f"done: best {shown}; run directory: {run_dir}", flush=True)
+    return Run(run_dir, best)
+
+
+def _print_header(config: TrainConfig, data: PreparedData, model: nn.Module, run_dir: Path, device) -> None:
+    if not config.progress:
+        return
+    parameters = sum(p.numel() for p in model.parameters())
+    dtype = resolve_precision(config.precision, device)
+    val = len(data.val) if data.val is not None else 0
+    print(f"cnnkit train: {config.model} ({parameters / 1e6:.2f}M parameters) on {config.data}: "
+          f"{len(data.train)} train / {val} val images, {len(data.classes)} classes, "
+          f"{'x'.join(map(str, data.preprocessing.image_size))}x{data.preprocessing.channels}; "
+          f"{device}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}, {config.epochs} epochs -> {run_dir}",
+          flush=True)
+
+
+class Classifier:
+    """A trained run loaded for inference and evaluation: `cnnkit.load(run_dir)`.
+
+    Attributes:
+        model: The network in eval mode.
+        classes: Class names, in the model's output order.
+        preprocessing: What images go through before the model (from the checkpoint).
+        record: The checkpoint's full JSON record.
+    """
+
+    def __init__(self, model: nn.Module, record: dict[str, Any], run_dir: Path | None, device: torch.device):
+        self.model, self.record, self.run_dir, self.device = model, record, run_dir, device
+        self.classes: list[str] = list(record["classes"])
+        self.preprocessing = Preprocessing.from_dict(record["preprocessing"])
+
+    @torch.no_grad()
+    def predict_proba(self, images) -> torch.Tensor:
+        """Class probabilities (B, K) for image files, PIL images, arrays, or a uint8 (B, C, H, W) batch."""
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
+            batch = images
+        else:
+            batch = self.preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
+        outputs = []
+        for start in range(0, len(batch), 256):
+            inputs = self.preprocessing.normalize(batch[start:start + 256]).to(self.device)
+            outputs.append(self.model(inputs).float().softmax(dim=1).cpu())
+        return torch.cat(outputs)
+
+    def predict(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) pairs per image, most likely first."""
+        probabilities = self.predict_proba(images)
+        values, indices = probabilities.topk(min(top_k, len(self.classes)), dim=1)
+        return [[(self.classes[i], float(v)) for v, i in zip(row_values, row_indices)]
+                for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
+        """Accuracy, loss, balanced accuracy, per-class metrics and confusion matrix on the run's test or val split."""
+        if split not in ("test", "val"):
+            raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+        config = TrainConfig(**apply_overrides({}, self.record["config"], "checkpoint config"))
+        data = prepare_data(config)
+        dataset = data.test if split == "test" else data.val
+        if dataset is None:
+            raise ConfigError(f"the dataset {config.data} has no {split} split (folder or CSV data without a "
+                              "test/ folder); evaluate with --split val")
+        loader = make_eval_loader(dataset, self.preprocessing, config, self.device)
+        task = ClassificationTask(self.model, self.classes)
+        meter = task.new_meter()
+        dtype = resolve_precision(config.precision, self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            for images, targets in loader:
+                result = task.evaluation_step(self.model, images.to(self.device), targets.to(self.device))
+                meter.update(result["outputs"], targets, result["loss"])
+        return {"split": split, **meter.compute(per_class=True)}
+
+
+def load(path: str | Path, device: str = "auto", checkpoint: str = "best") -> Classifier:
+    """Load a trained run (a run directory, or a .safetensors checkpoint file) for predict/evaluate."""
+    path = Path(path)
+    if path.is_dir():
+        run_dir, file = path, path / f"{checkpoint}.safetensors"
+    elif path.suffix == ".safetensors":
+        run_dir, file = path.parent, path
+    else:
+        raise CheckpointError(f"{path} is neither a run directory nor a .safetensors checkpoint; "
+                              "pass the directory that `cnnkit train` printed")
+    tensors, record = ckpt.load_checkpoint(file)
+    if "trainer_state" in record:
+        tensors = ckpt.unprefixed("model.", tensors)
+    architecture = record["architecture"]
+    model = create_model(architecture["name"], **architecture["args"])
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CheckpointError(f"{file}: the weights do not fit {architecture['name']} "
+                              f"({str(error).splitlines()[0]})") from None
+    resolved = resolve_device(device)
+    model.to(resolved).eval()
+    return Classifier(model, record, run_dir, resolved)

@@ -1,0 +1,191 @@
+"""Training configuration: one typed dataclass with defaults that already work.
+
+A run is described by `TrainConfig`. A flat YAML file may override fields, and so may `key=value`
+arguments on the command line (applied last). There is no inheritance between config files: what a
+run used is saved, resolved, as `config.yaml` in its run directory.
+
+The defaults are the `make demo` recipe: the `fastnet` model on Fashion-MNIST, measured in
+benchmarks/demo_accuracy.py (see the README for the figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field names are the YAML keys and the `key=value` names."""
+
+    # --- data ---
+    data: str = "fashion-mnist"  # "fashion-mnist", a directory of class folders, or a CSV (path,label)
+    val_fraction: float = 0.1  # held out from the training data, seeded; the test split is never used to tune
+    image_size: int | None = None  # resize users' images to this square size; None keeps the dataset's size
+    channels: int | None = None  # 1 (grayscale) or 3 (RGB); None infers it from the data
+    batch_size: int = 256
+    hflip: bool = True  # random horizontal flips (batched tensor op)
+    translate: int = 2  # random translation by up to this many pixels (pad and crop, batched)
+
+    # --- model ---
+    model: str = "fastnet"  # a registered name; `cnnkit models` lists them
+    model_args: dict = field(default_factory=dict)  # extra keyword arguments for the model builder
+    drop_rate: float | None = None  # dropout rate, for models that have dropout; None keeps the model's default
+
+    # --- optimization ---
+    epochs: int = 10
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
+    lr: float = 0.2  # peak learning rate
+    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
+    weight_decay: float = 5e-4  # not applied to norm layers and biases
+    schedule: str = "onecycle"  # "constant", "step", "cosine", "cosine_restarts" or "onecycle"
+    warmup_epochs: float = 0.0  # linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)
+    onecycle_pct: float = 0.25  # fraction of training spent ramping up in the one-cycle schedule
+    step_epochs: int = 30  # "step": multiply the LR by `step_gamma` every this many epochs
+    step_gamma: float = 0.1
+    restart_epochs: int = 10  # "cosine_restarts": length of the first cycle (SGDR's T_0)
+    restart_mult: int = 1  # "cosine_restarts": each cycle is this many times longer than the last (T_mult)
+    min_lr_ratio: float = 0.0  # the LR decays to lr * min_lr_ratio
+    label_smoothing: float = 0.1
+    grad_clip_norm: float | None = None  # clip the global gradient norm to this value
+    accumulate_steps: int = 1  # gradient accumulation: optimizer step every this many batches
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0 disables it
+    compile: bool = False  # torch.compile the model (measured no gain for CPU training: opt-in)
+
+    # --- run ---
+    monitor: str = "val_accuracy"  # metric that picks the best checkpoint and drives early stopping
+    early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 disables it
+    seed: int = 0
+    out: str = "runs"  # parent directory of run directories
+    name: str | None = None  # run directory name; default: <model>-<data>-<timestamp>
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
+    num_threads: int = 0  # CPU threads for PyTorch; 0 keeps PyTorch's default (one per core)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under torchrun (DDP)
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value ranges and choices; raise ConfigError naming the field."""
+        choices = {
+            "optimizer": ("sgd", "adamw"),
+            "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        positive = ("batch_size", "epochs", "lr", "accumulate_steps", "step_epochs", "restart_epochs", "restart_mult")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1) (0 disables EMA)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels={self.channels} must be 1, 3 or left unset")
+        if self.val_fraction == 0 and self.monitor.startswith("val_"):
+            raise ConfigError("val_fraction=0 leaves nothing to validate on; set monitor=train_loss "
+                              "or keep a validation fraction")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against the field's type annotation, converting ints to floats where a float is expected."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where}: {name} cannot be empty (null)")
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed)
+    raise ConfigError(f"{where}: {name}={value!r} should be {names}")
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """Merge `overrides` into `values`, checking each key and type; `where` names the source in errors."""
+    types_by_name = _field_types()
+    merged = dict(values)
+    for key, value in overrides.items():
+        if key not in types_by_name:
+            close = difflib.get_close_matches(key, list(types_by_name), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown setting {key!r}.{hint} See `cnnkit train --help` for the list.")
+        merged[key] = _coerce(key, value, types_by_name[key], where)
+    return merged
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """Parse command-line `key=value` items; values are read as YAML scalars (1e-3, true, null, [a, b])."""
+    parsed = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"cannot read {item!r}: overrides are written key=value, e.g. lr=0.1")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            parsed[key.strip()] = text
+    return parsed
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of TrainConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings (key: value), not {type(content).__name__}")
+    return content
+
+
+def make_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Build a TrainConfig from defaults, then an optional YAML file, then overrides (highest priority)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = apply_overrides(values, load_yaml(path), str(path))
+    values = apply_overrides(values, overrides or {}, "command line")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        source = f"{path} / command line" if path else "command line"
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from cnnkit.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,83 @@
+"""Optimizers and learning-rate schedules.
+
+Schedules are plain functions of the optimizer step, wrapped in `torch.optim.lr_scheduler.LambdaLR`.
+Because the LR depends only on (step, total steps), resuming is exact (restore the step count) and
+resuming with more epochs simply stretches the remaining schedule over the new length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from cnnkit.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights with decay, and norm parameters and biases (1-D tensors) without.
+
+    Decaying BN/LayerNorm scales and biases only fights the normalisation and hurts accuracy
+    (Goyal et al. 2017, "Accurate, Large Minibatch SGD"; the timm default does the same).
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW, with `config.lr` as the peak learning rate."""
+    groups = parameter_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def lr_factor_function(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The LR multiplier (of `config.lr`) as a function of the optimizer step."""
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    floor = config.min_lr_ratio
+
+    def decay(step: int) -> float:
+        progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+        if config.schedule == "constant":
+            return 1.0
+        if config.schedule == "step":
+            return config.step_gamma ** ((step // steps_per_epoch) // config.step_epochs)
+        if config.schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if config.schedule == "cosine_restarts":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * _sgdr_position(step / steps_per_epoch, config)))
+        # onecycle: linear ramp from lr/25 to lr, then linear decay to lr*min_lr_ratio (Smith 2018;
+        # linear annealing as in the fast CIFAR-10 recipes).
+        peak = config.onecycle_pct * total_steps
+        if step < peak:
+            return 1 / 25 + (1 - 1 / 25) * step / peak
+        return floor + (1 - floor) * max(0.0, (total_steps - step) / max(1.0, total_steps - peak))
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        return warm * decay(step)
+
+    return factor
+
+
+def _sgdr_position(epoch: float, config: TrainConfig) -> float:
+    """Position in [0, 1) within the current SGDR cycle (Loshchilov & Hutter 2017)."""
+    length = float(config.restart_epochs)
+    while epoch >= length:
+        epoch -= length
+        length *= config.restart_mult
+    return epoch / length
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-optimizer-step scheduler; call `.step()` after every `optimizer.step()`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_function(config, steps_per_epoch))

@@ -1,0 +1,289 @@
+"""The Trainer: one readable loop that optimizes, evaluates, checkpoints and logs.
+
+Read `fit` and `train_one_epoch` top to bottom: forward under autocast, loss, backward (scaled for
+fp16), gradient clipping, optimizer step every `accumulate_steps` batches, schedule step, EMA update.
+After every epoch: validation, a line in `metrics.jsonl`, the `last` checkpoint (everything needed to
+resume) and, when the monitored metric improved, the `best` checkpoint (weights only).
+
+Determinism: the batch order, augmentation and dropout of epoch `e` depend only on (seed, e, rank), and
+the LR only on the optimizer step, so stopping after epoch 2 and resuming gives the same weights as an
+uninterrupted run (on the same hardware and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from cnnkit.config import TrainConfig
+from cnnkit.engine import checkpoint as ckpt
+from cnnkit.engine.distributed import DistInfo, all_reduce_sum
+from cnnkit.engine.optim import lr_factor_function, make_optimizer
+from cnnkit.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class TrainState:
+    """What the loop needs, beyond the tensors, to resume: counters and the early-stopping memory."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0  # optimizer steps taken
+    best_value: float | None = None
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device` (None means fp32, no autocast)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("precision=fp16 needs a CUDA device; on the CPU use precision=bf16 or fp32")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    # auto: bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on CUDA).
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+class Trainer:
+    """Trains `task.model` on batches from `train_loader`, validating on `val_loader` after every epoch.
+
+    Args:
+        config: The run's settings.
+        task: Offers training_step / evaluation_step / new_meter (see cnnkit.tasks).
+        train_loader: Iterable of (images, targets) with `set_epoch(epoch)` and `len()`.
+        val_loader: Same, or None to skip validation (then monitor a train_* metric).
+        run_dir: Where metrics.jsonl and checkpoints go (written by rank 0 only).
+        record: The checkpoint record's fixed part (architecture, classes, preprocessing ...).
+        device: Where the model runs.
+        dist_info: Rank and world size under torchrun.
+        callbacks: Functions called as callback(trainer, epoch_metrics) after each epoch.
+    """
+
+    def __init__(self, config: TrainConfig, task, train_loader, val_loader, run_dir: str | Path,
+                 record: dict[str, Any], device: torch.device, dist_info: DistInfo = DistInfo(),
+                 callbacks: list[Callable] = ()):
+        self.config, self.task, self.record = config, task, record
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.run_dir, self.device, self.dist = Path(run_dir), device, dist_info
+        self.callbacks = list(callbacks)
+        self.state = TrainState()
+
+        model = task.model.to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if dist_info.enabled and config.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = task.model = model
+        self.optimizer = make_optimizer(model, config)
+        self.steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_steps)
+        self.lr_factor = lr_factor_function(config, self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.ema = None
+        if config.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            # Warm-up keeps early EMA weights close to the model (decay ramps up over the first steps).
+            self.ema = ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
+        self.amp_dtype = resolve_precision(config.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+
+        self.train_model = model
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
+        """Train from the current state to `config.epochs` (or stop early); return the best epoch's metrics.
+
+        Args:
+            stop_after_epoch: Stop once this many epochs are complete (the run stays resumable).
+        """
+        config, history = self.config, []
+        last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+        for epoch in range(self.state.epoch, last_epoch):
+            started = time.perf_counter()
+            metrics = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            metrics.update(self.train_one_epoch(epoch))
+            if self.val_loader is not None:
+                metrics.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            self.state.epoch = epoch + 1
+            improved = self._update_best(metrics)
+            if self.dist.is_main:
+                self._log(metrics, improved)
+                self.save("last")
+                if improved:
+                    self.save("best", metrics)
+            history.append(metrics)
+            for callback in self.callbacks:
+                callback(self, metrics)
+            patience = config.early_stopping_patience
+            if patience and self.state.epochs_without_improvement >= patience:
+                self._print(f"early stopping: {config.monitor} has not improved for {patience} epochs")
+                break
+        best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else {})
+        return best
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        config, model, task = self.config, self.train_model, self.task
+        self.train_loader.set_epoch(epoch)
+        # Dropout, drop-path and any other torch randomness of this epoch depend only on (seed, epoch, rank).
+        torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + self.dist.rank)
+        self.model.train()
+        autocast = self._autocast()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen, started = 0, time.perf_counter()
+        num_batches = len(self.train_loader)
+        bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not (config.progress and self.dist.is_main), mininterval=0.5, unit="batch")
+        for index, (images, targets) in enumerate(self.train_loader):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            is_step = (index + 1) % config.accumulate_steps == 0 or index + 1 == num_batches
+            # DDP: skip the gradient all-reduce on accumulation micro-batches.
+            sync = nullcontext() if is_step or not self.dist.enabled else model.no_sync()
+            with sync:
+                with autocast:
+                    result = task.training_step(model, images, targets)
+                loss = result["loss"] / config.accumulate_steps
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if is_step:
+                if self.scaler:
+                    self.scaler.unscale_(self.optimizer)
+                if config.grad_clip_norm:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip_norm)
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.state.global_step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model, step=self.state.global_step)
+            loss_sum += result["loss"].detach() * len(targets)
+            correct += (result["outputs"].detach().argmax(dim=1) == targets).sum()
+            seen += len(targets)
+            bar.update()
+            if index % 20 == 0:
+                bar.set_postfix(loss=f"{float(result['loss'].detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+        bar.close()
+        totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
+                                             torch.tensor(float(seen), device=self.device, dtype=torch.float64)]),
+                                self.dist)
+        seconds = time.perf_counter() - started
+        return {"train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
+                "train_images_per_second": float(totals[2]) / seconds}
+
+    @torch.no_grad()
+    def evaluate(self, loader, model: nn.Module | None = None, per_class: bool = False) -> dict[str, Any]:
+        """Metrics of `model` (default: the EMA weights if enabled, else the model) over a loader, all ranks summed."""
+        model = model or self.eval_model
+        was_training = model.training
+        model.eval()
+        meter = self.task.new_meter()
+        with self._autocast():
+            for images, targets in loader:
+                images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+                result = self.task.evaluation_step(model, images, targets)
+                meter.update(result["outputs"], targets, result["loss"])
+        for tensor in meter.tensors():
+            all_reduce_sum(tensor, self.dist)
+        model.train(was_training)
+        return meter.compute(per_class=per_class)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _update_best(self, metrics: dict[str, Any]) -> bool:
+        name = self.config.monitor
+        if name not in metrics:
+            known = ", ".join(k for k in metrics if k.startswith(("train_", "val_")))
+            raise ConfigError(f"monitor={name!r} is not a metric of this run; choose one of: {known}")
+        value, best = metrics[name], self.state.best_value
+        lower_is_better = "loss" in name
+        improved = best is None or (value < best if lower_is_better else value > best)
+        if improved:
+            self.state.best_value, self.state.best_epoch = value, metrics["epoch"]
+            self.state.epochs_without_improvement = 0
+        else:
+            self.state.epochs_without_improvement += 1
+        return improved
+
+    def _print(self, text: str) -> None:
+        if self.dist.is_main and self.config.progress is not None:
+            tqdm.write(text)
+
+    def _log(self, metrics: dict[str, Any], improved: bool) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as file:
+            file.write(json.dumps(metrics) + "\n")
+        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train_loss", "train_acc", "val_loss", "val_acc"))]
+        mark = " *" if improved else ""
+        self._print(f"epoch {metrics['epoch']}/{self.config.epochs}  " + "  ".join(shown) +
+                    f"  lr {metrics['lr']:.3g}  {metrics['epoch_seconds']:.1f}s{mark}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, kind: str, metrics: dict[str, Any] | None = None) -> Path:
+        """Write `best` (evaluation weights and record) or `last` (everything needed to resume)."""
+        path = self.run_dir / f"{kind}.safetensors"
+        record = {**self.record, "epoch": self.state.epoch}
+        if metrics is not None:
+            record["metrics"] = metrics
+        if kind == "best":
+            ckpt.save_checkpoint(path, self.eval_model.state_dict(), record)
+            return path
+        tensors = ckpt.prefixed("model.", self.model.state_dict())
+        optimizer_tensors, optimizer_json = ckpt.optimizer_to_tensors(self.optimizer)
+        tensors.update(optimizer_tensors)
+        if self.ema is not None:
+            tensors.update(ckpt.prefixed("ema.", self.ema.state_dict()))
+        if self.scaler is not None:
+            record["grad_scaler"] = self.scaler.state_dict()
+        record.update(trainer_state=asdict(self.state), optimizer=optimizer_json)
+        ckpt.save_checkpoint(path, tensors, record)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore model, optimizer, EMA, scaler and counters from a `last` checkpoint."""
+        tensors, record = ckpt.load_checkpoint(path)
+        if "trainer_state" not in record:
+            raise CheckpointError(f"{path} holds weights only (a 'best' checkpoint); resume from last.safetensors")
+        self.model.load_state_dict(ckpt.unprefixed("model.", tensors))
+        ckpt.optimizer_from_tensors(self.optimizer, tensors, record["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.unprefixed("ema.", tensors))
+        if self.scaler is not None and "grad_scaler" in record:
+            self.scaler.load_state_dict(record["grad_scaler"])
+        self.state = TrainState(**record["trainer_state"])
+        # The LR is a function of the step; with more epochs than before, the rest of the schedule stretches.
+        self.scheduler.last_epoch = self.state.global_step
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self.lr_factor(self.state.global_step)

@@ -1,0 +1,3 @@
+from cnnkit.metrics.classification import ClassificationMeter
+
+__all__ = ["ClassificationMeter"]

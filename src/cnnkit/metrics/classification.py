@@ -1,0 +1,62 @@
+"""Classification metrics from one confusion matrix.
+
+Everything (accuracy, balanced accuracy, per-class precision/recall/F1) derives from a (K, K) count
+matrix and a loss sum, so distributed evaluation only has to sum two tensors across ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ClassificationMeter:
+    """Accumulates a confusion matrix (rows: true class, columns: predicted) and the summed loss."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = list(class_names)
+        num_classes = len(class_names)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | float = 0.0) -> None:
+        """Add a batch: logits (B, K), integer targets (B,), and the batch's summed loss."""
+        num_classes = len(self.class_names)
+        predictions = logits.argmax(dim=1).cpu()
+        index = targets.cpu() * num_classes + predictions
+        self.confusion += torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+        self.loss_sum += float(loss_sum)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The state to sum across ranks."""
+        return [self.confusion, self.loss_sum]
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    def compute(self, per_class: bool = False) -> dict:
+        """accuracy, loss, balanced_accuracy and macro_f1; with per_class, precision/recall/F1/support per class."""
+        confusion = self.confusion.double()
+        total = confusion.sum().clamp(min=1)
+        true_positive = confusion.diag()
+        support = confusion.sum(dim=1)
+        predicted = confusion.sum(dim=0)
+        recall = true_positive / support.clamp(min=1)
+        precision = true_positive / predicted.clamp(min=1)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        present = support > 0
+        result = {
+            "accuracy": float(true_positive.sum() / total),
+            "loss": float(self.loss_sum / total),
+            "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "count": self.count,
+        }
+        if per_class:
+            result["per_class"] = {
+                name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                       "support": int(support[i])}
+                for i, name in enumerate(self.class_names)
+            }
+            result["confusion_matrix"] = self.confusion.tolist()
+        return result

@@ -1,0 +1,3 @@
+from cnnkit.tasks.classification import ClassificationTask
+
+__all__ = ["ClassificationTask"]
