@@ -11,6 +11,7 @@ The CLI (cnnkit.cli) is a thin layer over these functions.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import time
@@ -23,12 +24,14 @@ import torch.nn as nn
 
 import cnnkit
 from cnnkit.config import TrainConfig, apply_overrides, load_yaml, make_config, save_config
-from cnnkit.data import ArrayDataset, AugmentConfig, TensorLoader, compute_mean_std, load_dataset, train_val_split
+from cnnkit.data import (ArrayDataset, AugmentConfig, FileSplit, FileSplits, StreamingLoader, TensorLoader,
+                         compute_mean_std, fits_in_memory, load_dataset, train_val_split)
+from cnnkit.data.streaming import estimate_mean_std, infer_size_and_channels, scan_dataset
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from cnnkit.engine.trainer import Trainer, resolve_precision
-from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
 from cnnkit.registry import create_model
 from cnnkit.tasks import ClassificationTask
 
@@ -59,36 +62,90 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class PreparedData:
-    """Train/validation/test tensors and the preprocessing derived from the training split."""
+    """Train/validation/test data and the preprocessing derived from the training split.
 
-    train: ArrayDataset
-    val: ArrayDataset | None
-    test: ArrayDataset | None
+    The splits are in-memory `ArrayDataset`s, or `FileSplit`s whose files are decoded per batch
+    (`data_mode=stream`, or `auto` when the decoded images would not fit in memory).
+    """
+
+    train: ArrayDataset | FileSplit
+    val: ArrayDataset | FileSplit | None
+    test: ArrayDataset | FileSplit | None
     classes: list[str]
     preprocessing: Preprocessing
 
 
-def prepare_data(config: TrainConfig) -> PreparedData:
-    """Load the dataset, split off validation (seeded) and compute normalization from the training split."""
+def prepare_data(config: TrainConfig, preprocessing: Preprocessing | None = None) -> PreparedData:
+    """Load the dataset, split off validation (seeded) and compute normalization from the training split.
+
+    Args:
+        config: The run's settings (data, data_mode, val_fraction, seed, image_size, channels).
+        preprocessing: Known preprocessing (from a checkpoint): skips computing the statistics.
+    """
     size = (config.image_size, config.image_size) if config.image_size else None
-    splits = load_dataset(config.data, channels=config.channels, size=size)
+    channels = config.channels
+    if preprocessing is not None:
+        channels, size = preprocessing.channels, tuple(preprocessing.image_size)
+    files = _scan_files(config)
+    if files is not None:
+        train_indices, val_indices = train_val_split(len(files.train), config.val_fraction, config.seed,
+                                                     labels=files.train.labels)
+        train = files.train.subset(train_indices)
+        # From a sample of file headers; the in-memory path below decides again from every image.
+        sampled_channels, sampled_size = infer_size_and_channels(train, channels=channels, size=size)
+        total = len(files.train) + (len(files.test) if files.test is not None else 0)
+        if config.data_mode == "stream" or not fits_in_memory(total, sampled_channels, sampled_size):
+            val = files.train.subset(val_indices) if len(val_indices) else None
+            if preprocessing is None:
+                mean, std = estimate_mean_std(train, sampled_channels, sampled_size, seed=config.seed)
+                preprocessing = Preprocessing(sampled_channels, sampled_size, tuple(mean), tuple(std))
+            return PreparedData(train, val, files.test, list(files.classes), preprocessing)
+    splits = load_dataset(config.data, channels=channels, size=size)
     train_indices, val_indices = train_val_split(len(splits.train), config.val_fraction, config.seed,
                                                  labels=splits.train.labels)
     train = splits.train.subset(train_indices)
     val = splits.train.subset(val_indices) if len(val_indices) else None
-    mean, std = compute_mean_std(train.images)
-    preprocessing = Preprocessing(train.channels, train.image_size, tuple(mean), tuple(std))
+    if preprocessing is None:
+        mean, std = compute_mean_std(train.images)
+        preprocessing = Preprocessing(train.channels, train.image_size, tuple(mean), tuple(std))
     return PreparedData(train, val, splits.test, list(splits.classes), preprocessing)
 
 
-def make_eval_loader(dataset: ArrayDataset, preprocessing: Preprocessing, config: TrainConfig,
-                     device: torch.device, dist_info: DistInfo = DistInfo()) -> TensorLoader:
-    """Every sample once, in order; under DDP each rank takes every world_size-th sample."""
-    if dist_info.enabled:
+def _scan_files(config: TrainConfig) -> FileSplits | None:
+    """The file lists of users' image data, or None where the data is in-memory only (Fashion-MNIST, IDX)."""
+    if config.data_mode == "memory":
+        return None
+    try:
+        return scan_dataset(config.data)
+    except DatasetNotFoundError:
+        raise
+    except DataError:
+        if config.data_mode == "stream":
+            raise
+        return None  # Fashion-MNIST / IDX files: load_dataset reads them (and reports real problems)
+
+
+def make_loader(dataset: ArrayDataset | FileSplit, preprocessing: Preprocessing, config: TrainConfig,
+                device: torch.device, train: bool, dist_info: DistInfo = DistInfo()):
+    """A TensorLoader (in-memory data) or StreamingLoader (files) with the same interface.
+
+    Training: shuffled, augmented, full batches, each rank its shard, batch_size / world_size per rank
+    (the global batch, and the LR tuned for it, stay the same). Evaluation: every sample once, in order;
+    under DDP each rank takes every world_size-th sample.
+    """
+    if not train and dist_info.enabled:
         dataset = dataset.subset(torch.arange(dist_info.rank, len(dataset), dist_info.world_size))
-    return TensorLoader(dataset.images, dataset.labels, batch_size=max(config.batch_size, 512),
-                        mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=False, augment=None,
-                        drop_last=False, seed=config.seed, channels_last=config.channels_last, device=device)
+    options = dict(
+        batch_size=max(1, config.batch_size // dist_info.world_size) if train else max(config.batch_size, 512),
+        mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=train,
+        augment=AugmentConfig(hflip=config.hflip, translate=config.translate) if train else None,
+        drop_last=train, seed=config.seed, channels_last=config.channels_last, device=device,
+        rank=dist_info.rank if train else 0, world_size=dist_info.world_size if train else 1)
+    if isinstance(dataset, ArrayDataset):
+        return TensorLoader(dataset.images, dataset.labels, **options)
+    workers = config.num_workers if config.num_workers >= 0 else min(8, max(0, (os.cpu_count() or 1) - 1))
+    return StreamingLoader(dataset, preprocessing.channels, tuple(preprocessing.image_size),
+                           num_workers=workers, **options)
 
 
 def _new_run_dir(config: TrainConfig) -> Path:
@@ -133,7 +190,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: str 
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(__import__("os").environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     dist_info = init_distributed(device)
     try:
         return _train(config, device, dist_info, resume, stop_after_epoch, list(callbacks))
@@ -153,15 +210,10 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
     record = {"task": task.name, "architecture": architecture, "classes": data.classes,
               "preprocessing": data.preprocessing.to_dict(), "config": config.to_dict(), "versions": versions()}
 
-    preprocessing = data.preprocessing
-    augment = AugmentConfig(hflip=config.hflip, translate=config.translate)
-    # Per-rank batch of batch_size / world_size keeps the global batch (and the LR it was tuned for).
-    train_loader = TensorLoader(data.train.images, data.train.labels,
-                                batch_size=max(1, config.batch_size // dist_info.world_size),
-                                mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=True,
-                                augment=augment, drop_last=True, seed=config.seed, channels_last=config.channels_last,
-                                device=device, rank=dist_info.rank, world_size=dist_info.world_size)
-    val_loader = make_eval_loader(data.val, preprocessing, config, device, dist_info) if data.val is not None else None
+    train_loader = make_loader(data.train, data.preprocessing, config, device, train=True, dist_info=dist_info)
+    val_loader = None
+    if data.val is not None:
+        val_loader = make_loader(data.val, data.preprocessing, config, device, train=False, dist_info=dist_info)
 
     run_dir = Path(resume) if resume else None
     if run_dir is None:
@@ -234,12 +286,12 @@ class Classifier:
         if split not in ("test", "val"):
             raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
         config = TrainConfig(**apply_overrides({}, self.record["config"], "checkpoint config"))
-        data = prepare_data(config)
+        data = prepare_data(config, self.preprocessing)
         dataset = data.test if split == "test" else data.val
         if dataset is None:
             raise ConfigError(f"the dataset {config.data} has no {split} split (folder or CSV data without a "
                               "test/ folder); evaluate with --split val")
-        loader = make_eval_loader(dataset, self.preprocessing, config, self.device)
+        loader = make_loader(dataset, self.preprocessing, config, self.device, train=False)
         task = ClassificationTask(self.model, self.classes)
         meter = task.new_meter()
         dtype = resolve_precision(config.precision, self.device)

@@ -32,9 +32,11 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out from the training data, seeded; the test split is never used to tune
     image_size: int | None = None  # resize users' images to this square size; None keeps the dataset's size
     channels: int | None = None  # 1 (grayscale) or 3 (RGB); None infers it from the data
-    batch_size: int = 256
+    batch_size: int = 256  # images per optimizer step (split across processes under torchrun)
     hflip: bool = True  # random horizontal flips (batched tensor op)
     translate: int = 2  # random translation by up to this many pixels (pad and crop, batched)
+    data_mode: str = "auto"  # "memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits
+    num_workers: int = -1  # decoding processes for streamed data; -1 picks min(8, cores - 1)
 
     # --- model ---
     model: str = "fastnet"  # a registered name; `cnnkit models` lists them
@@ -42,7 +44,7 @@ class TrainConfig:
     drop_rate: float | None = None  # dropout rate, for models that have dropout; None keeps the model's default
 
     # --- optimization ---
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
     lr: float = 0.2  # peak learning rate
     momentum: float = 0.9  # SGD momentum, or AdamW's beta1
@@ -51,11 +53,11 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)
     onecycle_pct: float = 0.25  # fraction of training spent ramping up in the one-cycle schedule
     step_epochs: int = 30  # "step": multiply the LR by `step_gamma` every this many epochs
-    step_gamma: float = 0.1
+    step_gamma: float = 0.1  # "step": the LR factor applied every step_epochs
     restart_epochs: int = 10  # "cosine_restarts": length of the first cycle (SGDR's T_0)
     restart_mult: int = 1  # "cosine_restarts": each cycle is this many times longer than the last (T_mult)
     min_lr_ratio: float = 0.0  # the LR decays to lr * min_lr_ratio
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # cross-entropy targets (1 - s) for the class, s spread over all classes
     grad_clip_norm: float | None = None  # clip the global gradient norm to this value
     accumulate_steps: int = 1  # gradient accumulation: optimizer step every this many batches
     precision: str = "auto"  # "auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)
@@ -66,7 +68,7 @@ class TrainConfig:
     # --- run ---
     monitor: str = "val_accuracy"  # metric that picks the best checkpoint and drives early stopping
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 disables it
-    seed: int = 0
+    seed: int = 0  # fixes the split, initial weights, batch order and augmentation
     out: str = "runs"  # parent directory of run directories
     name: str | None = None  # run directory name; default: <model>-<data>-<timestamp>
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
@@ -83,6 +85,7 @@ class TrainConfig:
             "optimizer": ("sgd", "adamw"),
             "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
+            "data_mode": ("auto", "memory", "stream"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -1,8 +1,8 @@
 """Datasets and the data pipeline: files -> one uint8 tensor -> normalized, augmented batches.
 
 ``load_dataset`` turns a dataset spec (a name, a folder or a CSV) into an in-memory
-``DatasetSplits``; ``TensorLoader`` cuts batches from it. For data too large for memory, see
-``FileDataset``.
+``DatasetSplits``; ``TensorLoader`` cuts batches from it. For data too large for memory,
+``scan_dataset`` lists the files and ``StreamingLoader`` decodes them per batch (``streaming.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from cnnkit.data.idx import read_idx
 from cnnkit.data.images import IMAGE_EXTENSIONS, decode_image
 from cnnkit.data.listing import read_csv_index, scan_image_folder
 from cnnkit.data.loader import TensorLoader
+from cnnkit.data.streaming import (
+    FileSplit,
+    FileSplits,
+    StreamingLoader,
+    estimate_mean_std,
+    infer_size_and_channels,
+    scan_dataset,
+)
 from cnnkit.errors import DataError, DatasetNotFoundError
 
 __all__ = [
@@ -31,19 +39,25 @@ __all__ = [
     "DatasetSplits",
     "FASHION_MNIST_CLASSES",
     "FileDataset",
+    "FileSplit",
+    "FileSplits",
     "IMAGE_EXTENSIONS",
     "SkippedImagesWarning",
+    "StreamingLoader",
     "TensorLoader",
     "collate_skip_bad",
     "compute_mean_std",
     "decode_image",
+    "estimate_mean_std",
     "fits_in_memory",
+    "infer_size_and_channels",
     "load_csv",
     "load_dataset",
     "load_fashion_mnist",
     "load_image_folder",
     "read_csv_index",
     "read_idx",
+    "scan_dataset",
     "scan_image_folder",
     "train_val_split",
 ]

@@ -41,6 +41,10 @@ class FileDataset(torch.utils.data.Dataset):
         transform: A callable on the uint8 tensor, e.g. a torchvision.transforms.v2 pipeline.
     """
 
+    # Subclasses that report unreadable files themselves (StreamingLoader, once per epoch in
+    # the main process) turn the per-file log line off.
+    log_unreadable = True
+
     def __init__(
         self,
         paths: Sequence[str | Path],
@@ -78,7 +82,8 @@ class FileDataset(torch.utils.data.Dataset):
             image = decode_image(self.paths[index], self.channels, self.size)
         except DataError as error:
             self.num_bad += 1
-            logger.warning("skipping unreadable image: %s", error)
+            if self.log_unreadable:
+                logger.warning("skipping unreadable image: %s", error)
             return None
         if self.transform is not None:
             image = self.transform(image)
