@@ -239,7 +239,7 @@ class Trainer:
         return improved
 
     def _print(self, text: str) -> None:
-        if self.dist.is_main and self.config.progress is not None:
+        if self.dist.is_main:
             tqdm.write(text)
 
     def _log(self, metrics: dict[str, Any], improved: bool) -> None:
