@@ -9,7 +9,6 @@ exception escaping it would fail the test with the traceback a user would see.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -125,12 +124,11 @@ def test_a_bad_setting_is_named(capsys, tmp_path, override, expected):
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_bad_setting_through_the_real_command(tmp_path):
-    result = run_cli("train", "--out", tmp_path / "runs", "learning_rate=0.1", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr == ("cnnkit train: error: command line: unknown setting 'learning_rate'. "
-                             "See `cnnkit train --help` for the list.\n")
+def test_a_bad_setting_prints_exactly_one_line(capsys, tmp_path):
+    status, stdout, stderr = cli(capsys, "train", "--out", tmp_path / "runs", "learning_rate=0.1")
+    assert (status, stdout) == (2, "")
+    assert stderr == ("cnnkit train: error: command line: unknown setting 'learning_rate'. "
+                      "See `cnnkit train --help` for the list.\n")
 
 
 # ---------------------------------------------------------------------------- runs and checkpoints
@@ -174,3 +172,12 @@ def test_a_truncated_checkpoint(trained_run, tmp_path, capsys, kept):
         (line,) = error_lines(stderr, command[0])
         assert str(best) in line
         assert "truncated" in line or "cannot read" in line
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1"])
+def test_predict_rejects_a_top_k_below_one(trained_run, image_folder, capsys, top_k):
+    image = image_folder / "test" / "Bag" / "000.png"
+    status, stdout, stderr = cli(capsys, "predict", trained_run[0], image, "--top-k", top_k)
+    assert status == 2, stdout
+    (line,) = error_lines(stderr, "predict")
+    assert "--top-k" in line

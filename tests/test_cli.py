@@ -1,7 +1,8 @@
 """The `cnnkit` command end to end, through a real subprocess: train -> run directory -> evaluate / predict.
 
 One run is trained by the session fixture `trained_run` (conftest.py); every later step uses only its
-run directory, as a user would.
+run directory, as a user would. `models` and `train --help` only print, so they run in-process
+through `cnnkit.cli.main` (the function `python -m cnnkit` calls).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import re
 
 import numpy
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 import cnnkit
+from cnnkit.cli import main
 from cnnkit.config import TrainConfig
 from conftest import CLASSES, TEST_IMAGES, TEST_PER_CLASS, TRAIN_EPOCHS, VAL_IMAGES, run_cli
 
@@ -97,26 +98,50 @@ def test_evaluate_val_split_reproduces_the_best_epoch(trained_run):
     assert [row.split()[0] for row in rows] == CLASS_NAMES
 
 
-def _test_images(image_folder, per_class: int = 3) -> list[tuple[str, str]]:
-    return [(str(image_folder / "test" / name / f"{index:03d}.png"), name)
-            for name in CLASS_NAMES for index in range(per_class)]
+def _variant_files(pixels: numpy.ndarray, folder) -> dict[str, object]:
+    """One Trouser test image saved in other modes and sizes."""
+    files = {"gray": folder / "gray.png"}
+    Image.fromarray(pixels, mode="L").save(files["gray"])
+    # Lossless variants whose decoded gray pixels are exactly `pixels`:
+    files["rgba"] = folder / "rgba.png"
+    Image.fromarray(numpy.dstack([pixels, pixels, pixels, numpy.full_like(pixels, 255)]), mode="RGBA").save(files["rgba"])
+    files["palette"] = folder / "palette.png"
+    palette_image = Image.fromarray(pixels, mode="P")
+    palette_image.putpalette([value for gray in range(256) for value in (gray, gray, gray)])
+    palette_image.save(files["palette"])
+    files["sixteen"] = folder / "sixteen.png"
+    Image.fromarray(pixels.astype(numpy.uint16) * 257).save(files["sixteen"])  # 0..255 -> 0..65535
+    # Lossy: upscaled to 100x80 (W x H), RGB, JPEG.
+    files["jpeg"] = folder / "big.jpg"
+    Image.fromarray(pixels, mode="L").resize((100, 80), Image.Resampling.BICUBIC).convert("RGB").save(files["jpeg"], quality=95)
+    modes = {name: Image.open(path).mode for name, path in files.items()}
+    assert modes == {"gray": "L", "rgba": "RGBA", "palette": "P", "sixteen": "I;16", "jpeg": "RGB"}
+    return files
 
 
 @pytest.fixture(scope="module")
-def predicted(trained_run, image_folder) -> tuple[list[tuple[str, str]], list[dict]]:
+def predicted(trained_run, image_folder, fashion_images, tmp_path_factory):
+    """One `cnnkit predict --top-k 2 --json` over 3 test images per class and 5 variants of another image.
+
+    Returns ([(path, true class)] of the test images, {variant: path}, {path: predictions}).
+    """
     run_dir, _ = trained_run
-    images = _test_images(image_folder)
-    result = run_cli("predict", run_dir, *[path for path, _ in images], "--top-k", "2", "--json")
+    images = [(str(image_folder / "test" / name / f"{index:03d}.png"), name)
+              for name in CLASS_NAMES for index in range(3)]
+    variants = _variant_files(fashion_images["test"]["Trouser"][5], tmp_path_factory.mktemp("variants"))
+    paths = [path for path, _ in images] + [str(path) for path in variants.values()]
+    result = run_cli("predict", run_dir, *paths, "--top-k", "2", "--json")
     assert result.returncode == 0, result.stderr
-    return images, json.loads(result.stdout)
+    output = json.loads(result.stdout)
+    assert [entry["image"] for entry in output] == paths  # one entry per image, in order
+    return images, {name: str(path) for name, path in variants.items()}, {e["image"]: e["predictions"] for e in output}
 
 
 def test_predict_json_gives_top_k_classes_and_probabilities(predicted):
-    images, output = predicted
-    assert [entry["image"] for entry in output] == [path for path, _ in images]
+    images, _, output = predicted
     correct = 0
-    for entry, (_, truth) in zip(output, images):
-        predictions = entry["predictions"]
+    for path, truth in images:
+        predictions = output[path]
         assert len(predictions) == 2
         assert {p["class"] for p in predictions} <= set(CLASS_NAMES)
         assert predictions[0]["class"] != predictions[1]["class"]
@@ -129,57 +154,37 @@ def test_predict_json_gives_top_k_classes_and_probabilities(predicted):
 
 
 def test_python_api_predicts_what_the_cli_printed(predicted, trained_run):
-    images, output = predicted
+    images, _, output = predicted
     classifier = cnnkit.load(trained_run[0])
     assert classifier.classes == CLASS_NAMES
-    results = classifier.predict([path for path, _ in images], top_k=2)
-    for top, entry in zip(results, output):
-        assert [name for name, _ in top] == [p["class"] for p in entry["predictions"]]
-        assert [p for _, p in top] == pytest.approx([p["probability"] for p in entry["predictions"]], abs=1e-6)
+    paths = [path for path, _ in images]
+    for path, top in zip(paths, classifier.predict(paths, top_k=2)):
+        assert [name for name, _ in top] == [p["class"] for p in output[path]]
+        assert [p for _, p in top] == pytest.approx([p["probability"] for p in output[path]], abs=1e-6)
 
 
-def test_predict_accepts_other_image_modes_and_sizes(trained_run, fashion_images, tmp_path):
+def test_predict_accepts_other_image_modes_and_sizes(predicted):
     """JPEG RGB of another size, RGBA, palette and 16-bit PNG all decode like the training images."""
-    run_dir, _ = trained_run
-    pixels = fashion_images["test"]["Trouser"][0]  # (28, 28) uint8
-    files = {"gray": tmp_path / "gray.png"}
-    Image.fromarray(pixels, mode="L").save(files["gray"])
-    # Lossless variants whose decoded gray pixels are exactly `pixels`:
-    files["rgba"] = tmp_path / "rgba.png"
-    rgba = numpy.dstack([pixels, pixels, pixels, numpy.full_like(pixels, 255)])
-    Image.fromarray(rgba, mode="RGBA").save(files["rgba"])
-    files["palette"] = tmp_path / "palette.png"
-    palette_image = Image.fromarray(pixels, mode="P")
-    palette_image.putpalette([value for gray in range(256) for value in (gray, gray, gray)])
-    palette_image.save(files["palette"])
-    files["sixteen"] = tmp_path / "sixteen.png"
-    Image.fromarray(pixels.astype(numpy.uint16) * 257).save(files["sixteen"])  # 0..255 -> 0..65535
-    # Lossy: upscaled to 100x80 (W x H), RGB, JPEG.
-    files["jpeg"] = tmp_path / "big.jpg"
-    Image.fromarray(pixels, mode="L").resize((100, 80), Image.Resampling.BICUBIC).convert("RGB").save(files["jpeg"], quality=95)
-    modes = {name: Image.open(path).mode for name, path in files.items()}
-    assert modes == {"gray": "L", "rgba": "RGBA", "palette": "P", "sixteen": "I;16", "jpeg": "RGB"}
-
-    result = run_cli("predict", run_dir, *files.values(), "--top-k", "4", "--json")
-    assert result.returncode == 0, result.stderr
-    output = {entry["image"]: entry["predictions"] for entry in json.loads(result.stdout)}
-    assert len(output) == len(files)
-    by_name = {name: output[str(path)] for name, path in files.items()}
+    _, variants, output = predicted
+    by_name = {name: output[path] for name, path in variants.items()}
     assert by_name["gray"][0]["class"] == "Trouser"
-    reference = {p["class"]: p["probability"] for p in by_name["gray"]}
-    for name in ("rgba", "palette", "sixteen"):
-        probabilities = {p["class"]: p["probability"] for p in by_name[name]}
-        assert probabilities == pytest.approx(reference, abs=1e-6), name
+    reference = [(p["class"], p["probability"]) for p in by_name["gray"]]
+    for name in ("rgba", "palette", "sixteen"):  # the same pixels, so the same probabilities
+        shown = [(p["class"], p["probability"]) for p in by_name[name]]
+        assert [c for c, _ in shown] == [c for c, _ in reference], name
+        assert [p for _, p in shown] == pytest.approx([p for _, p in reference], abs=1e-6), name
     assert by_name["jpeg"][0]["class"] == "Trouser"
-    assert sum(p["probability"] for p in by_name["jpeg"]) == pytest.approx(1.0, abs=1e-4)  # top-4 of 4 classes
 
 
-def test_models_lists_architectures_with_parameter_counts():
-    result = run_cli("models")
-    assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+# `models` and `--help` do no work besides printing: run in-process through the entry point's main()
+# (what `python -m cnnkit` calls) to save two interpreter start-ups.
+
+def test_models_lists_architectures_with_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    stdout = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[1:]}
     for name in ("fastnet", "lenet5", "simple_cnn", "resnet20"):
-        assert name in rows, result.stdout
+        assert name in rows, stdout
         expected = sum(p.numel() for p in cnnkit.create_model(name, num_classes=10, in_chans=1, input_size=28).parameters())
         shown = rows[name][2]
         assert shown.endswith("M")
@@ -187,11 +192,18 @@ def test_models_lists_architectures_with_parameter_counts():
     assert float(rows["lenet5"][2][:-1]) < float(rows["fastnet"][2][:-1]) < float(rows["simple_cnn"][2][:-1])
 
 
-def test_train_help_mentions_every_setting():
-    result = run_cli("train", "--help")
-    assert result.returncode == 0, result.stderr
-    missing = [field.name for field in dataclasses.fields(TrainConfig) if f"  {field.name}=" not in result.stdout]
+def test_train_help_mentions_every_setting(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    stdout = capsys.readouterr().out
+    lines = {line.split("=", 1)[0].strip(): line for line in stdout.splitlines() if re.match(r"  \w+=", line)}
+    missing = [field.name for field in dataclasses.fields(TrainConfig) if field.name not in lines]
     assert not missing, f"not in `cnnkit train --help`: {missing}"
+    for field in dataclasses.fields(TrainConfig):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        described = lines[field.name].replace(f"  {field.name}={default!r}", "", 1).strip()
+        assert described, f"`cnnkit train --help` lists {field.name} without a description"
     for flag in ("--data", "--model", "--epochs", "--out", "--name", "--resume", "--config"):
-        assert flag in result.stdout
-    assert "lr=0.2" in result.stdout and "peak learning rate" in result.stdout
+        assert flag in stdout
+    assert "lr=0.2" in stdout and "peak learning rate" in stdout

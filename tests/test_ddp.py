@@ -80,3 +80,4 @@ def test_ddp_with_sync_bn_trains_or_refuses_clearly(tmp_path, image_folder):
     assert not re.search(r"^\[rank\d\]: Traceback", result.stderr, flags=re.MULTILINE), result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("cnnkit train: error:")]
     assert errors and all("sync_bn" in line for line in errors), result.stderr[-3000:]
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()], "refused, but left a run directory behind"

@@ -32,7 +32,7 @@ from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from cnnkit.engine.trainer import Trainer, resolve_precision
 from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
-from cnnkit.registry import create_model
+from cnnkit.registry import create_model, get_entry
 from cnnkit.tasks import ClassificationTask
 
 
@@ -191,6 +191,10 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: str 
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    get_entry(config.model)  # an unknown name fails now, not after loading the data
+    if config.sync_bn and device.type != "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("sync_bn=true needs CUDA devices: PyTorch's SyncBatchNorm has no CPU (gloo) "
+                          "implementation; leave sync_bn=false for CPU training under torchrun")
     dist_info = init_distributed(device)
     try:
         return _train(config, device, dist_info, resume, stop_after_epoch, list(callbacks))
@@ -226,7 +230,7 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
         trainer.resume(run_dir / "last.safetensors")
     best = trainer.fit(stop_after_epoch=stop_after_epoch)
     barrier(dist_info)
-    if dist_info.is_main and config.progress:
+    if dist_info.is_main:
         monitored = best.get(config.monitor)
         shown = f"{config.monitor} {monitored:.4f} at epoch {best.get('epoch')}" if monitored is not None else ""
         print(f"done: best {shown}; run directory: {run_dir}", flush=True)
@@ -234,8 +238,6 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
 
 
 def _print_header(config: TrainConfig, data: PreparedData, model: nn.Module, run_dir: Path, device) -> None:
-    if not config.progress:
-        return
     parameters = sum(p.numel() for p in model.parameters())
     dtype = resolve_precision(config.precision, device)
     val = len(data.val) if data.val is not None else 0
@@ -276,6 +278,8 @@ class Classifier:
 
     def predict(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) pairs per image, most likely first."""
+        if top_k < 1:
+            raise ConfigError(f"top_k must be 1 or more, got {top_k}")
         probabilities = self.predict_proba(images)
         values, indices = probabilities.topk(min(top_k, len(self.classes)), dim=1)
         return [[(self.classes[i], float(v)) for v, i in zip(row_values, row_indices)]

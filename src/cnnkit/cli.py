@@ -5,7 +5,8 @@
     cnnkit predict RUN_DIR IMAGE... [--top-k K] [--json]
     cnnkit models [--family NAME]
 
-Errors a user can cause print one line (no traceback; --debug shows it) and exit with status 2.
+Errors a user can cause print a short message that starts with what went wrong (no traceback;
+--debug shows it) and exit with status 2.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     from cnnkit.api import load
 
+    if args.top_k < 1:
+        raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
     classifier = load(args.run_dir, device=args.device)
     results = []
     for path in args.images:
@@ -199,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cnnkit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `cnnkit evaluate RUN | head -1`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         if args.command == "train":
             print("\ninterrupted: the last completed epoch is saved; continue with "
