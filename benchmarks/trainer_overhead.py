@@ -18,8 +18,9 @@ torch's RNG seeded the same way before the epoch. After each round the script ch
 variants ended with the same weights (max |difference| is recorded), which shows they did the
 same arithmetic.
 
-The progress bar: config.progress=True, the default a user has, so its cost counts as Trainer
-overhead (the bare loop prints nothing); --no-progress measures without it.
+The progress bar: config.progress=True, the default a user has, drawn to stderr even when stderr is
+not a terminal (where the Trainer would hide it), so its cost counts as Trainer overhead (the bare
+loop prints nothing); --no-progress measures without it.
 
 Size: --batches of --batch-size images from the Fashion-MNIST training set (default 180 x 256 =
 46,080 images, about 15 s per epoch at fastnet's ~3,000 images/s on 2 cores). Rounds: one warm-up
@@ -85,6 +86,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def draw_progress_bar_always() -> None:
+    """Make the Trainer draw its bar even when stderr is not a terminal (it hides itself there), so the
+    bar's cost is measured as a user at a terminal pays it."""
+    import tqdm as tqdm_module
+
+    import cnnkit.engine.trainer as trainer_module
+
+    def always_drawn(*args, **kwargs):
+        kwargs["disable"] = False
+        return tqdm_module.tqdm(*args, **kwargs)
+
+    trainer_module.tqdm = always_drawn
+
+
 def bare_epoch(model, loader, optimizer, scheduler, amp_dtype, label_smoothing: float) -> None:
     """The minimal loop: forward under autocast, loss, backward, step, zero_grad, schedule."""
     model.train()
@@ -121,6 +136,8 @@ def main() -> None:
     config = TrainConfig(model=args.model, batch_size=args.batch_size, epochs=1, precision=args.precision,
                          progress=not args.no_progress, seed=args.seed, device="cpu")
     amp_dtype = resolve_precision(config.precision, device)
+    if config.progress:
+        draw_progress_bar_always()
     preprocessing = Preprocessing(1, (28, 28), tuple(mean), tuple(std))
     loader = make_loader(ArrayDataset(images, labels, train.classes), preprocessing, config, device, train=True)
     torch.manual_seed(args.seed)
@@ -175,7 +192,10 @@ def main() -> None:
         "median_of_round_overheads": statistics.median(r["overhead"] for r in timed),
     }
     same_weights = max(r["max_weight_difference"] for r in rounds)
-    passed = overhead["median"] <= TARGET_OVERHEAD
+    # Judged on the median of the per-round (paired) overheads: the two variants of a round run back to
+    # back, so the machine's slow drift (seen here: 10.9-12.4 s for the same bare epoch over one run)
+    # cancels within a pair, which best-of and median-of-times do not do. All three are reported.
+    passed = overhead["median_of_round_overheads"] <= TARGET_OVERHEAD
     payload = {
         "settings": {
             "model": args.model, "batches": args.batches, "batch_size": args.batch_size, "images_per_epoch": num_images,
@@ -189,7 +209,7 @@ def main() -> None:
         "summary_seconds": summary,
         "overhead": overhead,
         "max_weight_difference_bare_vs_trainer": same_weights,
-        "target": {"overhead_max": TARGET_OVERHEAD, "judged_on": "median"},
+        "target": {"overhead_max": TARGET_OVERHEAD, "judged_on": "median_of_round_overheads"},
         "passed": passed,
     }
 
@@ -204,7 +224,7 @@ def main() -> None:
         f"{'on (the default)' if config.progress else 'off'}; torch threads {torch.get_num_threads()}. "
         f"Max |weight difference| after an epoch, bare vs trainer: {same_weights:.2e}.\n\n"
         + _common.markdown_table(["variant", "best s", "median s", "worst s", "median img/s"], rows)
-        + f"\n\n**Target overhead <= {100 * TARGET_OVERHEAD:g}% (median): {'PASS' if passed else 'FAIL'}**{_common.QUICK_NOTE if args.quick else ''}\n"
+        + f"\n\n**Target overhead <= {100 * TARGET_OVERHEAD:g}% (median of paired per-round overheads): {'PASS' if passed else 'FAIL'}**{_common.QUICK_NOTE if args.quick else ''}\n"
     )
     _common.finish(NAME, "Trainer overhead vs a bare loop", header, payload, body, args.results_dir)
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from cnnkit.config import TrainConfig, make_config, parse_key_values
 from cnnkit.engine import checkpoint as ckpt
-from cnnkit.engine.optim import lr_factor_function, make_optimizer, parameter_groups
+from cnnkit.engine.optim import lr_factor_function, make_optimizer, parameter_groups, peak_lr
 from cnnkit.errors import CheckpointError, ConfigError
 
 
@@ -39,7 +39,16 @@ def test_no_weight_decay_on_norms_and_biases():
     assert [p.ndim for p in decay["params"]] == [4, 2]
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
     optimizer = make_optimizer(model, TrainConfig(optimizer="sgd"))
-    assert optimizer.defaults["nesterov"] is True
+    assert optimizer.defaults["nesterov"] is True and optimizer.defaults["lr"] == pytest.approx(0.2)
+
+
+def test_default_lr_follows_the_linear_scaling_rule():
+    assert peak_lr(TrainConfig(batch_size=64)) == pytest.approx(0.05)
+    assert peak_lr(TrainConfig(batch_size=64, accumulate_steps=8)) == pytest.approx(0.4)
+    assert peak_lr(TrainConfig(optimizer="adamw", batch_size=512)) == pytest.approx(4e-3)
+    assert peak_lr(TrainConfig(batch_size=64, lr=0.3)) == 0.3
+    with pytest.raises(ConfigError, match="lr=-1.0 must be greater than 0"):
+        TrainConfig(lr=-1.0)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "cosine_restarts", "onecycle"])

@@ -202,14 +202,20 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: str 
         shutdown(dist_info)
 
 
+def resolve_architecture(config: TrainConfig, num_classes: int, preprocessing: Preprocessing) -> dict[str, Any]:
+    """The checkpoint's architecture record: a registered name and every argument needed to rebuild it."""
+    args = {"num_classes": num_classes, "in_chans": preprocessing.channels,
+            "input_size": list(preprocessing.image_size), **config.model_args}
+    if config.drop_rate is not None:
+        args["drop_rate"] = config.drop_rate
+    return {"name": config.model, "args": args}
+
+
 def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Run:
     data = prepare_data(config)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
-    architecture = {"name": config.model, "args": {"num_classes": len(data.classes), "in_chans": data.preprocessing.channels,
-                                                   "input_size": list(data.preprocessing.image_size), **config.model_args}}
-    if config.drop_rate is not None:
-        architecture["args"]["drop_rate"] = config.drop_rate
-    model = create_model(config.model, **architecture["args"])
+    architecture = resolve_architecture(config, len(data.classes), data.preprocessing)
+    model = create_model(architecture["name"], **architecture["args"])
     task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing)
     record = {"task": task.name, "architecture": architecture, "classes": data.classes,
               "preprocessing": data.preprocessing.to_dict(), "config": config.to_dict(), "versions": versions()}

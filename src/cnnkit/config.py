@@ -46,7 +46,7 @@ class TrainConfig:
     # --- optimization ---
     epochs: int = 10  # passes over the training split
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
-    lr: float = 0.2  # peak learning rate
+    lr: float | None = None  # peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly
     momentum: float = 0.9  # SGD momentum, or AdamW's beta1
     weight_decay: float = 5e-4  # not applied to norm layers and biases
     schedule: str = "onecycle"  # "constant", "step", "cosine", "cosine_restarts" or "onecycle"
@@ -90,7 +90,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        positive = ("batch_size", "epochs", "lr", "accumulate_steps", "step_epochs", "restart_epochs", "restart_mult")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} must be greater than 0 (or unset for the batch-size-scaled default)")
+        positive = ("batch_size", "epochs", "accumulate_steps", "step_epochs", "restart_epochs", "restart_mult")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0")

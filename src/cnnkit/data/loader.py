@@ -44,6 +44,20 @@ def epoch_generator(seed: int, epoch: int, *stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
+def check_batching(channels: int, mean: Sequence[float], std: Sequence[float], batch_size: int, rank: int,
+                   world_size: int, statistics_hint: str) -> None:
+    """Argument checks shared by TensorLoader and StreamingLoader; raise ConfigError naming the value."""
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError(f"mean and std need one value per channel ({channels}), got mean={list(mean)}, "
+                          f"std={list(std)}. {statistics_hint}")
+    if any(value <= 0 for value in std):
+        raise ConfigError(f"std values must be positive, got {list(std)}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}.")
+
+
 class TensorLoader:
     """Batches from one uint8 tensor; augmentation is batched tensor ops, no per-sample Python.
 
@@ -100,18 +114,8 @@ class TensorLoader:
             raise DataError(f"TensorLoader needs (N, C, H, W) uint8 images, got {images.dtype} of shape {tuple(images.shape)}.")
         if labels.shape != (images.shape[0],):
             raise DataError(f"TensorLoader: {images.shape[0]} images but labels of shape {tuple(labels.shape)}.")
-        channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ConfigError(
-                f"mean and std need one value per channel ({channels}), got mean={list(mean)}, std={list(std)}. "
-                "Compute them with cnnkit.data.compute_mean_std on the training images."
-            )
-        if any(value <= 0 for value in std):
-            raise ConfigError(f"std values must be positive, got {list(std)}.")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}.")
+        check_batching(images.shape[1], mean, std, batch_size, rank, world_size,
+                       "Compute them with cnnkit.data.compute_mean_std on the training images.")
         self.device = torch.device(device)
         self.images = images.to(self.device).contiguous()
         self.labels = labels.to(device=self.device, dtype=torch.int64)

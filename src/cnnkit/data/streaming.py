@@ -48,7 +48,7 @@ from cnnkit.data.file_dataset import FileDataset, collate_skip_bad
 from cnnkit.data.folder import _probe_all, _report_bad, _short_reason
 from cnnkit.data.images import decode_image
 from cnnkit.data.listing import read_csv_index, scan_image_folder
-from cnnkit.data.loader import _PERMUTATION_STREAM, epoch_generator
+from cnnkit.data.loader import _PERMUTATION_STREAM, check_batching, epoch_generator
 from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 __all__ = ["FileSplit", "FileSplits", "StreamingLoader", "estimate_mean_std", "infer_size_and_channels", "scan_dataset"]
@@ -346,17 +346,8 @@ class StreamingLoader:
             raise ConfigError(f"StreamingLoader: channels must be 1 or 3, got {channels}.")
         if len(size) != 2 or min(size) < 1:
             raise ConfigError(f"StreamingLoader: size must be (height, width) with both >= 1, got {size}.")
-        if len(mean) != channels or len(std) != channels:
-            raise ConfigError(
-                f"mean and std need one value per channel ({channels}), got mean={list(mean)}, std={list(std)}. "
-                "Estimate them with cnnkit.data.estimate_mean_std on the training files."
-            )
-        if any(value <= 0 for value in std):
-            raise ConfigError(f"std values must be positive, got {list(std)}.")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}.")
+        check_batching(channels, mean, std, batch_size, rank, world_size,
+                       "Estimate them with cnnkit.data.estimate_mean_std on the training files.")
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
         self.split = split

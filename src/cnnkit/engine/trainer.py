@@ -155,7 +155,8 @@ class Trainer:
         seen, started = 0, time.perf_counter()
         num_batches = len(self.train_loader)
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                   disable=not (config.progress and self.dist.is_main), mininterval=0.5, unit="batch")
+                   disable=None if config.progress and self.dist.is_main else True,  # None: only on a terminal
+                   mininterval=0.5, unit="batch")
         for index, (images, targets) in enumerate(self.train_loader):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
