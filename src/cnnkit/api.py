@@ -31,6 +31,7 @@ from cnnkit.data.preprocess import Preprocessing
 from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from cnnkit.engine.trainer import Trainer, resolve_precision
+from cnnkit.engine.transfer import TransferSchedule, adapt_state_dict, load_pretrained_state
 from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
 from cnnkit.registry import create_model, get_entry
 from cnnkit.tasks import ClassificationTask
@@ -150,7 +151,8 @@ def make_loader(dataset: ArrayDataset | FileSplit, preprocessing: Preprocessing,
 
 def _new_run_dir(config: TrainConfig) -> Path:
     data_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(config.data).stem if "/" in config.data else config.data)
-    name = config.name or f"{config.model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model_name = Path(config.model).stem if config.model.endswith((".yaml", ".yml")) else config.model
+    name = config.name or f"{model_name}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir, suffix = Path(config.out) / name, 1
     while run_dir.exists():
         run_dir, suffix = Path(config.out) / f"{name}-{suffix}", suffix + 1
@@ -191,13 +193,14 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: str 
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    get_entry(config.model)  # an unknown name fails now, not after loading the data
+    if resume is None:
+        get_entry(config.model)  # an unknown name (or a bad YAML spec) fails now, not after loading the data
     if config.sync_bn and device.type != "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("sync_bn=true needs CUDA devices: PyTorch's SyncBatchNorm has no CPU (gloo) "
                           "implementation; leave sync_bn=false for CPU training under torchrun")
     dist_info = init_distributed(device)
     try:
-        return _train(config, device, dist_info, resume, stop_after_epoch, list(callbacks))
+        return _train(config, device, dist_info, resume, stop_after_epoch, callbacks)
     finally:
         shutdown(dist_info)
 
@@ -208,14 +211,34 @@ def resolve_architecture(config: TrainConfig, num_classes: int, preprocessing: P
             "input_size": list(preprocessing.image_size), **config.model_args}
     if config.drop_rate is not None:
         args["drop_rate"] = config.drop_rate
+    from cnnkit.models.custom import check_spec_file, is_spec_file
+
+    if is_spec_file(config.model):
+        # A YAML network spec: the checkpoint stores the spec itself, so the run needs no file later.
+        # Its shapes are checked now (on the meta device) so errors name the file and line.
+        return {"name": "custom_cnn", "args": {**args, "spec": check_spec_file(config.model, **args)}}
     return {"name": config.model, "args": args}
 
 
 def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Run:
     data = prepare_data(config)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
-    architecture = resolve_architecture(config, len(data.classes), data.preprocessing)
+    if resume:  # the architecture the run was built with (a YAML spec file may have changed or gone since)
+        architecture = ckpt.read_record(Path(resume) / "last.safetensors")["architecture"]
+    else:
+        architecture = resolve_architecture(config, len(data.classes), data.preprocessing)
     model = create_model(architecture["name"], **architecture["args"])
+    callbacks = list(callbacks)
+    if config.pretrained and not resume:  # a resumed run gets its weights from last.safetensors
+        state, source_classes = load_pretrained_state(config.pretrained, architecture["name"])
+        report = adapt_state_dict(model, state, config.pretrained, source_classes, data.classes)
+        if dist_info.is_main:
+            print(report.summary(), flush=True)
+    if config.pretrained:
+        schedule = TransferSchedule(model, config.finetune, config.unfreeze_every)
+        callbacks.insert(0, schedule)
+        if dist_info.is_main:
+            print(f"transfer learning: {schedule.describe()}", flush=True)
     task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing)
     record = {"task": task.name, "architecture": architecture, "classes": data.classes,
               "preprocessing": data.preprocessing.to_dict(), "config": config.to_dict(), "versions": versions()}

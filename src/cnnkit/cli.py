@@ -59,7 +59,8 @@ def _add_train(commands) -> None:
         epilog=_settings_help() + "\n\n" + EXAMPLES_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="flat YAML file of settings (overridden by the flags below)")
     parser.add_argument("--data", help="fashion-mnist, a directory (class subfolders, or train/ and test/), or a CSV")
-    parser.add_argument("--model", help="architecture name (see `cnnkit models`)")
+    parser.add_argument("--model", help="architecture name (see `cnnkit models`) or a YAML network spec "
+                        "(see examples/my_net.yaml)")
     parser.add_argument("--epochs", type=int, help="number of epochs")
     parser.add_argument("--out", metavar="DIR", help="parent directory of run directories (default runs/)")
     parser.add_argument("--name", help="run directory name (default <model>-<data>-<time>)")

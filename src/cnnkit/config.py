@@ -42,6 +42,10 @@ class TrainConfig:
     model: str = "fastnet"  # a registered name; `cnnkit models` lists them
     model_args: dict = field(default_factory=dict)  # extra keyword arguments for the model builder
     drop_rate: float | None = None  # dropout rate, for models that have dropout; None keeps the model's default
+    pretrained: str | None = None  # "imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir
+    finetune: str = "full"  # with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)
+    backbone_lr_ratio: float = 0.1  # with pretrained: the backbone's LR as a fraction of the head's
+    unfreeze_every: int = 1  # finetune=gradual: release one more backbone block every this many epochs
 
     # --- optimization ---
     epochs: int = 10  # passes over the training split
@@ -86,13 +90,15 @@ class TrainConfig:
             "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "data_mode": ("auto", "memory", "stream"),
+            "finetune": ("full", "linear", "gradual"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be greater than 0 (or unset for the batch-size-scaled default)")
-        positive = ("batch_size", "epochs", "accumulate_steps", "step_epochs", "restart_epochs", "restart_mult")
+        positive = ("batch_size", "epochs", "accumulate_steps", "backbone_lr_ratio", "unfreeze_every",
+                    "step_epochs", "restart_epochs", "restart_mult")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0")

@@ -10,6 +10,7 @@ A dict plus a decorator, as in timm. Builders are plain functions with keyword a
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -58,6 +59,10 @@ def register_model(family: str, source: str = "cnnkit", **defaults) -> Callable:
     return decorator
 
 
+def _is_spec_file(name) -> bool:
+    return str(name).lower().endswith((".yaml", ".yml"))
+
+
 def _ensure_loaded() -> None:
     # Importing cnnkit.models runs every @register_model decorator once.
     import cnnkit.models  # noqa: F401
@@ -70,8 +75,17 @@ def list_models(family: str | None = None) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry of `name`; raises ModelError with close matches when unknown."""
+    """The registry entry of `name`; raises ModelError with close matches when unknown.
+
+    A name ending in .yaml/.yml is a network spec file: its entry is `custom_cnn`, and the file is read
+    and checked now (a missing file, a YAML error or an unknown layer fails before any data is loaded).
+    """
     _ensure_loaded()
+    if _is_spec_file(name):
+        from cnnkit.models.custom import load_spec
+
+        load_spec(name)
+        name = "custom_cnn"
     if name not in _REGISTRY:
         import difflib
 
@@ -85,14 +99,20 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered architecture.
 
     Args:
-        name: Registered name, e.g. "simple_cnn", "lenet5", "resnet20".
+        name: Registered name, e.g. "simple_cnn", "lenet5", "resnet20"; or a YAML network spec file,
+            e.g. "my_net.yaml", built as `custom_cnn(spec=<the file's content>, **kwargs)`.
         **kwargs: Passed to the builder: `num_classes`, `in_chans`, `input_size`, `drop_rate` ...
 
     Returns:
         The model, in training mode, on the CPU.
     """
-    entry = get_entry(name)
+    if _is_spec_file(name):
+        from cnnkit.models.custom import model_from_file
+
+        builder = functools.partial(model_from_file, name)  # errors name the file and line
+    else:
+        builder = get_entry(name).builder
     try:
-        return entry.builder(**kwargs)
+        return builder(**kwargs)
     except TypeError as error:
         raise ModelError(f"model {name!r} does not accept these arguments {sorted(kwargs)}: {error}") from None

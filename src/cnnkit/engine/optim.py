@@ -16,18 +16,28 @@ import torch.nn as nn
 from cnnkit.config import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay, and norm parameters and biases (1-D tensors) without.
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                     head_names: set[str] | None = None, backbone_lr_ratio: float = 1.0) -> list[dict]:
+    """Weights with decay, and norm parameters and biases (1-D tensors) without.
 
     Decaying BN/LayerNorm scales and biases only fights the normalisation and hurts accuracy
     (Goyal et al. 2017, "Accurate, Large Minibatch SGD"; the timm default does the same).
+    With `head_names` (transfer learning), the backbone's groups get `backbone_lr_ratio` x `lr`.
+    Frozen parameters stay in the groups: they get no gradient, so optimizers skip them until released.
     """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        is_backbone = head_names is not None and name not in head_names
+        groups.setdefault((is_backbone, parameter.ndim > 1), []).append(parameter)
+    result = []
+    for (is_backbone, decays), parameters in sorted(groups.items()):
+        group = {"params": parameters, "weight_decay": weight_decay if decays else 0.0}
+        if lr is not None:
+            group["lr"] = lr * (backbone_lr_ratio if is_backbone else 1.0)
+        result.append(group)
+    if head_names is None:  # the plain case: [decay, no decay], in that order
+        result.sort(key=lambda group: group["weight_decay"] == 0.0)
+    return result
 
 
 # Peak LR per 256 images of (global) batch. SGD 0.2: tuned for fastnet on Fashion-MNIST at batch 256
@@ -48,8 +58,13 @@ def peak_lr(config: TrainConfig) -> float:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, or AdamW, with `peak_lr(config)` as the peak learning rate."""
-    groups = parameter_groups(model, config.weight_decay)
     lr = peak_lr(config)
+    head_names = None
+    if config.pretrained:
+        from cnnkit.engine.transfer import head_parameter_names
+
+        head_names = head_parameter_names(model)
+    groups = parameter_groups(model, config.weight_decay, lr, head_names, config.backbone_lr_ratio)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.momentum > 0)
     return torch.optim.AdamW(groups, lr=lr, betas=(config.momentum, 0.999))

@@ -72,7 +72,8 @@ class Trainer:
         record: The checkpoint record's fixed part (architecture, classes, preprocessing ...).
         device: Where the model runs.
         dist_info: Rank and world size under torchrun.
-        callbacks: Functions called as callback(trainer, epoch_metrics) after each epoch.
+        callbacks: Objects with `on_epoch_start(trainer, epoch)` and/or `on_epoch_end(trainer, metrics)`
+            methods, or plain functions called as callback(trainer, epoch_metrics) after each epoch.
     """
 
     def __init__(self, config: TrainConfig, task, train_loader, val_loader, run_dir: str | Path,
@@ -106,7 +107,10 @@ class Trainer:
         self.train_model = model
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            # Layers frozen for transfer learning get no gradient: DDP must not wait for them.
+            partial = bool(config.pretrained) and config.finetune != "full"
+            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                                   find_unused_parameters=partial)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
 
@@ -135,7 +139,10 @@ class Trainer:
                     self.save("best", metrics)
             history.append(metrics)
             for callback in self.callbacks:
-                callback(self, metrics)
+                if hasattr(callback, "on_epoch_end"):
+                    callback.on_epoch_end(self, metrics)
+                elif callable(callback):
+                    callback(self, metrics)
             patience = config.early_stopping_patience
             if patience and self.state.epochs_without_improvement >= patience:
                 self._print(f"early stopping: {config.monitor} has not improved for {patience} epochs")
@@ -149,6 +156,9 @@ class Trainer:
         # Dropout, drop-path and any other torch randomness of this epoch depend only on (seed, epoch, rank).
         torch.manual_seed(config.seed * 100_003 + epoch * 1_009 + self.dist.rank)
         self.model.train()
+        for callback in self.callbacks:
+            if hasattr(callback, "on_epoch_start"):
+                callback.on_epoch_start(self, epoch)  # e.g. which layers train this epoch (transfer learning)
         autocast = self._autocast()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)

@@ -7,3 +7,4 @@ from cnnkit.models import lenet, resnet_cifar, simple_cnn  # noqa: F401
 
 # Families added later are imported below, one line each:
 from cnnkit.models import fastnet  # noqa: F401,E402
+from cnnkit.models import custom  # noqa: F401,E402

@@ -1,0 +1,130 @@
+"""Transfer learning on real data: pretrain on Fashion-MNIST classes 0-4, learn classes 5-9 from 50 images each.
+
+What it measures: test accuracy on classes 5-9 (the 5,000 official test images of those classes) after
+training on only 50 labelled images per class (20% of them held out for validation), three ways:
+
+  scratch   the model from random initialisation
+  linear    feature extraction: the backbone pretrained on classes 0-4 (T-shirt, Trouser, Pullover,
+            Dress, Coat) is frozen, a new 5-class head is trained (finetune=linear)
+  finetune  every layer trains from the pretrained weights, the backbone at 0.1x the head's LR
+            (finetune=full, backbone_lr_ratio=0.1)
+
+Per seed: one pretraining run (all ~30,000 training images of classes 0-4), then the three target runs
+with the same seed, settings and data. Everything goes through cnnkit's Python API (`cnnkit.train`,
+`cnnkit.load(...).evaluate("test")`); the data are image folders written from the IDX files.
+Reported: accuracy per seed and mode, mean and std over seeds. Target: both transfer modes beat scratch.
+
+    .venv/bin/python benchmarks/transfer_learning.py               # 3 seeds
+    .venv/bin/python benchmarks/transfer_learning.py --quick       # smoke test: 1 seed, tiny epochs
+
+Writes benchmarks/results/transfer_learning.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import cnnkit  # noqa: E402
+from cnnkit.data import load_fashion_mnist  # noqa: E402
+
+NAME = "transfer_learning"
+SOURCE_CLASSES, TARGET_CLASSES = range(0, 5), range(5, 10)
+MODES = {
+    "scratch": {},
+    "linear": {"finetune": "linear"},
+    "finetune": {"finetune": "full", "backbone_lr_ratio": 0.1},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--model", default="fastnet")
+    parser.add_argument("--per-class", type=int, default=50, help="labelled target images per class")
+    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--target-epochs", type=int, default=40)
+    parser.add_argument("--target-lr", type=float, default=0.05, help="peak LR of the target runs (batch 32)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 1 pretraining epoch, 3 target epochs")
+    parser.add_argument("--results-dir", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.pretrain_epochs, args.target_epochs = [0], 1, 3
+    return args
+
+
+def write_folders(root: Path, per_class: int, seed: int) -> tuple[Path, Path]:
+    """source/ (classes 0-4: all train and test images) and target/ (classes 5-9: per_class train, all test)."""
+    import torch
+
+    train, test = load_fashion_mnist()
+    generator = torch.Generator().manual_seed(seed)
+    source, target = root / "source", root / "target"
+    for dataset, split in ((train, "train"), (test, "test")):
+        for label in range(10):
+            indices = (dataset.labels == label).nonzero().flatten()
+            is_target = label in TARGET_CLASSES
+            if is_target and split == "train":  # the few labelled images: a seeded choice
+                indices = indices[torch.randperm(len(indices), generator=generator)[:per_class]]
+            name = dataset.classes[label].replace("/", "-")
+            folder = (target if is_target else source) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in indices.tolist():
+                Image.fromarray(dataset.images[index, 0].numpy()).save(folder / f"{index}.png")
+    return source, target
+
+
+def main() -> None:
+    args = parse_args()
+    _common.set_threads(args.threads)
+    header = _common.run_header(args.quick)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cnnkit-transfer-") as workdir:
+        for seed in args.seeds:
+            started = time.perf_counter()
+            source, target = write_folders(Path(workdir) / f"seed{seed}", args.per_class, seed)
+            print(f"seed {seed}: image folders written ({time.perf_counter() - started:.0f} s)", flush=True)
+            common = {"model": args.model, "seed": seed, "out": str(Path(workdir) / "runs"), "progress": False}
+            pretrain = cnnkit.train({**common, "data": str(source), "epochs": args.pretrain_epochs,
+                                     "name": f"pretrain-s{seed}"})
+            row = {"seed": seed, "pretrain_val_accuracy": pretrain.best.get("val_accuracy")}
+            for mode, settings in MODES.items():
+                extra = {"pretrained": str(pretrain.run_dir), **settings} if settings else {}
+                run = cnnkit.train({**common, "data": str(target), "epochs": args.target_epochs, "batch_size": 32,
+                                    "lr": args.target_lr, "val_fraction": 0.2, "name": f"{mode}-s{seed}", **extra})
+                row[mode] = cnnkit.load(run.run_dir).evaluate("test")["accuracy"]
+                print(f"seed {seed}: {mode} test accuracy {row[mode]:.4f}", flush=True)
+            row["seconds"] = time.perf_counter() - started
+            results.append(row)
+
+    summary = {mode: _common.summarize([row[mode] for row in results]) for mode in MODES}
+    passed = all(summary[mode]["mean"] > summary["scratch"]["mean"] for mode in ("linear", "finetune"))
+    rows = [[row["seed"], *(f"{100 * row[mode]:.2f}" for mode in MODES), f"{row['seconds']:.0f}"] for row in results]
+    rows.append(["**mean**", *(f"{100 * summary[m]['mean']:.2f}" for m in MODES), ""])
+    rows.append(["**std**", *(f"{100 * summary[m]['std']:.2f}" for m in MODES), ""])
+    body = (f"{args.model}; pretrained on Fashion-MNIST classes 0-4 ({args.pretrain_epochs} epochs, all their "
+            f"training images); target: classes 5-9 from {args.per_class} images per class (80% train / 20% val), "
+            f"{args.target_epochs} epochs, batch 32, peak LR {args.target_lr}; test: the 5,000 official test images "
+            "of classes 5-9.\n\n"
+            + _common.markdown_table(["seed", "scratch %", "linear (feature extraction) %", "finetune %", "seconds"],
+                                     rows)
+            + f"\n\n**Both transfer modes beat scratch (mean over seeds): {'PASS' if passed else 'FAIL'}**"
+            + (_common.QUICK_NOTE if args.quick else "") + "\n")
+    payload = {"settings": vars(args), "per_seed": results, "summary": summary, "passed": passed}
+    _common.finish(NAME, "Transfer learning: Fashion-MNIST classes 0-4 -> 5-9 from 50 images per class", header,
+                   payload, body, args.results_dir)
+
+
+if __name__ == "__main__":
+    main()

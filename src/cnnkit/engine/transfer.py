@@ -1,0 +1,281 @@
+"""Transfer learning: pretrained weights (found, loaded without unpickling code, fitted to a model) and
+which parameters train when (feature extraction, fine-tuning, gradual unfreezing).
+
+`--pretrained` takes any of:
+
+    imagenet                          the model's default ImageNet weights from its source library
+    ResNet50_Weights.IMAGENET1K_V2    a torchvision weight name (also "tv:...")
+    timm:convnext_tiny.fb_in22k       a timm model/pretrained tag
+    runs/my-run                       a cnnkit run directory (its best checkpoint)
+    weights.safetensors | model.pth   a local file (.pth/.pt read with torch.load(weights_only=True))
+
+Downloads (torchvision, timm) are cached by those libraries; offline they fail with a clear error.
+
+Fitting (`adapt_state_dict`): tensors that match the model by name and shape are loaded. A first
+convolution trained on RGB and used on grayscale gets its kernels summed over the colour channels
+(a gray image replicated to RGB gives the same response); the classifier head is re-initialised when
+the class count differs (or, for cnnkit runs, when the class names differ); anything else that
+does not fit (e.g. a stem changed for small inputs) keeps its fresh initialisation and is reported.
+
+Modes (`finetune=`), with pretrained weights:
+
+    full      every layer trains; the backbone at backbone_lr_ratio (default 0.1) x the head's LR
+    linear    feature extraction: the backbone is frozen (BatchNorm statistics included), the head trains
+    gradual   gradual unfreezing (Howard & Ruder 2018): the head alone first, then one more backbone
+              block from the top every `unfreeze_every` epochs, at the backbone LR
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cnnkit.errors import CheckpointError, ModelError
+
+
+@dataclass
+class PretrainedReport:
+    """What happened to each tensor when pretrained weights were fitted to a model."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    channel_adapted: list[str] = field(default_factory=list)  # RGB kernels summed to fewer input channels
+    reset: list[str] = field(default_factory=list)  # kept fresh: head, or shapes that do not fit
+    unused: list[str] = field(default_factory=list)  # in the weights but not in the model
+
+    def summary(self) -> str:
+        parts = [f"pretrained {self.source}: loaded {len(self.loaded)} tensors"]
+        if self.channel_adapted:
+            parts.append(f"summed RGB kernels for grayscale in {', '.join(self.channel_adapted)}")
+        if self.reset:
+            shown = ", ".join(self.reset[:6]) + (" ..." if len(self.reset) > 6 else "")
+            parts.append(f"re-initialised {len(self.reset)} ({shown})")
+        if self.unused:
+            parts.append(f"{len(self.unused)} unused")
+        return "; ".join(parts)
+
+
+def classifier_module(model: nn.Module) -> nn.Module:
+    """The model's final classification layer (its "head").
+
+    timm models say so themselves (`get_classifier`); otherwise the last nn.Linear registered in the
+    model, which is the head of every torchvision classifier and of cnnkit's own models.
+    """
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return head
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ModelError(f"{type(model).__name__} has no nn.Linear classifier to reset or train on its own")
+    return linears[-1]
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """Fully qualified names of the head's parameters."""
+    head = classifier_module(model)
+    prefix = next(name for name, module in model.named_modules() if module is head)
+    return {f"{prefix}.{name}" if prefix else name for name, _ in head.named_parameters()}
+
+
+def load_pretrained_state(spec: str, model_name: str) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """Resolve `spec` to a state dict (and the class names, when the source is a cnnkit run)."""
+    path = Path(spec)
+    if path.is_dir():
+        from cnnkit.engine.checkpoint import load_checkpoint  # noqa: PLC0415 - only for run directories
+
+        tensors, record = load_checkpoint(path / "best.safetensors")
+        return tensors, list(record.get("classes", [])) or None
+    if path.suffix in (".safetensors", ".pth", ".pt", ".bin") or path.exists():
+        return _load_file(path), None
+    if spec.startswith("timm:"):
+        return _download(lambda: _timm_state(spec[len("timm:"):]), spec), None
+    if spec.startswith("tv:") or "_Weights." in spec:
+        name = spec[len("tv:"):] if spec.startswith("tv:") else spec
+        return _download(lambda: _torchvision_state(name), spec), None
+    if spec in ("imagenet", "default"):
+        return _download(lambda: _default_state(model_name), f"{spec} weights of {model_name}"), None
+    raise CheckpointError(f"--pretrained {spec!r}: not a file, run directory or known weight name. Use a path "
+                          "(.safetensors/.pth), a run directory, 'imagenet', a torchvision name like "
+                          "ResNet50_Weights.IMAGENET1K_V2, or timm:NAME.TAG")
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights {path} do not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as error:  # noqa: BLE001 - pickle/safetensors raise many types
+        raise CheckpointError(f"cannot read pretrained weights {path}: {error}. Only state dicts of tensors are "
+                              "accepted (torch.load with weights_only=True); save with torch.save(model.state_dict())"
+                              ) from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (name -> tensor)")
+    return state
+
+
+def _download(fetch, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return fetch()
+    except (OSError, RuntimeError, ValueError) as error:
+        if isinstance(error, ValueError) and "weights" not in str(error).lower():
+            raise
+        raise CheckpointError(f"cannot get the pretrained weights {what}: {error}. Downloads need a network; "
+                              "offline, pass a local .safetensors/.pth file or a cnnkit run directory") from None
+
+
+def _torchvision_state(name: str) -> dict[str, torch.Tensor]:
+    from torchvision.models import get_weight
+
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise CheckpointError(f"unknown torchvision weights {name!r} (e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
+    return weights.get_state_dict(progress=True)
+
+
+def _timm_state(tag: str) -> dict[str, torch.Tensor]:
+    import timm
+
+    return timm.create_model(tag, pretrained=True).state_dict()
+
+
+def _default_state(model_name: str) -> dict[str, torch.Tensor]:
+    from cnnkit.registry import get_entry
+
+    entry = get_entry(model_name)
+    if entry.source == "torchvision":
+        from torchvision.models import get_model_weights
+
+        return get_model_weights(model_name).DEFAULT.get_state_dict(progress=True)
+    if entry.source == "timm":
+        return _timm_state(model_name)
+    raise CheckpointError(f"{model_name} is cnnkit's own model and has no ImageNet weights; pretrain it with "
+                          "`cnnkit train` and pass the run directory")
+
+
+def _match_prefix(ours: list[str], theirs: list[str]) -> tuple[str, str]:
+    """(strip, add) so that add + name[len(strip):] maps their names onto ours (wrappers add 'model.' etc.)."""
+    our_set = set(ours)
+    for strip in ("", "module.", "model.", "_orig_mod."):
+        stripped = [name[len(strip):] for name in theirs if name.startswith(strip)]
+        if not stripped:
+            continue
+        for add in ("", "model.", "backbone.", "net."):
+            if sum((add + name) in our_set for name in stripped) >= 0.5 * len(stripped):
+                return strip, add
+    return "", ""
+
+
+def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                     source_classes: list[str] | None = None, classes: list[str] | None = None) -> PretrainedReport:
+    """Load the fitting part of `state` into `model` (in place) and say what was done."""
+    report = PretrainedReport(source)
+    own = model.state_dict()
+    strip, add = _match_prefix(list(own), list(state))
+    renamed = {add + name[len(strip):]: tensor for name, tensor in state.items() if name.startswith(strip)}
+    head = head_parameter_names(model)
+    reset_head = source_classes is not None and classes is not None and list(source_classes) != list(classes)
+    fitted = {}
+    for name, target in own.items():
+        tensor = renamed.get(name)
+        if tensor is None or (reset_head and name in head):
+            report.reset.append(name)
+        elif tensor.shape == target.shape:
+            fitted[name] = tensor
+            report.loaded.append(name)
+        elif (tensor.dim() == 4 and target.dim() == 4 and tensor.shape[0] == target.shape[0]
+              and tensor.shape[2:] == target.shape[2:] and target.shape[1] == 1 and tensor.shape[1] == 3):
+            fitted[name] = tensor.sum(dim=1, keepdim=True)  # (O, 3, k, k) -> (O, 1, k, k)
+            report.channel_adapted.append(name)
+        else:
+            report.reset.append(name)
+    report.unused = sorted(set(renamed) - set(own))
+    if not report.loaded and not report.channel_adapted:
+        raise CheckpointError(f"none of the pretrained weights in {source} fit {type(model).__name__} "
+                              "(different architecture?)")
+    model.load_state_dict(fitted, strict=False)
+    return report
+
+
+FINETUNE_MODES = ("full", "linear", "gradual")
+
+
+def backbone_blocks(model: nn.Module) -> list[list[nn.Module]]:
+    """The backbone as blocks from the input to the top: what gradual unfreezing releases one by one.
+
+    Walks down through wrappers with a single parametrised child, then takes the children that hold
+    parameters (the items of Sequential/ModuleList containers count as blocks of their own), leaving
+    out the head.
+    """
+    head = classifier_module(model)
+    module = model
+    while True:
+        children = [child for child in module.children() if any(True for _ in child.parameters())]
+        if len(children) == 1 and children[0] is not head and not isinstance(children[0], (nn.Conv2d, nn.Linear)):
+            module = children[0]
+            continue
+        break
+    blocks = []
+    for child in children:
+        if child is head:
+            continue
+        # A container of composite blocks (ResNet's layer1 = [BasicBlock, ...]) yields its blocks; a
+        # container of plain layers (a conv-bn-act stem) is one block.
+        parts = list(child.children()) if isinstance(child, (nn.Sequential, nn.ModuleList)) else []
+        composite = parts and all(any(True for _ in part.children()) for part in parts
+                                  if any(True for _ in part.parameters()))
+        items = parts if composite else [child]
+        for item in items:
+            if any(True for _ in item.parameters()) and not any(m is head for m in item.modules()):
+                blocks.append([item])
+    return blocks
+
+
+class TransferSchedule:
+    """Trainer callback that sets, at the start of each epoch, which parameters train.
+
+    Frozen parameters get no gradient (requires_grad False), and frozen blocks run in eval mode, so
+    their BatchNorm statistics and dropout stay as pretrained.
+    """
+
+    def __init__(self, model: nn.Module, mode: str, unfreeze_every: int = 1):
+        if mode not in FINETUNE_MODES:
+            raise ModelError(f"finetune={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
+        self.model, self.mode, self.unfreeze_every = model, mode, unfreeze_every
+        self.head = classifier_module(model)
+        self.blocks = backbone_blocks(model)
+
+    def frozen_blocks(self, epoch: int) -> list[nn.Module]:
+        if self.mode == "full":
+            return []
+        if self.mode == "linear":
+            return [module for block in self.blocks for module in block]
+        released = epoch // self.unfreeze_every  # gradual: blocks released from the top
+        keep_frozen = max(0, len(self.blocks) - released)
+        return [module for block in self.blocks[:keep_frozen] for module in block]
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        frozen = self.frozen_blocks(epoch)
+        frozen_ids = {id(p) for module in frozen for p in module.parameters()}
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(id(parameter) not in frozen_ids)
+        for module in frozen:
+            module.eval()
+
+    def describe(self) -> str:
+        if self.mode == "full":
+            return "fine-tuning all layers"
+        if self.mode == "linear":
+            return f"feature extraction: {len(self.blocks)} backbone blocks frozen, head trained"
+        return f"gradual unfreezing of {len(self.blocks)} backbone blocks, one every {self.unfreeze_every} epoch(s)"

@@ -1,0 +1,110 @@
+"""Transfer learning: pretrained weights fitted to a model, frozen/released layers, backbone LR."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import cnnkit
+from cnnkit.config import TrainConfig
+from cnnkit.engine.checkpoint import load_checkpoint
+from cnnkit.engine.optim import make_optimizer
+from cnnkit.engine.transfer import (TransferSchedule, adapt_state_dict, backbone_blocks, classifier_module,
+                                    load_pretrained_state)
+from cnnkit.errors import CheckpointError
+from cnnkit.registry import create_model
+
+
+def test_rgb_kernels_are_summed_for_grayscale_and_the_head_is_reset():
+    torch.manual_seed(0)
+    rgb = create_model("fastnet", num_classes=1000, in_chans=3)
+    gray = create_model("fastnet", num_classes=10, in_chans=1)
+    report = adapt_state_dict(gray, rgb.state_dict(), "rgb.safetensors")
+    assert report.channel_adapted == ["stem.0.weight"]
+    assert report.reset == ["head.weight", "head.bias"]
+    assert torch.equal(gray.stages[0].conv1.weight, rgb.stages[0].conv1.weight)
+    # A gray image replicated to RGB gives the same stem response as the 1-channel image.
+    image = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(gray.stem[0](image), rgb.stem[0](image.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_wrapped_names_are_matched_and_foreign_weights_refused():
+    model = create_model("fastnet", num_classes=10)
+    wrapped = {f"module.{name}": tensor for name, tensor in model.state_dict().items()}
+    report = adapt_state_dict(create_model("fastnet", num_classes=10), wrapped, "ddp.pth")
+    assert not report.reset and len(report.loaded) == len(model.state_dict())
+    with pytest.raises(CheckpointError, match="none of the pretrained weights"):
+        adapt_state_dict(model, create_model("lenet5").state_dict(), "lenet.pth")
+
+
+def test_weight_files_load_without_unpickling_code(tmp_path):
+    model = create_model("fastnet")
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "plain.pth")
+    state, classes = load_pretrained_state(str(tmp_path / "plain.pth"), "fastnet")
+    assert classes is None and torch.equal(state["head.weight"], model.head.weight)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    assert set(load_pretrained_state(str(tmp_path / "w.safetensors"), "fastnet")[0]) == set(model.state_dict())
+    torch.save(model, tmp_path / "pickled_module.pth")  # a whole pickled module: refused, never unpickled
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_pretrained_state(str(tmp_path / "pickled_module.pth"), "fastnet")
+    with pytest.raises(CheckpointError, match="not a file, run directory or known weight name"):
+        load_pretrained_state("no-such-thing", "fastnet")
+    with pytest.raises(CheckpointError, match="own model and has no ImageNet weights"):
+        load_pretrained_state("imagenet", "fastnet")
+
+
+def test_offline_download_gives_a_clear_error():
+    with pytest.raises(CheckpointError, match="Downloads need a network"):
+        load_pretrained_state("ResNet18_Weights.IMAGENET1K_V1", "resnet18")
+
+
+def test_feature_extraction_and_gradual_unfreezing_schedules():
+    model = create_model("fastnet", num_classes=5)
+    assert classifier_module(model) is model.head
+    blocks = backbone_blocks(model)
+    assert [block[0] for block in blocks] == [model.stem, *model.stages]
+    linear = TransferSchedule(model, "linear")
+    model.train()
+    linear.on_epoch_start(None, 0)
+    assert [p.requires_grad for p in model.head.parameters()] == [True, True]
+    assert not any(p.requires_grad for p in model.stem.parameters()) and not model.stem.training
+    gradual = TransferSchedule(model, "gradual", unfreeze_every=2)
+    trainable = []
+    for epoch in range(10):
+        model.train()
+        gradual.on_epoch_start(None, epoch)
+        trainable.append([any(p.requires_grad for p in block[0].parameters()) for block in blocks])
+    assert trainable[0] == trainable[1] == [False, False, False, False]  # head only
+    assert trainable[2] == [False, False, False, True]  # the top block first
+    assert trainable[8] == [True, True, True, True]
+
+
+def test_backbone_learning_rate_is_a_fraction_of_the_head_s():
+    model = create_model("fastnet", num_classes=5)
+    config = TrainConfig(pretrained="x.safetensors", backbone_lr_ratio=0.1, lr=0.2)
+    optimizer = make_optimizer(model, config)
+    head = {id(p) for p in model.head.parameters()}
+    for group in optimizer.param_groups:
+        is_head = all(id(p) in head for p in group["params"])
+        assert group["lr"] == pytest.approx(0.2 if is_head else 0.02)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_linear_probe_from_a_run_directory_keeps_the_backbone(trained_run, image_folder, tmp_path):
+    """Pretrain = the 4-class fixture run; target = 2 of its classes (new class list: the head resets)."""
+    data = tmp_path / "two"
+    for split in ("train", "test"):
+        for name in ("Bag", "Trouser"):
+            shutil.copytree(image_folder / split / name, data / split / name)
+    run = cnnkit.train({"data": str(data), "model": "fastnet", "epochs": 3, "batch_size": 32, "lr": 0.1,
+                        "num_threads": 1, "pretrained": str(trained_run[0]), "finetune": "linear", "progress": False,
+                        "out": str(tmp_path / "runs"), "name": "probe"})
+    source, _ = load_checkpoint(trained_run[0] / "best.safetensors")
+    tuned, record = load_checkpoint(run.run_dir / "best.safetensors")
+    assert record["config"]["pretrained"] == str(trained_run[0])
+    assert torch.equal(tuned["stem.0.weight"], source["stem.0.weight"])  # frozen
+    assert torch.equal(tuned["stem.1.running_mean"], source["stem.1.running_mean"])  # BN kept in eval mode
+    assert tuned["head.weight"].shape == (2, source["head.weight"].shape[1])
+    assert run.best["val_accuracy"] >= 0.9
