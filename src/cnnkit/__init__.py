@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from cnnkit.api import Classifier, Run, load, train  # noqa: E402
 from cnnkit.config import TrainConfig  # noqa: E402
+from cnnkit.inspect import summary  # noqa: E402
 from cnnkit.registry import create_model, list_models  # noqa: E402
 
-__all__ = ["Classifier", "Run", "TrainConfig", "create_model", "list_models", "load", "train"]
+__all__ = ["Classifier", "Run", "TrainConfig", "create_model", "list_models", "load", "summary", "train"]
