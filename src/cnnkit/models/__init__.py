@@ -8,3 +8,6 @@ from cnnkit.models import lenet, resnet_cifar, simple_cnn  # noqa: F401
 # Families added later are imported below, one line each:
 from cnnkit.models import fastnet  # noqa: F401,E402
 from cnnkit.models import custom  # noqa: F401,E402
+# The model zoo: thin builders over torchvision and timm (adapt.py fits them to in_chans and small inputs).
+from cnnkit.models import alexnet, coatnet, convnext, densenet, efficientnet, ghostnet  # noqa: F401,E402
+from cnnkit.models import googlenet, mobilenet, nasnet, regnet, resnet, shufflenet, swin, vgg, vit  # noqa: F401,E402

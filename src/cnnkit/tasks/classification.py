@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.metrics import ClassificationMeter
+from cnnkit.models.googlenet import auxiliary_loss
 
 
 class ClassificationTask:
@@ -27,8 +28,16 @@ class ClassificationTask:
     def training_step(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:
         """Forward and loss for one training batch. `model` may be the DDP-wrapped module."""
         logits = model(images)  # (B, K)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, targets)
+        # Models with auxiliary classifiers (GoogLeNet) leave their extra logits on the module in training;
+        # the paper adds 0.3 x each auxiliary loss. Always called: it also clears what the model stored.
+        auxiliary = auxiliary_loss(model, targets, self.loss)
+        if auxiliary is not None:
+            loss = loss + auxiliary
         return {"loss": loss, "outputs": logits}
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
     @torch.no_grad()
     def evaluation_step(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:
