@@ -8,6 +8,7 @@ training on only 50 labelled images per class (20% of them held out for validati
             Dress, Coat) is frozen, a new 5-class head is trained (finetune=linear)
   finetune  every layer trains from the pretrained weights, the backbone at 0.1x the head's LR
             (finetune=full, backbone_lr_ratio=0.1)
+  gradual   gradual unfreezing: the head first, one more backbone block every 5 epochs (finetune=gradual)
 
 Per seed: one pretraining run (all ~30,000 training images of classes 0-4), then the three target runs
 with the same seed, settings and data. Everything goes through cnnkit's Python API (`cnnkit.train`,
@@ -39,10 +40,13 @@ from cnnkit.data import load_fashion_mnist  # noqa: E402
 
 NAME = "transfer_learning"
 SOURCE_CLASSES, TARGET_CLASSES = range(0, 5), range(5, 10)
+# Per-mode settings beyond the shared ones. A linear probe trains one layer: it takes a 10x higher LR
+# (measured on seed 0 with fastnet: 84.4% at LR 0.5 against 78.7% at 0.05).
 MODES = {
     "scratch": {},
-    "linear": {"finetune": "linear"},
+    "linear": {"finetune": "linear", "lr": 0.5},
     "finetune": {"finetune": "full", "backbone_lr_ratio": 0.1},
+    "gradual": {"finetune": "gradual", "unfreeze_every": 5, "backbone_lr_ratio": 0.1},
 }
 
 
@@ -50,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--model", default="fastnet")
+    parser.add_argument("--model", default="resnet20")
     parser.add_argument("--per-class", type=int, default=50, help="labelled target images per class")
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--target-epochs", type=int, default=40)
@@ -100,7 +104,7 @@ def main() -> None:
                                      "name": f"pretrain-s{seed}"})
             row = {"seed": seed, "pretrain_val_accuracy": pretrain.best.get("val_accuracy")}
             for mode, settings in MODES.items():
-                extra = {"pretrained": str(pretrain.run_dir), **settings} if settings else {}
+                extra = {"pretrained": str(pretrain.run_dir), **settings} if "finetune" in settings else {}
                 run = cnnkit.train({**common, "data": str(target), "epochs": args.target_epochs, "batch_size": 32,
                                     "lr": args.target_lr, "val_fraction": 0.2, "name": f"{mode}-s{seed}", **extra})
                 row[mode] = cnnkit.load(run.run_dir).evaluate("test")["accuracy"]
@@ -110,6 +114,7 @@ def main() -> None:
 
     summary = {mode: _common.summarize([row[mode] for row in results]) for mode in MODES}
     passed = all(summary[mode]["mean"] > summary["scratch"]["mean"] for mode in ("linear", "finetune"))
+    beats_scratch = {mode: summary[mode]["mean"] > summary["scratch"]["mean"] for mode in MODES if mode != "scratch"}
     rows = [[row["seed"], *(f"{100 * row[mode]:.2f}" for mode in MODES), f"{row['seconds']:.0f}"] for row in results]
     rows.append(["**mean**", *(f"{100 * summary[m]['mean']:.2f}" for m in MODES), ""])
     rows.append(["**std**", *(f"{100 * summary[m]['std']:.2f}" for m in MODES), ""])
@@ -117,11 +122,13 @@ def main() -> None:
             f"training images); target: classes 5-9 from {args.per_class} images per class (80% train / 20% val), "
             f"{args.target_epochs} epochs, batch 32, peak LR {args.target_lr}; test: the 5,000 official test images "
             "of classes 5-9.\n\n"
-            + _common.markdown_table(["seed", "scratch %", "linear (feature extraction) %", "finetune %", "seconds"],
-                                     rows)
+            + _common.markdown_table(["seed", "scratch %", "linear (feature extraction) %", "finetune %",
+                                      "gradual %", "seconds"], rows)
+            + "\n\nBeats scratch (mean): " + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in beats_scratch.items())
             + f"\n\n**Both transfer modes beat scratch (mean over seeds): {'PASS' if passed else 'FAIL'}**"
             + (_common.QUICK_NOTE if args.quick else "") + "\n")
-    payload = {"settings": vars(args), "per_seed": results, "summary": summary, "passed": passed}
+    payload = {"settings": vars(args), "modes": MODES, "per_seed": results, "summary": summary,
+               "beats_scratch": beats_scratch, "passed": passed}
     _common.finish(NAME, "Transfer learning: Fashion-MNIST classes 0-4 -> 5-9 from 50 images per class", header,
                    payload, body, args.results_dir)
 
