@@ -5,6 +5,8 @@
     cnnkit predict RUN_DIR IMAGE... [--top-k K] [--json]
     cnnkit models [--family NAME] [--input CxHxW] [--flops] [--json]
     cnnkit models summary NAME [--input CxHxW] [--num-classes K] [--depth N] [--json]
+    cnnkit inspect filters RUN_DIR [--layer NAME] [--out DIR]
+    cnnkit inspect features RUN_DIR IMAGE [--layers NAME ...] [--out DIR]
 
 Errors a user can cause print a short message that starts with what went wrong (no traceback;
 --debug shows it) and exit with status 2.
@@ -148,6 +150,42 @@ examples:
     summary.add_argument("--json", action="store_true", help="print JSON: rows, totals and notes")
 
 
+def _add_inspect(commands) -> None:
+    examples = """\
+examples:
+  cnnkit inspect filters RUN_DIR                         # first conv layer -> RUN_DIR/inspect/filters-<layer>.png
+  cnnkit inspect filters RUN_DIR --layer stages.0.conv1 --out pictures/
+  cnnkit inspect features RUN_DIR shoe.png               # first, middle and last conv layers
+  cnnkit inspect features RUN_DIR shoe.png --layers stem.0 stages.2.conv2
+"""
+    parser = commands.add_parser(
+        "inspect", help="draw a trained run's conv filters, or its feature maps for an image",
+        usage="cnnkit inspect filters RUN_DIR [--layer NAME] [--out DIR]\n"
+              "       cnnkit inspect features RUN_DIR IMAGE [--layers NAME ...] [--out DIR]",
+        description="Write PNG pictures of what a trained model learned, and print where they are.\n"
+                    "filters: the kernels of one conv layer (RGB kernels in colour, others as the mean\n"
+                    "over input channels). features: one grid per layer of its outputs for an image,\n"
+                    "which goes through the run's own preprocessing first.",
+        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="inspect_action", metavar="ACTION", required=True)
+    filters = actions.add_parser("filters", help="the kernels of one conv layer as an image grid",
+                                 usage="cnnkit inspect filters RUN_DIR [--layer NAME] [--out DIR] [--device DEVICE]",
+                                 epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    filters.add_argument("run_dir", metavar="RUN_DIR")
+    filters.add_argument("--layer", metavar="NAME", help="conv layer name (default: the first conv layer)")
+    features = actions.add_parser("features", help="the feature maps of chosen layers for one image",
+                                  usage="cnnkit inspect features RUN_DIR IMAGE [--layers NAME ...] [--out DIR] "
+                                        "[--device DEVICE]",
+                                  epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    features.add_argument("run_dir", metavar="RUN_DIR")
+    features.add_argument("image", metavar="IMAGE")
+    features.add_argument("--layers", nargs="+", metavar="NAME",
+                          help="conv layer names (default: the first, middle and last conv layers)")
+    for action in (filters, features):
+        action.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN_DIR/inspect/)")
+        action.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnkit", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -156,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                "help on one command:  cnnkit train --help")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_models):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_models, _add_inspect):
         add(commands)
     return parser
 
@@ -273,10 +311,37 @@ def run_models_summary(args) -> int:
     return 0
 
 
+def run_inspect(args) -> int:
+    from cnnkit.api import load
+    from cnnkit.inspect.visualize import feature_maps, plot_feature_maps, plot_filters
+
+    classifier = load(args.run_dir, device=args.device)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "inspect"
+    if args.inspect_action == "filters":
+        from cnnkit.inspect.visualize import conv_layers
+
+        layer = args.layer
+        if layer is None:
+            layers = conv_layers(classifier.model)
+            layer = layers[0][0] if layers else None
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer or "conv")
+        paths = [plot_filters(classifier.model, layer, out / f"filters-{name}.png")]
+    else:
+        if not Path(args.image).is_file():
+            raise CnnkitError(f"image {args.image} not found")
+        inputs = classifier.preprocessing.normalize(classifier.preprocessing.load([args.image]))  # (1, C, H, W)
+        maps = feature_maps(classifier.model, inputs, args.layers)
+        paths = plot_feature_maps(maps, out / f"features-{Path(args.image).stem}")
+    for path in paths:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models}
+    handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models,
+                "inspect": run_inspect}
     try:
         return handlers[args.command](args)
     except CnnkitError as error:
