@@ -7,6 +7,7 @@
     cnnkit models summary NAME [--input CxHxW] [--num-classes K] [--depth N] [--json]
     cnnkit inspect filters RUN_DIR [--layer NAME] [--out DIR]
     cnnkit inspect features RUN_DIR IMAGE [--layers NAME ...] [--out DIR]
+    cnnkit explain RUN_DIR IMAGE... [--class C] [--method gradcam|gradcam++] [--layer NAME] [--out DIR]
 
 Errors a user can cause print a short message that starts with what went wrong (no traceback;
 --debug shows it) and exit with status 2.
@@ -186,6 +187,32 @@ examples:
         action.add_argument("--device", default="cpu", help="device to run on (default cpu)")
 
 
+def _add_explain(commands) -> None:
+    examples = """\
+examples:
+  cnnkit explain RUN_DIR shoe.png                        # predicted class -> RUN_DIR/explain/explain-shoe-gradcam.png
+  cnnkit explain RUN_DIR a.png b.png --class Sneaker --method gradcam++ --out pictures/
+  cnnkit explain RUN_DIR shoe.png --class 2 --layer stages.1.conv2
+"""
+    parser = commands.add_parser(
+        "explain", help="class activation maps (Grad-CAM) of a trained run over images",
+        usage="cnnkit explain RUN_DIR IMAGE... [--class C] [--method gradcam|gradcam++] [--layer NAME] "
+              "[--out DIR] [--device DEVICE]",
+        description="Write one PNG per image with a Grad-CAM or Grad-CAM++ heatmap over the image (after the\n"
+                    "run's own preprocessing), and print where they are. The target layer is the last conv\n"
+                    "layer whose output is still spatial, unless --layer names another.",
+        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("--class", dest="target", metavar="C",
+                        help="class name or index to explain (default: the predicted class)")
+    parser.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam",
+                        help="gradcam (default) or gradcam++")
+    parser.add_argument("--layer", metavar="NAME", help="target layer name (default: last spatial conv layer)")
+    parser.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN_DIR/explain/)")
+    parser.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnkit", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -194,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                "help on one command:  cnnkit train --help")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_models, _add_inspect):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_models, _add_inspect, _add_explain):
         add(commands)
     return parser
 
@@ -337,11 +364,31 @@ def run_inspect(args) -> int:
     return 0
 
 
+def run_explain(args) -> int:
+    from cnnkit.api import load
+    from cnnkit.inspect.gradcam import gradcam, plot_gradcam, resolve_class
+
+    for image in args.images:
+        if not Path(image).is_file():
+            raise CnnkitError(f"image {image} not found")
+    classifier = load(args.run_dir, device=args.device)
+    target = resolve_class(args.target, classifier.classes)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explain"
+    for image in args.images:
+        batch = classifier.preprocessing.load([image])  # (1, C, H, W) uint8
+        inputs = classifier.preprocessing.normalize(batch).to(classifier.device)
+        heatmap, index, layer = gradcam(classifier.model, inputs, target, args.layer, args.method)
+        probability = float(classifier.predict_proba(batch)[0, index])
+        title = f"{classifier.classes[index]} (p={probability:.2f}), layer {layer}"
+        print(plot_gradcam(batch[0], heatmap, title, out / f"explain-{Path(image).stem}-{args.method}.png"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models,
-                "inspect": run_inspect}
+                "inspect": run_inspect, "explain": run_explain}
     try:
         return handlers[args.command](args)
     except CnnkitError as error:
