@@ -94,6 +94,19 @@ def new_conv(conv: nn.Conv2d, in_chans: int | None = None, kernel_size: int | No
     return replacement
 
 
+def adapted_stem(conv: nn.Conv2d, in_chans: int, input_size: int | tuple[int, int], **small_input_changes) -> nn.Conv2d:
+    """The first convolution a zoo model needs for this input.
+
+    Below 64 px: a fresh conv with `small_input_changes` (e.g. stride=1, kernel_size=3) and `in_chans`;
+    otherwise a fresh conv for `in_chans` != 3, or `conv` itself (the library's model, unchanged).
+    """
+    if is_small(zoo_input_size(input_size)):
+        return new_conv(conv, in_chans, **small_input_changes)
+    if in_chans != 3:
+        return new_conv(conv, in_chans)
+    return conv
+
+
 def load_rgb_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Load weights trained on RGB images into `model` built for another `in_chans`.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torchvision.models as tvm
 
-from cnnkit.models.adapt import check_args, given, is_small, new_conv, zoo_input_size
+from cnnkit.models.adapt import adapted_stem, check_args, given
 from cnnkit.registry import register_model
 
 
@@ -25,8 +25,5 @@ def alexnet(num_classes: int = 1000, in_chans: int = 3, input_size: int | tuple[
     """AlexNet (Krizhevsky et al. 2012), torchvision's single-tower version, 61.1M parameters on ImageNet."""
     check_args(num_classes, in_chans, drop_rate)
     model = tvm.alexnet(weights=None, num_classes=num_classes, **given(dropout=drop_rate))
-    if is_small(zoo_input_size(input_size)):
-        model.features[0] = new_conv(model.features[0], in_chans, kernel_size=3, stride=1)
-    elif in_chans != 3:
-        model.features[0] = new_conv(model.features[0], in_chans)
+    model.features[0] = adapted_stem(model.features[0], in_chans, input_size, kernel_size=3, stride=1)
     return model

@@ -21,7 +21,7 @@ from typing import Callable
 import torch.nn as nn
 import torchvision.models as tvm
 
-from cnnkit.models.adapt import check_args, given, is_small, new_conv, zoo_input_size
+from cnnkit.models.adapt import adapted_stem, check_args, given
 from cnnkit.registry import register_model
 
 
@@ -32,10 +32,7 @@ def _efficientnet(builder: Callable[..., nn.Module], num_classes: int = 1000, in
     model = builder(weights=None, num_classes=num_classes,
                     **given(dropout=drop_rate, stochastic_depth_prob=drop_path_rate))
     stem = model.features[0][0]  # Conv2dNormActivation: conv 3x3 stride 2, BN, SiLU
-    if is_small(zoo_input_size(input_size)):
-        model.features[0][0] = new_conv(stem, in_chans, stride=1)
-    elif in_chans != 3:
-        model.features[0][0] = new_conv(stem, in_chans)
+    model.features[0][0] = adapted_stem(stem, in_chans, input_size, stride=1)
     return model
 
 

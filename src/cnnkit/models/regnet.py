@@ -20,7 +20,7 @@ import torch.nn as nn
 import torchvision.models as tvm
 from torchvision.models.regnet import BlockParams
 
-from cnnkit.models.adapt import check_args, is_small, new_conv, zoo_input_size
+from cnnkit.models.adapt import adapted_stem, check_args
 from cnnkit.registry import register_model
 
 
@@ -30,10 +30,7 @@ def _regnet(design: dict, num_classes: int = 1000, in_chans: int = 3,
     with torch.device("cpu"):  # scalar bookkeeping ending in .tolist(): never on the meta device
         block_params = BlockParams.from_init_params(**design)
     model = tvm.RegNet(block_params, num_classes=num_classes)  # BatchNorm eps 1e-5, as torchvision's builders
-    if is_small(zoo_input_size(input_size)):
-        model.stem[0] = new_conv(model.stem[0], in_chans, stride=1)
-    elif in_chans != 3:
-        model.stem[0] = new_conv(model.stem[0], in_chans)
+    model.stem[0] = adapted_stem(model.stem[0], in_chans, input_size, stride=1)
     return model
 
 

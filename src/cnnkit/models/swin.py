@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torchvision.models as tvm
 
-from cnnkit.models.adapt import check_args, is_small, new_conv, zoo_input_size
+from cnnkit.models.adapt import adapted_stem, check_args
 from cnnkit.registry import register_model
 
 
@@ -30,10 +30,7 @@ def _swin(embed_dim: int, depths: list[int], num_heads: list[int], paper_drop_pa
                                 window_size=[7, 7], stochastic_depth_prob=drop_path_rate,
                                 num_classes=num_classes)
     patch_embedding = model.features[0][0]  # conv 4x4 stride 4, then (B, C, H, W) -> (B, H, W, C), LayerNorm
-    if is_small(zoo_input_size(input_size)):
-        model.features[0][0] = new_conv(patch_embedding, in_chans, kernel_size=3, stride=1)
-    elif in_chans != 3:
-        model.features[0][0] = new_conv(patch_embedding, in_chans)
+    model.features[0][0] = adapted_stem(patch_embedding, in_chans, input_size, kernel_size=3, stride=1)
     return model
 
 
