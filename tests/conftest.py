@@ -90,3 +90,28 @@ def trained_run(tmp_path_factory, image_folder) -> tuple[Path, subprocess.Comple
                      "--out", out, "--name", "run", *FAST_SETTINGS, cwd=out)
     assert result.returncode == 0, f"cnnkit train failed:\n{result.stdout}\n{result.stderr}"
     return out / "run", result
+
+
+@pytest.fixture(scope="session")
+def chrome():
+    """A headless Chromium driven through selenium (Debian's chromium + chromium-driver).
+
+    `make test` installs both when run as root; elsewhere the browser tests are skipped with the
+    command that installs them."""
+    import shutil
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,1024"):
+        options.add_argument(flag)
+    options.binary_location = binary
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
