@@ -31,7 +31,7 @@ def _model_params(names: list[str]) -> list:
 
 # cnnkit's own models. The zoo of torchvision/timm models (ImageNet-sized, ~60 of them) has its own
 # registry-generated tests in test_zoo.py, which keep the default run fast with the meta device.
-ALL_MODELS = _model_params([name for name in list_models() if get_entry(name).source == "cnnkit"])
+ALL_MODELS = _model_params([name for name in list_models(task="classify") if get_entry(name).source == "cnnkit"])
 
 
 def _count_parameters(name: str, **kwargs) -> int:

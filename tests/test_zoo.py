@@ -23,7 +23,7 @@ from cnnkit.registry import create_model, get_entry, list_models
 torch.set_num_threads(1)  # the test machines have 2 shared cores
 
 NUM_CLASSES = 7
-ZOO = [name for name in list_models() if get_entry(name).source != "cnnkit"]
+ZOO = [name for name in list_models(task="classify") if get_entry(name).source != "cnnkit"]
 # Run for real by default: the cheapest member of each family (RegNet X and Y, MobileNet V2 and V3 each),
 # each measured at < 1 s for build + forward + backward (batch 2, 28x28, one thread, 2-core machine).
 # AlexNet (3.9 s) and the VGGs (1.6-5 s) spend it initialising and differentiating their 100M+-parameter

@@ -34,7 +34,7 @@ from cnnkit.engine.trainer import Trainer, resolve_precision
 from cnnkit.engine.transfer import TransferSchedule, adapt_state_dict, load_pretrained_state
 from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
 from cnnkit.registry import create_model, get_entry
-from cnnkit.tasks import ClassificationTask
+from cnnkit.tasks import ClassificationTask, TaskSetup, task_module
 
 
 @dataclass
@@ -221,6 +221,31 @@ def resolve_architecture(config: TrainConfig, num_classes: int, preprocessing: P
 
 
 def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Run:
+    # The task module (classification, detection ...) builds the model, the data and the record;
+    # the loop, checkpoints and logs below are the same for every task.
+    setup = task_module(config.task).setup(config, device, dist_info, resume)
+    run_dir = Path(resume) if resume else None
+    if run_dir is None:
+        run_dir = broadcast_object(_new_run_dir(config) if dist_info.is_main else None, dist_info)
+    if dist_info.is_main:
+        save_config(config, run_dir / "config.yaml")
+        print(f"{setup.header} -> {run_dir}", flush=True)
+    trainer = Trainer(config, setup.task, setup.train_loader, setup.val_loader, run_dir, setup.record, device,
+                      dist_info, setup.callbacks + list(callbacks))
+    if resume:
+        trainer.resume(run_dir / "last.safetensors")
+    best = trainer.fit(stop_after_epoch=stop_after_epoch)
+    barrier(dist_info)
+    if dist_info.is_main:
+        monitored = best.get(trainer.monitor)
+        shown = f"{trainer.monitor} {monitored:.4f} at epoch {best.get('epoch')}" if monitored is not None else ""
+        print(f"done: best {shown}; run directory: {run_dir}", flush=True)
+    return Run(run_dir, best)
+
+
+def setup_classification(config: TrainConfig, device: torch.device, dist_info: DistInfo,
+                         resume: Path | None) -> TaskSetup:
+    """The classification task's model, data and record (cnnkit.tasks.classification.setup calls this)."""
     data = prepare_data(config)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     if resume:  # the architecture the run was built with (a YAML spec file may have changed or gone since)
@@ -228,7 +253,7 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
     else:
         architecture = resolve_architecture(config, len(data.classes), data.preprocessing)
     model = create_model(architecture["name"], **architecture["args"])
-    callbacks = list(callbacks)
+    callbacks = []
     if config.pretrained and not resume:  # a resumed run gets its weights from last.safetensors
         state, source_classes = load_pretrained_state(config.pretrained, architecture["name"])
         report = adapt_state_dict(model, state, config.pretrained, source_classes, data.classes)
@@ -236,7 +261,7 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
             print(report.summary(), flush=True)
     if config.pretrained:
         schedule = TransferSchedule(model, config.finetune, config.unfreeze_every)
-        callbacks.insert(0, schedule)
+        callbacks.append(schedule)
         if dist_info.is_main:
             print(f"transfer learning: {schedule.describe()}", flush=True)
     task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing)
@@ -247,34 +272,17 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
     val_loader = None
     if data.val is not None:
         val_loader = make_loader(data.val, data.preprocessing, config, device, train=False, dist_info=dist_info)
-
-    run_dir = Path(resume) if resume else None
-    if run_dir is None:
-        run_dir = broadcast_object(_new_run_dir(config) if dist_info.is_main else None, dist_info)
-    if dist_info.is_main:
-        save_config(config, run_dir / "config.yaml")
-        _print_header(config, data, model, run_dir, device)
-    trainer = Trainer(config, task, train_loader, val_loader, run_dir, record, device, dist_info, callbacks)
-    if resume:
-        trainer.resume(run_dir / "last.safetensors")
-    best = trainer.fit(stop_after_epoch=stop_after_epoch)
-    barrier(dist_info)
-    if dist_info.is_main:
-        monitored = best.get(config.monitor)
-        shown = f"{config.monitor} {monitored:.4f} at epoch {best.get('epoch')}" if monitored is not None else ""
-        print(f"done: best {shown}; run directory: {run_dir}", flush=True)
-    return Run(run_dir, best)
+    return TaskSetup(task, train_loader, val_loader, record, _header(config, data, model, device), callbacks)
 
 
-def _print_header(config: TrainConfig, data: PreparedData, model: nn.Module, run_dir: Path, device) -> None:
+def _header(config: TrainConfig, data: PreparedData, model: nn.Module, device) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     dtype = resolve_precision(config.precision, device)
     val = len(data.val) if data.val is not None else 0
-    print(f"cnnkit train: {config.model} ({parameters / 1e6:.2f}M parameters) on {config.data}: "
-          f"{len(data.train)} train / {val} val images, {len(data.classes)} classes, "
-          f"{'x'.join(map(str, data.preprocessing.image_size))}x{data.preprocessing.channels}; "
-          f"{device}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}, {config.epochs} epochs -> {run_dir}",
-          flush=True)
+    return (f"cnnkit train: {config.model} ({parameters / 1e6:.2f}M parameters) on {config.data}: "
+            f"{len(data.train)} train / {val} val images, {len(data.classes)} classes, "
+            f"{'x'.join(map(str, data.preprocessing.image_size))}x{data.preprocessing.channels}; "
+            f"{device}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}, {config.epochs} epochs")
 
 
 class Classifier:
@@ -336,7 +344,10 @@ class Classifier:
 
 
 def load(path: str | Path, device: str = "auto", checkpoint: str = "best") -> Classifier:
-    """Load a trained run (a run directory, or a .safetensors checkpoint file) for predict/evaluate."""
+    """Load a trained run (a run directory, or a .safetensors checkpoint file) for predict/evaluate.
+
+    Classification runs give a Classifier; other tasks give their module's predictor (its `load_run`).
+    """
     path = Path(path)
     if path.is_dir():
         run_dir, file = path, path / f"{checkpoint}.safetensors"
@@ -346,6 +357,8 @@ def load(path: str | Path, device: str = "auto", checkpoint: str = "best") -> Cl
         raise CheckpointError(f"{path} is neither a run directory nor a .safetensors checkpoint; "
                               "pass the directory that `cnnkit train` printed")
     tensors, record = ckpt.load_checkpoint(file)
+    if record.get("task", "classify") != "classify":  # detection, segmentation ...: the task's own loader
+        return task_module(record["task"]).load_run(run_dir, file, record, tensors, resolve_device(device))
     if "trainer_state" in record:
         tensors = ckpt.unprefixed("model.", tensors)
     architecture = record["architecture"]

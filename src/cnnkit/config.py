@@ -27,6 +27,9 @@ from cnnkit.errors import ConfigError
 class TrainConfig:
     """Everything that defines a training run. Field names are the YAML keys and the `key=value` names."""
 
+    # --- task ---
+    task: str = "classify"  # "classify", "detect" (boxes), "segment" (a class per pixel) or "instance" (masks)
+
     # --- data ---
     data: str = "fashion-mnist"  # "fashion-mnist", a directory of class folders, or a CSV (path,label)
     val_fraction: float = 0.1  # held out from the training data, seeded; the test split is never used to tune
@@ -70,7 +73,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (measured no gain for CPU training: opt-in)
 
     # --- run ---
-    monitor: str = "val_accuracy"  # metric that picks the best checkpoint and drives early stopping
+    monitor: str | None = None  # metric that picks the best checkpoint and stops early; None: the task's own
+    #                             (val_accuracy for classify, val_map50 for detect, val_miou for segment ...)
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 disables it
     seed: int = 0  # fixes the split, initial weights, batch order and augmentation
     out: str = "runs"  # parent directory of run directories
@@ -91,6 +95,7 @@ class TrainConfig:
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "data_mode": ("auto", "memory", "stream"),
             "finetune": ("full", "linear", "gradual"),
+            "task": ("classify", "detect", "segment", "instance"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -110,7 +115,7 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels={self.channels} must be 1, 3 or left unset")
-        if self.val_fraction == 0 and self.monitor.startswith("val_"):
+        if self.val_fraction == 0 and (self.monitor or "val_").startswith("val_"):
             raise ConfigError("val_fraction=0 leaves nothing to validate on; set monitor=train_loss "
                               "or keep a validation fraction")
 

@@ -30,17 +30,19 @@ class ModelEntry:
     source: str  # "cnnkit", "torchvision" or "timm": where the implementation comes from
     description: str = ""
     defaults: dict = field(default_factory=dict)
+    task: str = "classify"  # "classify", "detect", "segment" or "instance": what the model's outputs mean
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, source: str = "cnnkit", **defaults) -> Callable:
+def register_model(family: str, source: str = "cnnkit", task: str = "classify", **defaults) -> Callable:
     """Decorator that registers a model builder under its function name.
 
     Args:
         family: Architecture family shown by `cnnkit models` ("resnet", "lenet", ...).
         source: Where the implementation lives ("cnnkit", "torchvision", "timm").
+        task: What the model is for: "classify" (logits), "detect", "segment" or "instance".
         **defaults: Keyword arguments recorded as the builder's defaults (for documentation).
 
     Raises:
@@ -53,7 +55,7 @@ def register_model(family: str, source: str = "cnnkit", **defaults) -> Callable:
             raise ModelError(f"model name {name!r} is registered twice ({_REGISTRY[name].builder.__module__} "
                              f"and {builder.__module__}); pick a different function name")
         doc = inspect.getdoc(builder) or ""
-        _REGISTRY[name] = ModelEntry(name, builder, family, source, doc.split("\n")[0], dict(defaults))
+        _REGISTRY[name] = ModelEntry(name, builder, family, source, doc.split("\n")[0], dict(defaults), task)
         return builder
 
     return decorator
@@ -68,10 +70,11 @@ def _ensure_loaded() -> None:
     import cnnkit.models  # noqa: F401
 
 
-def list_models(family: str | None = None) -> list[str]:
-    """Names of registered architectures, sorted, optionally only one family."""
+def list_models(family: str | None = None, task: str | None = None) -> list[str]:
+    """Names of registered architectures, sorted, optionally only one family and/or one task."""
     _ensure_loaded()
-    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+    return sorted(n for n, e in _REGISTRY.items()
+                  if (family is None or e.family == family) and (task is None or e.task == task))
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -65,7 +65,7 @@ class Trainer:
 
     Args:
         config: The run's settings.
-        task: Offers training_step / evaluation_step / new_meter (see cnnkit.tasks).
+        task: A cnnkit.tasks.Task: to_device, training_step, evaluation_step, new_meter, update_meter.
         train_loader: Iterable of (images, targets) with `set_epoch(epoch)` and `len()`.
         val_loader: Same, or None to skip validation (then monitor a train_* metric).
         run_dir: Where metrics.jsonl and checkpoints go (written by rank 0 only).
@@ -84,6 +84,8 @@ class Trainer:
         self.run_dir, self.device, self.dist = Path(run_dir), device, dist_info
         self.callbacks = list(callbacks)
         self.state = TrainState()
+        # The metric that picks the best checkpoint: the config's, else the task's main validation metric.
+        self.monitor = config.monitor or getattr(task, "monitor", "val_accuracy")
 
         model = task.model.to(device)
         if config.channels_last:
@@ -145,7 +147,7 @@ class Trainer:
                     callback(self, metrics)
             patience = config.early_stopping_patience
             if patience and self.state.epochs_without_improvement >= patience:
-                self._print(f"early stopping: {config.monitor} has not improved for {patience} epochs")
+                self._print(f"early stopping: {self.monitor} has not improved for {patience} epochs")
                 break
         best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else {})
         return best
@@ -162,14 +164,13 @@ class Trainer:
         autocast = self._autocast()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen, started = 0, time.perf_counter()
+        seen, has_accuracy, started = 0, False, time.perf_counter()
         num_batches = len(self.train_loader)
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=None if config.progress and self.dist.is_main else True,  # None: only on a terminal
                    mininterval=0.5, unit="batch")
         for index, (images, targets) in enumerate(self.train_loader):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            images, targets = task.to_device(images, targets, self.device)
             is_step = (index + 1) % config.accumulate_steps == 0 or index + 1 == num_batches
             # DDP: skip the gradient all-reduce on accumulation micro-batches.
             sync = nullcontext() if is_step or not self.dist.enabled else model.no_sync()
@@ -193,9 +194,12 @@ class Trainer:
                 self.state.global_step += 1
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.state.global_step)
-            loss_sum += result["loss"].detach() * len(targets)
-            correct += (result["outputs"].detach().argmax(dim=1) == targets).sum()
-            seen += len(targets)
+            batch_size = result["batch_size"]
+            loss_sum += result["loss"].detach() * batch_size
+            if "correct" in result:  # tasks with a per-image right/wrong (classification) report accuracy
+                correct += result["correct"]
+                has_accuracy = True
+            seen += batch_size
             bar.update()
             if index % 20 == 0:
                 bar.set_postfix(loss=f"{float(result['loss'].detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
@@ -204,8 +208,11 @@ class Trainer:
                                              torch.tensor(float(seen), device=self.device, dtype=torch.float64)]),
                                 self.dist)
         seconds = time.perf_counter() - started
-        return {"train_loss": float(totals[0] / totals[2]), "train_accuracy": float(totals[1] / totals[2]),
-                "train_images_per_second": float(totals[2]) / seconds}
+        metrics = {"train_loss": float(totals[0] / totals[2])}
+        if has_accuracy:
+            metrics["train_accuracy"] = float(totals[1] / totals[2])
+        metrics["train_images_per_second"] = float(totals[2]) / seconds
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, loader, model: nn.Module | None = None, per_class: bool = False) -> dict[str, Any]:
@@ -216,9 +223,9 @@ class Trainer:
         meter = self.task.new_meter()
         with self._autocast():
             for images, targets in loader:
-                images, targets = images.to(self.device, non_blocking=True), targets.to(self.device)
+                images, targets = self.task.to_device(images, targets, self.device)
                 result = self.task.evaluation_step(model, images, targets)
-                meter.update(result["outputs"], targets, result["loss"])
+                self.task.update_meter(meter, result, targets)
         for tensor in meter.tensors():
             all_reduce_sum(tensor, self.dist)
         model.train(was_training)
@@ -235,7 +242,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _update_best(self, metrics: dict[str, Any]) -> bool:
-        name = self.config.monitor
+        name = self.monitor
         if name not in metrics:
             known = ", ".join(k for k in metrics if k.startswith(("train_", "val_")))
             raise ConfigError(f"monitor={name!r} is not a metric of this run; choose one of: {known}")

@@ -1,8 +1,7 @@
-"""Image classification: a model plus cross-entropy, returning {"loss", "outputs"}.
+"""Image classification: a model plus cross-entropy, returning {"loss", "outputs", "batch_size", "correct"}.
 
-The task is the only place where a model meets its loss. The Trainer sees only `result["loss"]`
-and the metric names that `new_meter()` reports, so detection or segmentation tasks plug into the
-same loop by offering the same three methods.
+The task is the only place where a model meets its loss (see cnnkit.tasks.base.Task for the contract
+every task follows).
 """
 
 from __future__ import annotations
@@ -13,12 +12,14 @@ import torch.nn.functional as F
 
 from cnnkit.metrics import ClassificationMeter
 from cnnkit.models.googlenet import auxiliary_loss
+from cnnkit.tasks.base import Task
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Cross-entropy classification (with optional label smoothing) over a logits model."""
 
-    name = "classification"
+    name = "classify"
+    monitor = "val_accuracy"
 
     def __init__(self, model: nn.Module, class_names: list[str], label_smoothing: float = 0.0):
         self.model = model
@@ -34,7 +35,8 @@ class ClassificationTask:
         auxiliary = auxiliary_loss(model, targets, self.loss)
         if auxiliary is not None:
             loss = loss + auxiliary
-        return {"loss": loss, "outputs": logits}
+        correct = (logits.detach().argmax(dim=1) == targets).sum()
+        return {"loss": loss, "outputs": logits, "batch_size": len(targets), "correct": correct}
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
@@ -48,3 +50,13 @@ class ClassificationTask:
 
     def new_meter(self) -> ClassificationMeter:
         return ClassificationMeter(self.class_names)
+
+    def update_meter(self, meter: ClassificationMeter, result: dict, targets: torch.Tensor) -> None:
+        meter.update(result["outputs"], targets, result["loss"])
+
+
+def setup(config, device, dist_info, resume):
+    """`cnnkit train --task classify`: model, in-memory or streamed data, pretrained weights (cnnkit.api)."""
+    from cnnkit.api import setup_classification
+
+    return setup_classification(config, device, dist_info, resume)
