@@ -76,14 +76,18 @@ def _add_train(commands) -> None:
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser(
         "evaluate", help="measure a trained run on its test (or validation) split",
-        description="Evaluate the best checkpoint of a run on the split it was never tuned on. The data and "
-                    "preprocessing come from the run directory.",
+        description="Evaluate the best checkpoint of a run on the split it was never tuned on. The data and\n"
+                    "preprocessing come from the run directory. Prints accuracy, loss, balanced accuracy (the mean\n"
+                    "recall over classes, fair to rare classes) and per-class precision, recall, F1 and support;\n"
+                    "writes those and the confusion matrix (rows: true class, columns: predicted class) to\n"
+                    "RUN_DIR/evaluation-SPLIT.json.",
         epilog="examples:\n  cnnkit evaluate runs/fastnet-fashion-mnist-20261125-101500\n"
                "  cnnkit evaluate RUN_DIR --split val --json > val.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--split", choices=["test", "val"], default="test")
-    parser.add_argument("--json", action="store_true", help="print JSON (accuracy, loss, per_class, confusion_matrix ...)")
+    parser.add_argument("--json", action="store_true", help="print JSON (accuracy, loss, per_class, confusion_matrix ...) "
+                        "instead of the table; the same JSON is always written to RUN_DIR/evaluation-SPLIT.json")
     parser.add_argument("--device", default="auto")
 
 
@@ -245,18 +249,24 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from cnnkit.api import load
+    from cnnkit.engine.checkpoint import atomic_write_text
+    from cnnkit.metrics.classification import per_class_table
 
-    result = load(args.run_dir, device=args.device).evaluate(args.split)
+    classifier = load(args.run_dir, device=args.device)
+    result = classifier.evaluate(args.split)
+    text = json.dumps(result, indent=2)
     if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"{args.split} accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"balanced accuracy {result['balanced_accuracy']:.4f}  ({result['count']} images)")
-    width = max(len(name) for name in result["per_class"])
-    print(f"{'class'.ljust(width)}  precision  recall  f1      support")
-    for name, values in result["per_class"].items():
-        print(f"{name.ljust(width)}  {values['precision']:.4f}     {values['recall']:.4f}  {values['f1']:.4f}  "
-              f"{values['support']}")
+        print(text)
+    else:
+        print(f"{args.split} accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+              f"balanced accuracy {result['balanced_accuracy']:.4f}  ({result['count']} images)")
+        print(per_class_table(result))
+    path = classifier.run_dir / f"evaluation-{args.split}.json"
+    try:
+        atomic_write_text(path, text + "\n")
+        print(f"per-class metrics and confusion matrix: {path}", file=sys.stderr)
+    except OSError as error:  # a read-only run directory still gets its numbers printed
+        print(f"cnnkit evaluate: could not write {path}: {error}", file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,9 @@
 
 Everything (accuracy, balanced accuracy, per-class precision/recall/F1) derives from a (K, K) count
 matrix and a loss sum, so distributed evaluation only has to sum two tensors across ranks.
+Conventions follow scikit-learn's: a class that is never predicted has precision 0 (zero_division=0),
+and balanced accuracy is the mean recall over the classes that occur in the targets.
+Written here rather than with torchmetrics (not a dependency) because it is a dozen lines of tensor ops.
 """
 
 from __future__ import annotations
@@ -60,3 +63,19 @@ class ClassificationMeter:
             }
             result["confusion_matrix"] = self.confusion.tolist()
         return result
+
+
+def per_class_table(result: dict) -> str:
+    """The per-class part of `ClassificationMeter.compute(per_class=True)` as aligned text.
+
+    One row per class: precision (of the images predicted as the class, the share that are), recall (of
+    the images of the class, the share found), their harmonic mean F1, and support (images of the class).
+    """
+    rows = result["per_class"]
+    width = max(len("class"), *(len(name) for name in rows))
+    lines = [f"{'class'.ljust(width)}  precision  recall  f1      support"]
+    for name, values in rows.items():
+        lines.append(f"{name.ljust(width)}  {values['precision']:.4f}     {values['recall']:.4f}  "
+                     f"{values['f1']:.4f}  {values['support']}")
+    return "\n".join(lines)
+
