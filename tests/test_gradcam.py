@@ -160,3 +160,75 @@ def test_cli_explain_writes_png(trained_run, image_folder, tmp_path):
     assert result.stdout.strip() == str(path)
     result = run_cli("explain", run_dir, image, "--class", "Hat", "--out", tmp_path)
     assert result.returncode == 2 and "Sneaker" in result.stderr
+
+
+# Transformers: the default layer per family and the token-to-grid reshape, checked against the same map
+# computed by hand from the layer's raw output with the family's layout written out explicitly.
+# (model, input size, expected default layer, raw output -> (B, C, h, w) by hand)
+TRANSFORMERS = [
+    ("vit_small_patch16_224", 28, "blocks.11.norm1",  # timm ViT-S, 4x4 patches: 1 class token + 7x7 tokens
+     lambda out: out[:, 1:].reshape(1, 7, 7, -1).permute(0, 3, 1, 2)),
+    ("vit_b_16", 28, "encoder.layers.encoder_layer_11.ln_1",  # torchvision ViT-B/16 at 28 px: the same layout
+     lambda out: out[:, 1:].reshape(1, 7, 7, -1).permute(0, 3, 1, 2)),
+    ("swin_t", 28, "features.7", lambda out: out.permute(0, 3, 1, 2)),  # torchvision Swin: (B, H, W, C)
+    ("coatnet_0_224", 28, "stages.3", lambda out: out),  # timm CoAtNet: (B, C, H, W) like a CNN
+]
+
+
+def _hand_gradcam(model, image, layer, to_grid, target):
+    captured = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        scores = model(image)
+    finally:
+        handle.remove()
+    (gradient,) = torch.autograd.grad(scores[0, target], captured[0])
+    activations, gradient = to_grid(captured[0].detach()), to_grid(gradient)
+    cam = (gradient.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1, keepdim=True).clamp_min(0)
+    cam = nn.functional.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+@pytest.mark.parametrize("name, size, expected, to_grid", TRANSFORMERS, ids=[case[0] for case in TRANSFORMERS])
+def test_transformer_default_layer_and_token_grid(name, size, expected, to_grid):
+    from cnnkit.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_chans=1, input_size=size).eval()
+    for module in model.modules():  # torchvision's ViT starts with a zero head: no gradient at all
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.05)
+    image = torch.randn(1, 1, size, size)
+    assert default_layer(model, image) == expected
+    for target in range(3):  # some class has a non-zero map for these random weights
+        heatmap, index, layer = gradcam(model, image, target_class=target)
+        if heatmap.max() > 0:
+            break
+    assert layer == expected and index == target and heatmap.shape == (size, size)
+    assert float(heatmap.max()) == pytest.approx(1.0) and float(heatmap.min()) >= 0.0
+    expected_map = _hand_gradcam(model, image, layer, to_grid, target)
+    torch.testing.assert_close(heatmap, expected_map, atol=1e-4, rtol=1e-4)
+    plus, _, _ = gradcam(model, image, target_class=target, method="gradcam++")
+    assert plus.shape == (size, size) and torch.isfinite(plus).all()
+
+
+def test_tokens_without_class_token_and_non_square_grids():
+    from cnnkit.inspect.gradcam import _to_grid
+
+    grid = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)  # (B, C, h, w), h / w = 8 / 12
+    tokens = grid.flatten(2).transpose(1, 2)  # (B, 24, C)
+    assert torch.equal(_to_grid(tokens, "x", (8, 12)), grid)
+    with_prefix = torch.cat([torch.zeros(2, 2, 3), tokens], dim=1)  # e.g. a class and a register token
+    assert torch.equal(_to_grid(with_prefix, "x", (8, 12), prefix=2), grid)
+    assert torch.equal(_to_grid(grid.permute(0, 2, 3, 1), "x", (8, 12), channels_last=True), grid)
+    with pytest.raises(ModelError, match="do not make a grid"):
+        _to_grid(tokens[:, :23], "x", (8, 12))
+
+
+def test_layer_override_on_a_transformer():
+    from cnnkit.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vit_small_patch16_224", num_classes=3, in_chans=1, input_size=28).eval()
+    heatmap, _, layer = gradcam(model, torch.randn(1, 1, 28, 28), layer="blocks.5.norm1")
+    assert layer == "blocks.5.norm1" and heatmap.shape == (28, 28)

@@ -5,10 +5,19 @@
     heatmap, index, layer = gradcam(classifier.model, inputs)                 # (H, W) in [0, 1]
     plot_gradcam(image_uint8[0], heatmap, f"{classifier.classes[index]}", "cam.png")
 
-The target layer is by default the last nn.Conv2d whose output is still spatial (H, W > 1 for these
-inputs, found with one forward pass). Any module name can be passed instead; a module whose output is
-(B, N, C) tokens (a transformer block) is reshaped to a square grid, dropping a class token when N - 1
-is a square. Written by hand with a forward hook and `torch.autograd.grad` (no extra dependency).
+The target layer (`default_layer`) is chosen per family, overridable with any module name:
+- CNNs: the last nn.Conv2d whose output is still spatial (H, W > 1 for these inputs, found with one
+  forward pass).
+- ViT (torchvision `vit_*`, timm `vit_small_patch16_224`): the first LayerNorm of the last encoder block.
+  Not the block's output: the head reads only the class token there, so the patch tokens' gradients
+  would be zero; through the last attention they are not (the choice of pytorch-grad-cam too).
+- Swin (torchvision `swin_*`): the last stage, whose output is (B, H, W, C), channels last.
+- CoAtNet (timm MaxxVit): the last stage, (B, C, H, W) like a CNN's.
+Token outputs (B, N, C) are reshaped to the (h, w) grid of the input's aspect ratio after dropping the
+class (and register) tokens: the model says how many (timm's `num_prefix_tokens`, torchvision's class
+token); for other models a leading class token is dropped when N - 1 tokens make the grid and N do not.
+
+Written by hand with a forward hook and `torch.autograd.grad` (no extra dependency).
 Grad-CAM++ follows Chattopadhay et al. (2018) with the usual exp approximation:
 alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g)).
 """
@@ -16,6 +25,7 @@ alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g)).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -42,8 +52,50 @@ def resolve_class(spec: str | int | None, classes: list[str]) -> int | None:
     raise ConfigError(f"unknown class {spec!r}; classes: {', '.join(classes)} (or an index 0..{len(classes) - 1})")
 
 
+def _instance_of(model: nn.Module, module_name: str, class_name: str) -> bool:
+    """isinstance(model, module_name.class_name), without importing the module (not imported: not an instance)."""
+    module = sys.modules.get(module_name)
+    return module is not None and isinstance(model, getattr(module, class_name, ()))
+
+
+def _last_child(container: nn.Module) -> str:
+    return list(container.named_children())[-1][0]
+
+
+def _transformer_layer(model: nn.Module) -> str | None:
+    """The target layer of the transformer families (see the module docstring); None for other models."""
+    if _instance_of(model, "torchvision.models.vision_transformer", "VisionTransformer"):
+        return f"encoder.layers.{_last_child(model.encoder.layers)}.ln_1"
+    if _instance_of(model, "timm.models.vision_transformer", "VisionTransformer"):
+        return f"blocks.{len(model.blocks) - 1}.norm1"
+    if _instance_of(model, "torchvision.models.swin_transformer", "SwinTransformer"):
+        return f"features.{_last_child(model.features)}"
+    if _instance_of(model, "timm.models.maxxvit", "MaxxVit"):
+        return f"stages.{len(model.stages) - 1}"
+    return None
+
+
+def _prefix_tokens(model: nn.Module) -> int | None:
+    """How many tokens before the patch tokens (class, register tokens), when the model says; else None."""
+    if _instance_of(model, "torchvision.models.vision_transformer", "VisionTransformer"):
+        return 1
+    count = getattr(model, "num_prefix_tokens", None)
+    return int(count) if isinstance(count, int) else None
+
+
+def _channels_last(model: nn.Module, layer: str) -> bool:
+    """Whether `layer` outputs (B, H, W, C): torchvision's Swin keeps its features channels last."""
+    if not _instance_of(model, "torchvision.models.swin_transformer", "SwinTransformer"):
+        return False
+    module = dict(model.named_modules())[layer]
+    return (layer == "norm" or layer.split(".")[0] == "features") and not isinstance(module, nn.Conv2d)
+
+
 def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
-    """The last nn.Conv2d (registration order) whose output for `inputs` has H, W > 1."""
+    """The family's target layer for a transformer; else the last nn.Conv2d whose output for `inputs` has H, W > 1."""
+    chosen = _transformer_layer(model)
+    if chosen is not None:
+        return chosen
     layers = conv_layers(model)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no Conv2d layer; pass a layer name")
@@ -63,18 +115,29 @@ def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     return spatial[-1]
 
 
-def _to_grid(tensor: torch.Tensor, layer: str) -> torch.Tensor:
-    """(B, C, H, W) as is; (B, N, C) tokens -> (B, C, s, s), dropping a leading class token if N - 1 is square."""
+def _token_grid(count: int, input_size: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) with h * w == count and h / w == H / W (the patch grid of an H x W input), or None."""
+    height, width = input_size
+    rows = round(math.sqrt(count * height / width))
+    if rows > 0 and count % rows == 0 and rows * width == (count // rows) * height:
+        return rows, count // rows
+    return None
+
+
+def _to_grid(tensor: torch.Tensor, layer: str, input_size: tuple[int, int], prefix: int | None = None,
+             channels_last: bool = False) -> torch.Tensor:
+    """A layer's output as (B, C, h, w): NCHW as is, NHWC permuted, (B, N, C) tokens without prefix tokens reshaped."""
     if tensor.dim() == 4:
-        return tensor
+        return tensor.permute(0, 3, 1, 2) if channels_last else tensor  # (B, H, W, C) -> (B, C, H, W)
     if tensor.dim() == 3:
         count = tensor.shape[1]
-        for skip in (0, 1):
-            side = math.isqrt(count - skip)
-            if side > 1 and side * side == count - skip:
-                tokens = tensor[:, skip:]
-                return tokens.transpose(1, 2).reshape(tensor.shape[0], tensor.shape[2], side, side)
-        raise ModelError(f"layer {layer} outputs {count} tokens, neither N nor N - 1 a square; pass another layer")
+        for skip in (prefix,) if prefix is not None else (0, 1):
+            grid = _token_grid(count - skip, input_size)
+            if grid is not None and grid[0] * grid[1] > 1:
+                tokens = tensor[:, skip:]  # (B, N, C) -> (B, h * w, C)
+                return tokens.transpose(1, 2).reshape(tensor.shape[0], tensor.shape[2], *grid)
+        raise ModelError(f"layer {layer} outputs {count} tokens, which do not make a grid of the input's shape "
+                         f"{input_size[0]}x{input_size[1]}; pass another layer")
     raise ModelError(f"layer {layer} outputs shape {tuple(tensor.shape)}; need (B, C, H, W) or (B, N, C) tokens")
 
 
@@ -131,8 +194,9 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target_class: int | None = N
             handle.remove()
     finally:
         model.train(was_training)
-    activations = _to_grid(captured[0].detach().float(), layer)
-    gradients = _to_grid(gradients.float(), layer)
+    layout = (tuple(inputs.shape[-2:]), _prefix_tokens(model), _channels_last(model, layer))
+    activations = _to_grid(captured[0].detach().float(), layer, *layout)
+    gradients = _to_grid(gradients.float(), layer, *layout)
     if method == "gradcam":
         weights = gradients.mean(dim=(2, 3), keepdim=True)
     else:
