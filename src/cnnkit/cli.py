@@ -2,12 +2,15 @@
 
     cnnkit train [--config FILE.yaml] [--data ...] [--model NAME] [--epochs N] [key=value ...]
     cnnkit evaluate RUN_DIR [--split test|val] [--json]
-    cnnkit predict RUN_DIR IMAGE... [--top-k K] [--json]
+    cnnkit predict RUN_DIR IMAGE... [--top-k K] [--json] [--backend auto|torch|onnxruntime|openvino]
     cnnkit models [--family NAME] [--input CxHxW] [--flops] [--json]
     cnnkit models summary NAME [--input CxHxW] [--num-classes K] [--depth N] [--json]
     cnnkit inspect filters RUN_DIR [--layer NAME] [--out DIR]
     cnnkit inspect features RUN_DIR IMAGE [--layers NAME ...] [--out DIR]
     cnnkit explain RUN_DIR IMAGE... [--class C] [--method gradcam|gradcam++] [--layer NAME] [--out DIR]
+    cnnkit export RUN_DIR --format onnx|torchscript|torch-export [--dynamic-batch] [--out FILE]
+    cnnkit serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--backend auto|torch|onnxruntime|openvino]
+    cnnkit report RUN_DIR [--device DEVICE] [--max-seconds S]
 
 Errors a user can cause print a short message that starts with what went wrong (no traceback;
 --debug shows it) and exit with status 2.
@@ -73,6 +76,41 @@ def _add_train(commands) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="any setting below, e.g. lr=0.1")
 
 
+def _add_augment(commands) -> None:
+    parser = commands.add_parser(
+        "augment", help="see the training augmentation: `cnnkit augment preview`",
+        description="Tools for the training augmentation.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    preview = actions.add_parser(
+        "preview", help="write a grid of augmented training images, as the model sees them",
+        description="Draws one batch from the real training loader of a config (flips, warps, colour, "
+                    "AutoAugment-family policies, erasing, MixUp/CutMix) and writes it as a PNG grid with each "
+                    "image's label (mixed labels show both classes and their weights).",
+        epilog="examples:\n  cnnkit augment preview rotate=15 random_erasing=0.5\n"
+               "  cnnkit augment preview --config recipes/fashion_mnist/quality.yaml --out preview.png\n"
+               "  cnnkit augment preview auto_augment=trivialaugment cutmix=1.0 --count 48",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    preview.add_argument("--config", metavar="FILE.yaml", help="flat YAML file of training settings")
+    preview.add_argument("--data", help="dataset (default: the config's, fashion-mnist)")
+    preview.add_argument("--out", metavar="FILE.png", default="augment-preview.png", help="where the grid goes")
+    preview.add_argument("--count", type=int, default=32, help="how many images (default 32)")
+    preview.add_argument("overrides", nargs="*", metavar="key=value", help="training settings, as for cnnkit train")
+
+
+def run_augment(args) -> int:
+    from cnnkit.config import make_config, parse_key_values
+    from cnnkit.data.preview import save_preview
+
+    overrides = parse_key_values(args.overrides)
+    if args.data:
+        overrides["data"] = args.data
+    if args.count < 1:
+        raise CnnkitError(f"--count must be 1 or more, got {args.count}")
+    path = save_preview(make_config(args.config, overrides), args.out, count=args.count)
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser(
         "evaluate", help="measure a trained run on its test (or validation) split",
@@ -96,13 +134,25 @@ def _add_predict(commands) -> None:
         "predict", help="classify image files with a trained run",
         description="Print the most likely classes of each image. Images of any size and mode (grayscale, RGB, "
                     "RGBA, palette, 16-bit) are converted, resized and normalized exactly as in training.",
-        epilog="examples:\n  cnnkit predict RUN_DIR shoe.png bag.jpg --top-k 3\n  cnnkit predict RUN_DIR *.png --json",
+        epilog="backends (--backend):\n"
+               "  torch        the PyTorch model from the checkpoint (fp32; the only one for --device cuda)\n"
+               "  onnxruntime  ONNX Runtime on the CPU; openvino: OpenVINO on the CPU (fp32). Both run the run\n"
+               "               exported to ONNX once, checked against PyTorch (max abs difference <= 1e-4) and\n"
+               "               cached in RUN_DIR/export/cache/ until the checkpoint changes\n"
+               "  auto         (default) the fastest correct one measured on this CPU: openvino, else\n"
+               "               onnxruntime, else torch (benchmarks/results/inference.md)\n\n"
+               "examples:\n  cnnkit predict RUN_DIR shoe.png bag.jpg --top-k 3\n  cnnkit predict RUN_DIR *.png --json\n"
+               "  cnnkit predict RUN_DIR shoe.png --backend onnxruntime\n"
+               "  cnnkit predict RUN_DIR/export/best.onnx shoe.png     # an exported file, with its own metadata",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory, checkpoint, or exported .onnx / .pt2 / "
+                        ".torchscript.pt file")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--top-k", type=int, default=3, metavar="K")
     parser.add_argument("--json", action="store_true", help="print JSON: one entry per image with its top-k classes")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="inference engine (default auto; see below)")
 
 
 def _add_models(commands) -> None:
@@ -203,8 +253,10 @@ examples:
         usage="cnnkit explain RUN_DIR IMAGE... [--class C] [--method gradcam|gradcam++] [--layer NAME] "
               "[--out DIR] [--device DEVICE]",
         description="Write one PNG per image with a Grad-CAM or Grad-CAM++ heatmap over the image (after the\n"
-                    "run's own preprocessing), and print where they are. The target layer is the last conv\n"
-                    "layer whose output is still spatial, unless --layer names another.",
+                    "run's own preprocessing), and print where they are. The target layer is chosen per family\n"
+                    "unless --layer names another: for CNNs the last conv layer whose output is still spatial;\n"
+                    "ViT: the first LayerNorm of the last block (class token dropped, tokens back to a grid);\n"
+                    "Swin and CoAtNet: the last stage.",
         epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
@@ -212,9 +264,106 @@ examples:
                         help="class name or index to explain (default: the predicted class)")
     parser.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam",
                         help="gradcam (default) or gradcam++")
-    parser.add_argument("--layer", metavar="NAME", help="target layer name (default: last spatial conv layer)")
+    parser.add_argument("--layer", metavar="NAME", help="target module name, e.g. stages.1.conv2 or blocks.5.norm1 "
+                        "(default: chosen per family, see above)")
     parser.add_argument("--out", metavar="DIR", help="folder for the PNGs (default: RUN_DIR/explain/)")
     parser.add_argument("--device", default="cpu", help="device to run on (default cpu)")
+
+
+def _add_report(commands) -> None:
+    parser = commands.add_parser(
+        "report", help="write the run's HTML report (curves, confusion matrix, mistakes, filters, Grad-CAM)",
+        description="Write RUN_DIR/report.html, one self-contained file (pictures embedded, nothing loaded from\n"
+                    "the network) with the config, the model summary, training curves (loss, accuracy, learning\n"
+                    "rate per epoch), the confusion matrix and per-class metrics on the test split (else the\n"
+                    "validation split), the most confidently wrong images, first-layer filters, feature maps and\n"
+                    "Grad-CAM of a few images. The plots are also saved as RUN_DIR/report/*.png. `cnnkit train`\n"
+                    "writes the report at its end; this command makes it again.",
+        epilog="examples:\n  cnnkit report runs/fastnet-fashion-mnist-20261125-101500\n"
+               "  cnnkit report RUN_DIR --max-seconds 600     # a large test split: evaluate all of it",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--device", default="cpu", help="device to run the model on (default cpu)")
+    parser.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
+                        help="time budget (default 60): evaluation stops early and per-image pictures are skipped "
+                             "once it is spent; the report says so")
+
+
+def _add_export(commands) -> None:
+    examples = """\
+what is written:
+  the model (fp32; input: float32 (B, C, H, W) normalized with the run's mean/std; output: logits), with the
+  checkpoint's record (task, class names, preprocessing, config) embedded as metadata: ONNX metadata_props
+  "cnnkit", or the extra file cnnkit.json inside TorchScript and .pt2 archives; and FILE.json beside it, a
+  readable copy plus the parity numbers and the checkpoint's SHA-256.
+
+checks (the export fails, and nothing is written, if one does not pass):
+  onnx.checker with shape inference (ONNX); parity: the exported model and PyTorch on the same inputs at
+  batch 1 and 4 agree within --tolerance (max abs difference of the logits, default 1e-4).
+
+formats:
+  onnx          torch.onnx.export(dynamo=True); runs in ONNX Runtime, OpenVINO, TensorRT ...
+  torch-export  torch.export (.pt2); load with torch.export.load(FILE).module()
+  torchscript   torch.jit.trace (.torchscript.pt); deprecated by PyTorch, kept for C++ libtorch users
+
+examples:
+  cnnkit export RUN_DIR                                  # RUN_DIR/export/best.onnx, batch fixed to 1
+  cnnkit export RUN_DIR --format onnx --dynamic-batch --out model.onnx
+  cnnkit export RUN_DIR --format torch-export            # RUN_DIR/export/best.pt2
+  cnnkit predict model.onnx shoe.png --backend openvino  # run the exported file
+"""
+    parser = commands.add_parser(
+        "export", help="write a trained run as ONNX, TorchScript or torch.export, checked against PyTorch",
+        description="Export the best (or last) checkpoint of a run for deployment, with its class names and\n"
+                    "preprocessing inside the file, and check that it computes what PyTorch computes.",
+        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--format", choices=("onnx", "torchscript", "torch-export"), default="onnx",
+                        help="default onnx")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="accept any batch size (default: the batch dimension is fixed to 1)")
+    parser.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/export/best.onnx, "
+                        "best.torchscript.pt or best.pt2)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="parity: largest max abs difference of the "
+                        "logits allowed (default 1e-4)")
+
+
+def _add_serve(commands) -> None:
+    examples = """\
+endpoints:
+  GET  /          a web page: upload an image, see the top classes and the Grad-CAM overlay
+  POST /predict   multipart form, image in the field "file"; ?top_k=5&explain=true -> JSON
+  GET  /healthz   the model, the queue and the limits, as JSON
+refusals (JSON {"error", "status", "detail"}, never a traceback):
+  413 body over --max-body-mib (read from Content-Length, before the body) or image over --max-pixels
+  (read from the image header, before decoding); 411 no Content-Length; 415 not an image or an
+  unsupported format; 422 a corrupt image or a malformed request; 503 all workers busy and --queue full;
+  504 no answer within --timeout seconds
+
+examples:
+  cnnkit serve RUN_DIR                          # http://127.0.0.1:8000/
+  curl -F file=@shoe.png 'http://127.0.0.1:8000/predict?top_k=3'
+  cnnkit serve RUN_DIR --port 9000 --backend onnxruntime --workers 2
+"""
+    parser = commands.add_parser(
+        "serve", help="serve a trained run over HTTP, with a web page",
+        description="Serve a classification run over HTTP (FastAPI + uvicorn) until Ctrl-C. Decoding and\n"
+                    "inference run on worker threads, off the event loop. Binds to loopback by default: the\n"
+                    "server has no authentication.",
+        epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (or checkpoint, or exported .onnx file)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="default 8000")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="inference engine, as for `cnnkit predict` (default auto); Grad-CAM always uses PyTorch")
+    parser.add_argument("--max-body-mib", type=float, default=10.0, metavar="MIB", help="largest upload (default 10)")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000, metavar="N",
+                        help="largest width x height (default 50,000,000)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per request (default 10)")
+    parser.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
+    parser.add_argument("--queue", type=int, default=8, metavar="N",
+                        help="requests that may wait for a worker (default 8); more get 503")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                "help on one command:  cnnkit train --help")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_models, _add_inspect, _add_explain):
+    for add in (_add_train, _add_augment, _add_evaluate, _add_predict, _add_models, _add_inspect, _add_explain, _add_report,
+                _add_export, _add_serve):
         add(commands)
     return parser
 
@@ -271,11 +421,11 @@ def run_evaluate(args) -> int:
 
 
 def run_predict(args) -> int:
-    from cnnkit.api import load
+    from cnnkit.export import load_predictor
 
     if args.top_k < 1:
         raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
-    classifier = load(args.run_dir, device=args.device)
+    classifier = load_predictor(args.run_dir, backend=args.backend, device=args.device)
     results = []
     for path in args.images:
         top = classifier.predict([path], top_k=args.top_k)[0]
@@ -394,11 +544,41 @@ def run_explain(args) -> int:
     return 0
 
 
+def run_report(args) -> int:
+    from cnnkit.inspect.report import write_report
+
+    if args.max_seconds <= 0:
+        raise CnnkitError(f"--max-seconds must be positive, got {args.max_seconds}")
+    print(write_report(args.run_dir, device=args.device, max_seconds=args.max_seconds))
+    return 0
+
+
+def run_export(args) -> int:
+    from cnnkit.export import export_run
+
+    result = export_run(args.run_dir, args.format, out=args.out, dynamic_batch=args.dynamic_batch,
+                        checkpoint=args.checkpoint, tolerance=args.tolerance)
+    print(result.summary())
+    return 0
+
+
+def run_serve(args) -> int:
+    from cnnkit.serve import ServeLimits, serve
+
+    if not 0 < args.port < 65536:
+        raise CnnkitError(f"--port must be 1-65535, got {args.port}")
+    limits = ServeLimits(max_body_bytes=int(args.max_body_mib * 2**20), max_pixels=args.max_pixels,
+                         timeout_s=args.timeout, workers=args.workers, queue_size=args.queue)
+    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, limits=limits)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models,
-                "inspect": run_inspect, "explain": run_explain}
+                "inspect": run_inspect, "explain": run_explain, "report": run_report,
+                "export": run_export, "serve": run_serve}
     try:
         return handlers[args.command](args)
     except CnnkitError as error:

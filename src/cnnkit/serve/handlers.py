@@ -1,0 +1,162 @@
+"""Task handlers: what the server does with a checked image, one class per task, chosen by the run's record.
+
+    handler = load_handler("runs/RUN", backend="auto")       # record["task"] -> HANDLERS[task]
+    handler.info()                                           # for /healthz and the web page
+    handler.predict(image, top_k=5, explain=True)            # a JSON-ready dict
+
+The app (app.py) knows nothing about classes, boxes or masks: it checks limits, opens the image header
+(limits.py), runs `handler.predict` on a worker thread (queue.py) and returns its dict. Serving a new task
+is one class with `info()` and `predict()`, added to `HANDLERS` under the task's name; the web page draws
+a "gradcam" overlay picture when a handler returns one (boxes or masks can come the same way).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy
+import torch
+from PIL import Image
+
+from cnnkit.data.images import decode_image
+from cnnkit.errors import CnnkitError, ConfigError
+from cnnkit.serve.limits import UnreadableImage
+
+OVERLAY_MIN_SIDE = 224  # small inputs (28 x 28) are enlarged so the overlay is visible on the page
+
+
+class TaskHandler(Protocol):
+    """What the server needs from a task."""
+
+    def info(self) -> dict[str, Any]:
+        """Task, labels, input size and backend: shown by /healthz and the web page."""
+
+    def predict(self, image: Image.Image, top_k: int, explain: bool) -> dict[str, Any]:
+        """Run the model on an opened (header-checked, not yet decoded) image; a JSON-ready dict."""
+
+
+def overlay_png(image: torch.Tensor, heatmap: torch.Tensor, alpha: float) -> bytes:
+    """PNG bytes of uint8 `image` (C, H, W) with the jet-coloured (H, W) heatmap blended over it.
+
+    Drawn with numpy and Pillow rather than a matplotlib figure (as `cnnkit explain` does): no axes or
+    title are needed on the page, and it takes about a millisecond instead of tens.
+    """
+    from matplotlib import colormaps
+
+    base = image.float().div(255).permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+    if base.shape[2] == 1:
+        base = numpy.repeat(base, 3, axis=2)
+    colours = colormaps["jet"](heatmap.numpy())[..., :3]  # (H, W) in [0, 1] -> (H, W, 3)
+    blended = ((1 - alpha) * base + alpha * colours) * 255
+    picture = Image.fromarray(numpy.clip(blended + 0.5, 0, 255).astype(numpy.uint8), mode="RGB")
+    scale = max(1, math.ceil(OVERLAY_MIN_SIDE / min(picture.size)))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ClassificationHandler:
+    """Top-k classes with probabilities, and optionally a Grad-CAM overlay of the top class.
+
+    Args:
+        classifier: A Classifier on any backend (cnnkit.export.load_predictor).
+        explainer: A PyTorch model for Grad-CAM, or None when only an exported file is served. It is
+            a model of its own (not the classifier's), used under a lock: Grad-CAM adds hooks and needs
+            gradients, which must not meet predictions running on other worker threads.
+        name: The run's name, for the page title.
+        backend: The backend's name, for /healthz.
+    """
+
+    task = "classification"
+
+    def __init__(self, classifier, explainer: torch.nn.Module | None, name: str, backend: str):
+        self.classifier, self.explainer, self.name, self.backend = classifier, explainer, name, backend
+        self._explain_lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run: Path, backend: str) -> ClassificationHandler:
+        import copy
+
+        from cnnkit.api import load
+        from cnnkit.export import load_predictor
+        from cnnkit.export.runtimes import RuntimeModel
+
+        classifier = load_predictor(run, backend=backend, device="cpu")
+        used = classifier.model.runtime if isinstance(classifier.model, RuntimeModel) else "torch"
+        if classifier.run_dir is None:  # an exported file: no checkpoint to explain with
+            explainer, name = None, run.name
+        else:
+            explainer = copy.deepcopy(classifier.model) if used == "torch" else load(run, device="cpu").model
+            name = (run if run.is_dir() else run.parent).name
+        return cls(classifier, explainer, name, used)
+
+    def info(self) -> dict[str, Any]:
+        preprocessing = self.classifier.preprocessing
+        return {"task": self.task, "run": self.name, "backend": self.backend, "classes": self.classifier.classes,
+                "input": {"channels": preprocessing.channels, "image_size": list(preprocessing.image_size)},
+                "explain": self.explainer is not None}
+
+    def predict(self, image: Image.Image, top_k: int, explain: bool) -> dict[str, Any]:
+        preprocessing = self.classifier.preprocessing
+        try:
+            # As cnnkit.data.images does for files: a large JPEG decodes at 1/2..1/8 scale, down to twice the
+            # model's size (a no-op for other formats), so `cnnkit predict` and the server see the same pixels.
+            image.draft(None, (2 * max(preprocessing.image_size),) * 2)
+            image.load()  # the pixel data is decoded here: truncated or corrupt files fail now
+        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
+            raise UnreadableImage(f"the image data is corrupt or truncated ({error}); send the complete file") from None
+        batch = decode_image(image, preprocessing.channels, preprocessing.image_size).unsqueeze(0)  # (1, C, H, W)
+        probabilities = self.classifier.predict_proba(batch)[0]
+        values, indices = probabilities.topk(min(top_k, len(self.classifier.classes)))
+        result: dict[str, Any] = {
+            "task": self.task,
+            "predictions": [{"class": self.classifier.classes[index], "probability": value}
+                            for value, index in zip(values.tolist(), indices.tolist())]}
+        if explain and self.explainer is not None:
+            result["gradcam"] = self._gradcam(batch)
+        return result
+
+    def _gradcam(self, batch: torch.Tensor) -> dict[str, Any]:
+        from cnnkit.inspect.gradcam import OVERLAY_ALPHA, gradcam
+
+        with self._explain_lock:
+            heatmap, index, layer = gradcam(self.explainer, self.classifier.preprocessing.normalize(batch))
+        png = overlay_png(batch[0], heatmap, OVERLAY_ALPHA)
+        return {"class": self.classifier.classes[index], "layer": layer,
+                "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+
+
+# record["task"] -> handler class. "classification" is the name runs were written with before tasks were named.
+HANDLERS: dict[str, type] = {"classify": ClassificationHandler, "classification": ClassificationHandler}
+
+
+def run_task(run: Path) -> str:
+    """The task recorded in a run directory, checkpoint or exported file."""
+    from cnnkit.engine.checkpoint import read_record
+    from cnnkit.export.formats import format_of_file
+
+    if format_of_file(run) is not None:
+        from cnnkit.export import read_metadata
+
+        return read_metadata(run).get("task", "classify")
+    if not run.exists():
+        raise CnnkitError(f"{run} does not exist; pass the run directory that `cnnkit train` printed")
+    checkpoint = run / "best.safetensors" if run.is_dir() else run
+    return read_record(checkpoint).get("task", "classify")
+
+
+def load_handler(run: str | Path, backend: str = "auto") -> TaskHandler:
+    """The handler for a run directory (or checkpoint, or exported file), chosen by its recorded task."""
+    run = Path(run)
+    task = run_task(run)
+    if task not in HANDLERS:
+        served = sorted({handler.task for handler in HANDLERS.values()})
+        raise ConfigError(f"cnnkit serve does not serve {task} runs yet (it serves: {', '.join(served)})")
+    return HANDLERS[task].from_run(run, backend)
