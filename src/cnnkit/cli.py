@@ -11,6 +11,8 @@
     cnnkit export RUN_DIR --format onnx|torchscript|torch-export [--dynamic-batch] [--out FILE]
     cnnkit serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--backend auto|torch|onnxruntime|openvino]
     cnnkit report RUN_DIR [--device DEVICE] [--max-seconds S]
+    cnnkit data make-scenes OUT [--seed S] [--train N --val N --test N] [--size PX] [--max-objects N]
+    cnnkit data convert SRC DST --to coco|voc|yolo
 
 Errors a user can cause print a short message that starts with what went wrong (no traceback;
 --debug shows it) and exit with status 2.
@@ -366,6 +368,98 @@ examples:
                         help="requests that may wait for a worker (default 8); more get 503")
 
 
+
+def _add_data(commands) -> None:
+    """`cnnkit data ACTION`: dataset tools. To add an action, write `_add_data_NAME(actions)` (which sets
+    `handler=run_data_NAME` on its parser) and `run_data_NAME(args)`, and list the former in DATA_ACTIONS."""
+    parser = commands.add_parser(
+        "data", help="dataset tools: make the scenes benchmark, convert detection annotations",
+        usage="cnnkit data ACTION ...",
+        description="Dataset tools. `cnnkit data ACTION --help` explains each action.",
+        epilog="examples:\n  cnnkit data make-scenes data/scenes\n"
+               "  cnnkit data convert data/scenes data/scenes-yolo --to yolo",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="data_action", metavar="ACTION", required=True)
+    for add in DATA_ACTIONS:
+        add(actions)
+
+
+def _add_data_convert(actions) -> None:
+    from_help = "(default: detected; COCO, then VOC, then YOLO when a dataset carries several)"
+    parser = actions.add_parser(
+        "convert", help="convert detection annotations between COCO, Pascal VOC and YOLO",
+        description="Read a detection dataset in any layout cnnkit knows and write it, split by split, as\n"
+                    "DST/SPLIT/images/ plus the annotations in the --to format: COCO DST/annotations/instances_SPLIT.json,\n"
+                    "VOC DST/SPLIT/annotations/*.xml or YOLO DST/SPLIT/labels/*.txt, and DST/classes.txt. Images are\n"
+                    "hard-linked (copied across disks); instance masks go along (COCO RLE, or SPLIT/instances/*.png).\n"
+                    "Boxes are carried over as they are: out-of-image boxes are clipped when training reads them.\n\n"
+                    "Box conventions: COCO [x, y, width, height] in pixels; VOC xmin ymin xmax ymax in pixels;\n"
+                    "YOLO 'class cx cy w h' as fractions of the image size, classes 0-based in classes.txt order.\n\n"
+                    "SRC layouts: split folders as above (what `make-scenes` and `convert` write); Pascal VOC\n"
+                    "(Annotations/, JPEGImages/, ImageSets/Main/SPLIT.txt); YOLO (images/[SPLIT/], labels/[SPLIT/]\n"
+                    "with classes.txt or data.yaml); COCO (annotations/*.json, or one .json file).",
+        epilog="examples:\n  cnnkit data convert data/scenes data/scenes-yolo --to yolo\n"
+               "  cnnkit data convert VOCdevkit/VOC2012 voc-as-coco --to coco\n"
+               "  cnnkit data convert instances_val.json coco-val-voc --to voc",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", metavar="SRC", help="dataset folder, or a COCO .json file")
+    parser.add_argument("destination", metavar="DST", help="new (empty) folder to write")
+    parser.add_argument("--to", required=True, choices=("coco", "voc", "yolo"), help="format to write")
+    parser.add_argument("--from", dest="source_format", choices=("coco", "voc", "yolo"), help="format to read " + from_help)
+    parser.set_defaults(handler=run_data_convert)
+
+
+def _scenes_defaults() -> dict:
+    """ScenesConfig's defaults, read from its source: importing cnnkit.data would load torch for `--help`."""
+    import ast
+    import importlib.util
+
+    source = (Path(importlib.util.find_spec("cnnkit").origin).parent / "data" / "scenes.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == "ScenesConfig":
+            return {item.target.id: ast.literal_eval(item.value) for item in node.body
+                    if isinstance(item, ast.AnnAssign) and item.value is not None}
+    raise RuntimeError("cnnkit/data/scenes.py has no ScenesConfig")
+
+
+def _add_data_make_scenes(actions) -> None:
+    defaults = argparse.Namespace(**_scenes_defaults())
+    parser = actions.add_parser(
+        "make-scenes", help="write the scenes benchmark (Fashion-MNIST items on cluttered canvases)",
+        description="Compose Fashion-MNIST garments onto cluttered RGB canvases (gradient, stripes, semi-transparent\n"
+                    "distractor shapes) at random sizes, colours and positions, with occlusion, and write train/val/test\n"
+                    "splits with every annotation cnnkit reads: YOLO labels, VOC XML, COCO JSON (boxes + RLE masks),\n"
+                    "semantic masks and instance-id masks. Boxes are tight around each object's visible pixels. The\n"
+                    "same --seed writes byte-identical files. OUT/README.txt records the settings and counts.\n\n"
+                    "Train and val canvases draw from disjoint pools of Fashion-MNIST training items, test canvases\n"
+                    "from its test items (found as for `cnnkit train`, see --fashion-mnist).",
+        epilog="examples:\n  cnnkit data make-scenes data/scenes                          # the benchmark defaults\n"
+               "  cnnkit data make-scenes /tmp/tiny --train 8 --val 4 --test 4 --size 64\n"
+               "  cnnkit train --task detect --data data/scenes ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", metavar="OUT", help="new (empty) folder to write")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    for split in ("train", "val", "test"):
+        parser.add_argument(f"--{split}", type=int, default=getattr(defaults, split), metavar="N",
+                            help=f"{split} canvases (default {getattr(defaults, split)})")
+    parser.add_argument("--size", type=int, default=defaults.size, help=f"canvas side in pixels (default {defaults.size})")
+    parser.add_argument("--min-objects", type=int, default=defaults.min_objects, metavar="N",
+                        help=f"fewest objects per canvas (default {defaults.min_objects})")
+    parser.add_argument("--max-objects", type=int, default=defaults.max_objects, metavar="N",
+                        help=f"most objects per canvas (default {defaults.max_objects})")
+    parser.add_argument("--min-scale", type=float, default=defaults.min_scale, metavar="F",
+                        help=f"smallest item size as a fraction of the canvas side (default {defaults.min_scale})")
+    parser.add_argument("--max-scale", type=float, default=defaults.max_scale, metavar="F",
+                        help=f"largest item size as a fraction of the canvas side (default {defaults.max_scale})")
+    parser.add_argument("--fashion-mnist", metavar="DIR", help="folder holding the Fashion-MNIST files "
+                        "(default: $CNNKIT_DATA, /usr/share/datasets/fashion-mnist, ~/.cache/cnnkit, or download)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_data_make_scenes)
+
+
+DATA_ACTIONS = (_add_data_convert, _add_data_make_scenes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnkit", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -375,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_train, _add_augment, _add_evaluate, _add_predict, _add_models, _add_inspect, _add_explain, _add_report,
-                _add_export, _add_serve):
+                _add_export, _add_serve, _add_data):
         add(commands)
     return parser
 
@@ -573,12 +667,43 @@ def run_serve(args) -> int:
     return 0
 
 
+
+def run_data(args) -> int:
+    return args.handler(args)
+
+
+def run_data_convert(args) -> int:
+    from cnnkit.data.detection import convert_dataset
+
+    written = convert_dataset(args.source, args.destination, args.to, args.source_format)
+    for split, (images, objects) in written.items():
+        print(f"{split}: {images} images, {objects} objects")
+    print(f"wrote {args.to.upper()} annotations to {args.destination}")
+    return 0
+
+
+def run_data_make_scenes(args) -> int:
+    import time
+
+    from cnnkit.data.scenes import make_scenes, scenes_config
+
+    config = scenes_config(seed=args.seed, train=args.train, val=args.val, test=args.test, size=args.size,
+                           min_objects=args.min_objects, max_objects=args.max_objects, min_scale=args.min_scale,
+                           max_scale=args.max_scale)
+    start = time.perf_counter()
+    counts = make_scenes(args.out, config, fashion_mnist_root=args.fashion_mnist, progress=not args.quiet)
+    for split, (images, objects) in counts.items():
+        print(f"{split}: {images} canvases, {objects} objects")
+    print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s (settings and counts: {Path(args.out) / 'README.txt'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models,
+    handlers = {"train": run_train, "augment": run_augment, "evaluate": run_evaluate, "predict": run_predict, "models": run_models,
                 "inspect": run_inspect, "explain": run_explain, "report": run_report,
-                "export": run_export, "serve": run_serve}
+                "export": run_export, "serve": run_serve, "data": run_data}
     try:
         return handlers[args.command](args)
     except CnnkitError as error:
