@@ -1,0 +1,432 @@
+"""The run report: one self-contained `report.html` per run directory, plus its plots as PNG files.
+
+    from cnnkit.inspect.report import write_report
+    write_report("runs/fastnet-fashion-mnist-20261125-101500")   # -> RUN_DIR/report.html, RUN_DIR/report/*.png
+
+Everything comes from the run directory itself (config.yaml, metrics.jsonl, best.safetensors), so the
+report can be made again at any time (`cnnkit report RUN_DIR`). The HTML embeds every picture as a
+base64 PNG and loads nothing from the network: it can be mailed or archived as one file.
+
+Sections: overview, config, model summary, training curves (every run); for classification also the
+confusion matrix, per-class metrics, the most confidently wrong images, first-layer filters, feature maps
+and Grad-CAM of a few images. The test split is used when the dataset has one, else the validation split;
+it is evaluated once, in batches, with the run's precision (so the numbers match `cnnkit evaluate`).
+A section that cannot be drawn (no conv layer, data moved away) says why in the report instead of
+failing: the report is written at the end of every training run and must not lose it.
+
+Written here: plots with matplotlib (Agg backend, no display), HTML with the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cnnkit.errors import CheckpointError, CnnkitError
+
+CLASSIFICATION_TASKS = ("classify", "classification")  # "classification": records written before config.task
+NUM_WRONG = 16        # most confidently wrong images shown
+NUM_SAMPLES = 4       # images (of different classes) for Grad-CAM; the first also for feature maps
+NUM_WRONG_EXPLAINED = 2  # of the wrong images, how many also get a Grad-CAM
+FEATURE_CHANNELS = 8  # channels per layer in the feature-map picture
+CURVE_SKIP = ("count", "images_per_second", "seconds")  # per-epoch numbers that are not learning curves
+
+
+@dataclass
+class Section:
+    """One part of the report: an anchor id, a heading and its HTML body."""
+
+    id: str
+    title: str
+    body: str
+
+
+@dataclass
+class Evaluation:
+    """One pass over the evaluation split: the meter's metrics and the pictures the report needs."""
+
+    split: str
+    metrics: dict
+    total: int                                     # images in the split (metrics["count"] may be fewer)
+    wrong: list[tuple[float, int, int, torch.Tensor]] = field(default_factory=list)  # (p, predicted, true, image)
+    samples: list[tuple[int, torch.Tensor]] = field(default_factory=list)            # (true class, image)
+
+
+def plot_image_grid(images: torch.Tensor | list[torch.Tensor], labels: list[str], title: str, path: str | Path,
+                    columns: int | None = None, cmap: str = "gray") -> Path:
+    """Draw uint8 images (C, H, W), C = 1 or 3, sizes may differ, as a grid with a label above each image.
+
+    One-channel images use `cmap` over the full uint8 range; three-channel images are drawn as RGB.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = max(1, math.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns + 0.2, 2.0 * rows + 0.6), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index < count:
+            picture = images[index].cpu()
+            if picture.shape[0] == 1:
+                axis.imshow(picture[0].numpy(), cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+            else:
+                axis.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axis.set_title(labels[index], fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(run_dir: str | Path, *, device: str = "cpu", max_seconds: float = 60.0) -> Path:
+    """Write RUN_DIR/report.html (self-contained) and its plots as RUN_DIR/report/*.png.
+
+    Args:
+        run_dir: A run directory written by `cnnkit train` (needs best.safetensors; config.yaml and
+            metrics.jsonl are used when present).
+        device: Where the model runs for evaluation, feature maps and Grad-CAM.
+        max_seconds: Time budget: evaluation stops early (the report says after how many images) and the
+            per-image pictures are skipped once it is spent. Loading the data is not interrupted.
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        CheckpointError: `run_dir` is not a run directory, or its best checkpoint is unreadable.
+    """
+    from cnnkit.engine.checkpoint import atomic_write_text, read_record
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a directory; pass the run directory that `cnnkit train` printed")
+    record = read_record(run_dir / "best.safetensors")
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.png"):  # a report made again must not show pictures of an earlier one
+        old.unlink()
+    history = _read_history(run_dir / "metrics.jsonl")
+    task = record.get("task", "classify")
+    sections = [_guarded("config", "Config", lambda: _config_section(run_dir, record)),
+                _guarded("summary", "Model summary", lambda: _summary_section(record)),
+                _guarded("curves", "Training curves", lambda: _curves_section(history, out))]
+    facts: dict[str, str] = {}
+    if task in CLASSIFICATION_TASKS:
+        sections += _classification_sections(run_dir, device, out, started + max_seconds, facts)
+    else:
+        sections.append(Section("task", "Task", f"<p>This is a <b>{html.escape(str(task))}</b> run: the report "
+                                "shows its config, model and training curves.</p>"))
+    facts["report made in"] = f"{time.perf_counter() - started:.1f} s"
+    path = run_dir / "report.html"
+    atomic_write_text(path, _render(run_dir, record, history, facts, sections))
+    return path
+
+
+def _guarded(section_id: str, title: str, build) -> Section:
+    """build() -> body HTML; an error becomes a short note in the section instead of a lost report."""
+    try:
+        return Section(section_id, title, build())
+    except Exception as error:  # noqa: BLE001 - see the module docstring: the report must still be written
+        return Section(section_id, title, _missing(error))
+
+
+def _missing(error: Exception) -> str:
+    return f'<p class="missing">Not available: {html.escape(str(error) or type(error).__name__)}</p>'
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _config_section(run_dir: Path, record: dict) -> str:
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        text = path.read_text()
+    else:
+        import yaml
+
+        text = yaml.safe_dump(record.get("config", {}), sort_keys=False)
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _summary_section(record: dict) -> str:
+    from cnnkit.inspect.summary import summary
+    from cnnkit.registry import create_model
+
+    architecture = record["architecture"]
+    model = create_model(architecture["name"], **architecture["args"])  # weights do not change the summary
+    preprocessing = record["preprocessing"]
+    table = summary(model, input_size=(preprocessing["channels"], *preprocessing["image_size"])).table()
+    return f"<pre>{html.escape(table)}</pre>"
+
+
+def _curves_section(history: list[dict], out: Path) -> str:
+    """Loss, accuracy, other validation metrics and learning rate per epoch, train and validation."""
+    if not history:
+        return '<p class="missing">No metrics.jsonl: no epoch has finished.</p>'
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [key for key in dict.fromkeys(k for line in history for k in line) if not key.endswith(CURVE_SKIP)]
+    panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_accuracy", "val_accuracy"])]
+    others = [k for k in keys if k.startswith("val_") and k not in ("val_loss", "val_accuracy")]
+    panels += [("other validation metrics", others), ("learning rate (at the start of the epoch)", ["lr"])]
+    panels = [(title, [k for k in names if k in keys]) for title, names in panels]
+    panels = [(title, names) for title, names in panels if names]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for axis, (title, names) in zip(axes.flat, panels):
+        for name in names:
+            points = [(line["epoch"], line[name]) for line in history if isinstance(line.get(name), (int, float))]
+            axis.plot(*zip(*points), marker="o", markersize=3, label=name)
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = out / "curves.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return (_img(path, "training curves") + "<p>Train values are averages over each epoch's augmented "
+            "batches; validation values are measured after the epoch.</p>")
+
+
+def _classification_sections(run_dir: Path, device: str, out: Path, deadline: float,
+                              facts: dict[str, str]) -> list[Section]:
+    from cnnkit.api import load
+
+    try:
+        classifier = load(run_dir, device=device)
+    except CnnkitError as error:
+        return [Section("evaluation", "Evaluation", _missing(error))]
+    try:
+        evaluation = _evaluate(classifier, deadline)
+    except Exception as error:  # noqa: BLE001 - data moved away, for example: the filters still tell something
+        return [Section("evaluation", "Evaluation", _missing(error)),
+                _guarded("filters", "First-layer filters", lambda: _filters(classifier, out))]
+    metrics = evaluation.metrics
+    facts[f"{evaluation.split} accuracy"] = f"{metrics['accuracy']:.4f} ({metrics['count']} images)"
+    facts["balanced accuracy"] = f"{metrics['balanced_accuracy']:.4f}"
+    if metrics["count"] < evaluation.total:
+        facts["note"] = (f"time budget spent: evaluated {metrics['count']} of {evaluation.total} images; "
+                         "`cnnkit report RUN_DIR --max-seconds 600` evaluates more")
+    classes = classifier.classes
+    return [
+        _guarded("confusion", f"Confusion matrix ({evaluation.split})", lambda: _confusion(metrics, classes, out)),
+        _guarded("per-class", f"Per-class metrics ({evaluation.split})", lambda: _per_class(metrics)),
+        _guarded("wrong", "Most confidently wrong", lambda: _wrong(classifier, evaluation, out)),
+        _guarded("filters", "First-layer filters", lambda: _filters(classifier, out)),
+        _guarded("features", "Feature maps", lambda: _features(classifier, evaluation, out, deadline)),
+        _guarded("gradcam", "Grad-CAM", lambda: _gradcam(classifier, evaluation, out, deadline)),
+    ]
+
+
+def _evaluate(classifier, deadline: float) -> Evaluation:
+    """One batched pass over the test (else validation) split, keeping the pictures the report shows."""
+    from cnnkit.api import make_loader, prepare_data
+    from cnnkit.config import TrainConfig, apply_overrides
+    from cnnkit.engine.trainer import resolve_precision
+    from cnnkit.tasks.classification import ClassificationTask
+
+    config = TrainConfig(**apply_overrides({}, classifier.record["config"], "checkpoint config"))
+    data = prepare_data(config, classifier.preprocessing)
+    split, dataset = ("test", data.test) if data.test is not None else ("val", data.val)
+    if dataset is None:
+        raise CheckpointError(f"the dataset {config.data} has neither a test nor a validation split")
+    device = classifier.device
+    loader = make_loader(dataset, classifier.preprocessing, config, device, train=False)
+    task = ClassificationTask(classifier.model, classifier.classes)
+    meter = task.new_meter()
+    dtype = resolve_precision(config.precision, device)
+    wrong: list[tuple[float, int, int, torch.Tensor]] = []
+    samples: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for images, targets in loader:
+            result = task.evaluation_step(classifier.model, images.to(device), targets.to(device))
+            meter.update(result["outputs"], targets, result["loss"])
+            confidence, predicted = result["outputs"].float().softmax(dim=1).max(dim=1)
+            images, confidence, predicted = images.float().cpu(), confidence.cpu(), predicted.cpu()
+            for index in (predicted != targets).nonzero().flatten().tolist():
+                wrong.append((float(confidence[index]), int(predicted[index]), int(targets[index]), images[index]))
+            wrong = sorted(wrong, key=lambda item: -item[0])[:NUM_WRONG]
+            for index, label in enumerate(targets.tolist()):
+                if len(samples) < NUM_SAMPLES and label not in samples:
+                    samples[label] = images[index]
+            if time.perf_counter() > deadline:
+                break
+    metrics = meter.compute(per_class=True)
+    return Evaluation(split, metrics, len(dataset), wrong, sorted(samples.items()))
+
+
+def _as_uint8(images: torch.Tensor, preprocessing) -> torch.Tensor:
+    """Normalized float (N, C, H, W) -> the uint8 images the model saw (de-normalized)."""
+    mean = torch.tensor(preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(preprocessing.std).view(1, -1, 1, 1)
+    return (images.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _confusion(metrics: dict, classes: list[str], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.tensor(metrics["confusion_matrix"], dtype=torch.float64)
+    share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)  # each row: where that class's images went
+    size = len(classes)
+    side = min(16.0, 2.5 + 0.45 * size)
+    figure, axis = plt.subplots(figsize=(side + 1.5, side))
+    image = axis.imshow(share.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
+    if size <= 30:
+        axis.set_xticks(range(size), classes, rotation=45, ha="right", fontsize=8)
+        axis.set_yticks(range(size), classes, fontsize=8)
+        for row in range(size):
+            for column in range(size):
+                value = int(counts[row, column])
+                if value:
+                    axis.text(column, row, str(value), ha="center", va="center", fontsize=7,
+                              color="white" if share[row, column] > 0.5 else "black")
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    figure.tight_layout()
+    path = out / "confusion.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return _img(path, "confusion matrix") + ("<p>Rows are true classes, columns predicted classes; numbers are "
+                                             "image counts, colour the share of the row.</p>")
+
+
+def _per_class(metrics: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{v['precision']:.4f}</td><td>{v['recall']:.4f}</td>"
+                   f"<td>{v['f1']:.4f}</td><td>{v['support']}</td></tr>" for name, v in metrics["per_class"].items())
+    return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+            f"{rows}</table><p>accuracy {metrics['accuracy']:.4f}, balanced accuracy (mean recall) "
+            f"{metrics['balanced_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, loss {metrics['loss']:.4f} "
+            f"over {metrics['count']} images.</p>")
+
+
+def _wrong(classifier, evaluation: Evaluation, out: Path) -> str:
+    if not evaluation.wrong:
+        return "<p>No image of this split is misclassified.</p>"
+    classes = classifier.classes
+    images = _as_uint8(torch.stack([image for *_, image in evaluation.wrong]), classifier.preprocessing)
+    labels = [f"true {classes[true]}\npredicted {classes[predicted]} ({p:.2f})"
+              for p, predicted, true, _ in evaluation.wrong]
+    title = f"the {len(labels)} most confidently wrong {evaluation.split} images"
+    path = plot_image_grid(images, labels, title, out / "wrong.png")
+    return _img(path, "most confidently wrong images") + ("<p>Confident mistakes are where to look first: a wrong "
+                                                          "label in the data, or classes the model confuses.</p>")
+
+
+def _filters(classifier, out: Path) -> str:
+    from cnnkit.inspect.visualize import plot_filters
+
+    path = plot_filters(classifier.model, None, out / "filters.png")
+    return _img(path, "first-layer filters") + ("<p>The kernels of the first convolution, each scaled to its own "
+                                                "range: trained first layers look like edge and colour detectors.</p>")
+
+
+def _check_time(deadline: float) -> None:
+    if time.perf_counter() > deadline:
+        raise TimeoutError("skipped: the time budget (max_seconds) was spent; `cnnkit report RUN_DIR "
+                           "--max-seconds 600` draws it")
+
+
+def _features(classifier, evaluation: Evaluation, out: Path, deadline: float) -> str:
+    """The first FEATURE_CHANNELS channels of the first, middle and last conv layers, one row per layer."""
+    from cnnkit.inspect.visualize import _normalize_each, feature_maps
+
+    _check_time(deadline)
+    if not evaluation.samples:
+        return '<p class="missing">No evaluation image to show.</p>'
+    label, image = evaluation.samples[0]
+    maps = feature_maps(classifier.model, image[None])  # {layer: (C, H, W)}; image is already normalized
+    tiles, labels = [], []
+    for layer, tensor in maps.items():
+        shown = _normalize_each(tensor[:FEATURE_CHANNELS])  # each channel scaled to [0, 1]
+        tiles += [(shown[index:index + 1] * 255).round().to(torch.uint8) for index in range(len(shown))]  # (1, h, w)
+        labels += [f"{layer} {tuple(tensor.shape)}" if index == 0 else f"channel {index}"
+                   for index in range(len(shown))]
+    title = (f"feature maps of one {classifier.classes[label]} image: first {FEATURE_CHANNELS} channels of the "
+             "first, middle and last conv layers")
+    path = plot_image_grid(tiles, labels, title, out / "features.png", columns=FEATURE_CHANNELS, cmap="viridis")
+    return _img(path, "feature maps") + ("<p>Each channel is scaled to its own range. Early layers keep the image's "
+                                         "shape (edges, regions); deep layers are coarse maps of parts. All channels "
+                                         "of any layer: <code>cnnkit inspect features RUN_DIR IMAGE</code>.</p>")
+
+
+def _gradcam(classifier, evaluation: Evaluation, out: Path, deadline: float) -> str:
+    from cnnkit.inspect.gradcam import gradcam, plot_gradcam
+
+    classes = classifier.classes
+    chosen = [(image, label, "") for label, image in evaluation.samples]
+    chosen += [(image, true, "wrong-") for _, _, true, image in evaluation.wrong[:NUM_WRONG_EXPLAINED]]
+    pictures = []
+    for index, (image, true, kind) in enumerate(chosen):
+        _check_time(deadline)
+        inputs = image[None].to(classifier.device)  # (1, C, H, W), normalized
+        heatmap, predicted, layer = gradcam(classifier.model, inputs)
+        title = f"true {classes[true]}, predicted {classes[predicted]}\nlayer {layer}"
+        path = plot_gradcam(_as_uint8(image[None], classifier.preprocessing)[0], heatmap, title,
+                            out / f"gradcam-{kind}{index}.png")
+        pictures.append(_img(path, path.stem, css="small"))
+    return ("<p>Where the evidence for the predicted class lies (Grad-CAM at the layer named in each title); "
+            "the last pictures explain confidently wrong predictions.</p>" + f'<div class="row">{"".join(pictures)}</div>')
+
+
+def _img(path: Path, alt: str, css: str = "") -> str:
+    """An <img> with the PNG embedded (data URI), captioned with the file's name beside the report."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure class="{css}"><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>report/{html.escape(path.name)}</figcaption></figure>")
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+nav a { margin-right: 1em; } pre { background: #f5f5f5; padding: 0.8em; overflow: auto; font-size: 12px;
+max-height: 32em; } table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc;
+padding: 0.2em 0.6em; text-align: right; } td:first-child, th:first-child, #overview td { text-align: left; }
+img { max-width: 100%; } figure { margin: 0.5em 0; } figure.small { display: inline-block; margin: 0.3em; }
+figure.small img { width: 270px; } figcaption { font-size: 11px; color: #777; } .missing { color: #a33; }
+.row { display: flex; flex-wrap: wrap; }
+"""
+
+
+def _render(run_dir: Path, record: dict, history: list[dict], facts: dict[str, str], sections: list[Section]) -> str:
+    """The whole page: overview facts, a table of contents, then the sections."""
+    architecture = record.get("architecture", {})
+    config = record.get("config", {})
+    best = record.get("metrics", {})
+    overview = {"run directory": str(run_dir), "task": str(record.get("task", "classify")),
+                "model": str(architecture.get("name")), "data": str(config.get("data")),
+                "epochs": f"{len(history)} of {config.get('epochs')}",
+                "best epoch": ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in best.items() if k in ("epoch", "val_loss", "val_accuracy")),
+                **facts}
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in overview.items())
+    nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
+    body = "".join(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>{s.body}</section>' for s in sections)
+    title = f"cnnkit report: {run_dir.name}"
+    version = html.escape(str(record.get("versions", {}).get("cnnkit", "")))
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+            f'<table id="overview">{rows}</table><nav>{nav}</nav>{body}'
+            f"<footer><p>made by cnnkit {version} from the files of the run directory</p></footer></body></html>\n")
