@@ -21,16 +21,23 @@ from cnnkit.data.detection.formats import (
     read_splits,
     write_split,
 )
+from cnnkit.data.detection.dataset import DetectionDataset, collate_detection
+from cnnkit.data.detection.transforms import AUGMENT_PRESETS, DetectionAugment, detection_transforms
 from cnnkit.data.detection.validate import ValidationReport, validate_annotations
 
 __all__ = [
+    "AUGMENT_PRESETS",
     "AnnotationSet",
     "DatasetLayout",
+    "DetectionAugment",
+    "DetectionDataset",
     "FORMATS",
     "ImageAnnotation",
     "ValidationReport",
+    "collate_detection",
     "convert_dataset",
     "detect_layout",
+    "detection_transforms",
     "read_class_names",
     "read_coco",
     "read_split",
