@@ -35,6 +35,9 @@ from cnnkit.engine.transfer import TransferSchedule, adapt_state_dict, load_pret
 from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
 from cnnkit.registry import create_model, get_entry
 from cnnkit.tasks import ClassificationTask, TaskSetup, task_module
+from cnnkit.tasks.classification import predict_logits
+from cnnkit.data.mixing import BatchMixer
+from cnnkit.layers.checkpointing import enable_grad_checkpointing
 
 
 @dataclass
@@ -139,7 +142,7 @@ def make_loader(dataset: ArrayDataset | FileSplit, preprocessing: Preprocessing,
     options = dict(
         batch_size=max(1, config.batch_size // dist_info.world_size) if train else max(config.batch_size, 512),
         mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=train,
-        augment=AugmentConfig(hflip=config.hflip, translate=config.translate) if train else None,
+        augment=config.augment_config() if train else None,
         drop_last=train, seed=config.seed, channels_last=config.channels_last, device=device,
         rank=dist_info.rank if train else 0, world_size=dist_info.world_size if train else 1)
     if isinstance(dataset, ArrayDataset):
@@ -211,6 +214,8 @@ def resolve_architecture(config: TrainConfig, num_classes: int, preprocessing: P
             "input_size": list(preprocessing.image_size), **config.model_args}
     if config.drop_rate is not None:
         args["drop_rate"] = config.drop_rate
+    if config.drop_path_rate is not None:
+        args["drop_path_rate"] = config.drop_path_rate
     from cnnkit.models.custom import check_spec_file, is_spec_file
 
     if is_spec_file(config.model):
@@ -240,7 +245,21 @@ def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Ru
         monitored = best.get(trainer.monitor)
         shown = f"{trainer.monitor} {monitored:.4f} at epoch {best.get('epoch')}" if monitored is not None else ""
         print(f"done: best {shown}; run directory: {run_dir}", flush=True)
+        if config.report and (run_dir / "best.safetensors").is_file():
+            _write_report(run_dir, device)
     return Run(run_dir, best)
+
+
+def _write_report(run_dir: Path, device: torch.device) -> None:
+    """The run report, made last: a failure here is reported and never loses the trained run."""
+    from cnnkit.inspect.report import write_report
+
+    try:
+        path = write_report(run_dir, device=str(device), max_seconds=30.0)
+        print(f"report: {path}", flush=True)
+    except Exception as error:  # noqa: BLE001 - the checkpoints are written; say what failed and go on
+        print(f"report: not written ({type(error).__name__}: {error}); make it again with "
+              f"`cnnkit report {run_dir}`", flush=True)
 
 
 def setup_classification(config: TrainConfig, device: torch.device, dist_info: DistInfo,
@@ -264,7 +283,11 @@ def setup_classification(config: TrainConfig, device: torch.device, dist_info: D
         callbacks.append(schedule)
         if dist_info.is_main:
             print(f"transfer learning: {schedule.describe()}", flush=True)
-    task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing)
+    if config.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing, tta=config.tta)
+    if config.mixup or config.cutmix:
+        task.mixer = BatchMixer(len(data.classes), config.mixup, config.cutmix, config.mix_probability)
     record = {"task": task.name, "architecture": architecture, "classes": data.classes,
               "preprocessing": data.preprocessing.to_dict(), "config": config.to_dict(), "versions": versions()}
 
@@ -299,6 +322,7 @@ class Classifier:
         self.model, self.record, self.run_dir, self.device = model, record, run_dir, device
         self.classes: list[str] = list(record["classes"])
         self.preprocessing = Preprocessing.from_dict(record["preprocessing"])
+        self.tta = bool(record.get("config", {}).get("tta", False))  # flip TTA, as the run was validated
 
     @torch.no_grad()
     def predict_proba(self, images) -> torch.Tensor:
@@ -310,7 +334,7 @@ class Classifier:
         outputs = []
         for start in range(0, len(batch), 256):
             inputs = self.preprocessing.normalize(batch[start:start + 256]).to(self.device)
-            outputs.append(self.model(inputs).float().softmax(dim=1).cpu())
+            outputs.append(predict_logits(self.model, inputs, self.tta).softmax(dim=1).cpu())
         return torch.cat(outputs)
 
     def predict(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
@@ -333,7 +357,7 @@ class Classifier:
             raise ConfigError(f"the dataset {config.data} has no {split} split (folder or CSV data without a "
                               "test/ folder); evaluate with --split val")
         loader = make_loader(dataset, self.preprocessing, config, self.device, train=False)
-        task = ClassificationTask(self.model, self.classes)
+        task = ClassificationTask(self.model, self.classes, tta=self.tta)
         meter = task.new_meter()
         dtype = resolve_precision(config.precision, self.device)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -7,7 +7,9 @@ with its parameters. Parameters and all bookkeeping stay on the CPU, so ``apply`
 a GPU value back: no device synchronization per batch.
 
 Adding an augmentation: write a class with ``sample`` and ``apply``, add a field to
-``AugmentConfig``, and one line to ``build_augmentations``.
+``AugmentConfig``, and one line to ``build_augmentations``. Flips and translation live here;
+the affine/crop warp, colour jitter, random erasing and the AutoAugment-family policies in
+``augment_ops.py``.
 
 Strategies measured (one CPU thread, ``torch.set_num_threads(1)``, development machine; microseconds
 per batch of 512 uint8 images, including the padding; the scripts were throwaway micro-timings):
@@ -45,26 +47,68 @@ import torch.nn.functional as F
 
 from cnnkit.errors import ConfigError
 
-__all__ = ["AugmentConfig", "BatchAugmentation", "RandomHorizontalFlip", "RandomTranslate", "build_augmentations"]
+__all__ = ["AUTO_AUGMENT_POLICIES", "AugmentConfig", "BatchAugmentation", "RandomFlip", "RandomHorizontalFlip",
+           "RandomTranslate", "build_augmentations"]
+
+AUTO_AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
 
 
 @dataclass
 class AugmentConfig:
-    """Which batched augmentations the training loader applies.
+    """Which batched augmentations the training loader applies (all off by default).
 
     Attributes:
         hflip: Flip each image left-right with probability 1/2.
+        vflip: Flip each image upside down with probability 1/2 (for data without an "up":
+            satellite, microscopy; wrong for clothes or digits).
         translate: Shift each image by up to this many pixels in each direction (pad by
             ``translate``, then crop back to the original size at a random offset, as in the
             standard CIFAR recipe). 0 disables it.
         translate_padding: "reflect" (default; airbench's CIFAR choice: no artificial black
             border) or "zeros" (an image with a black background, like Fashion-MNIST, is
             extended with black either way, so both are fine there).
+        rotate: Rotate by an angle drawn uniformly from [-rotate, rotate] degrees.
+        scale: Zoom by a factor drawn uniformly from [1 - scale, 1 + scale].
+        shear: Shear along x by an angle drawn uniformly from [-shear, shear] degrees.
+        resized_crop: RandomResizedCrop's smallest area fraction (e.g. 0.35): crop a random
+            region of that to 100% of the area, aspect ratio 3/4..4/3, and resize it to the
+            image size. 0 disables it. Rotation, scale, shear and the crop are one resampling.
+        brightness, contrast, saturation: Colour jitter strengths, as torchvision's ColorJitter:
+            a factor drawn from [1 - x, 1 + x] per image (saturation needs RGB).
+        hue: Hue shift drawn from [-hue, hue] (fractions of a turn, at most 0.5; RGB only).
+        auto_augment: "autoaugment" (the ImageNet policy), "randaugment" (2 ops, magnitude 9),
+            "trivialaugment" (TrivialAugmentWide), or "none". Per image, through torchvision.
+        random_erasing: Probability of erasing one random rectangle (2-33% of the area, aspect
+            0.3..3.3) to black: cutout / random erasing (Zhong et al. 2017).
     """
 
     hflip: bool = False
+    vflip: bool = False
     translate: int = 0
     translate_padding: Literal["reflect", "zeros"] = "reflect"
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    resized_crop: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    auto_augment: str = "none"
+    random_erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("rotate", "scale", "shear", "brightness", "contrast", "saturation", "hue", "random_erasing",
+                     "resized_crop"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 disables it)")
+        limits = {"scale": 1.0, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5,
+                  "random_erasing": 1.0, "resized_crop": 1.0}
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at most {limit}")
+        if self.auto_augment not in AUTO_AUGMENT_POLICIES:
+            raise ConfigError(f"auto_augment={self.auto_augment!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}")
 
 
 class BatchAugmentation(Protocol):
@@ -96,11 +140,11 @@ def _group_order(keys: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, lis
     return order, counts
 
 
-class RandomHorizontalFlip:
-    """Flips each image left-right with probability ``probability``."""
+class RandomFlip:
+    """Flips each image with probability ``probability``: left-right (``dim=-1``) or upside down (``dim=-2``)."""
 
-    def __init__(self, probability: float = 0.5):
-        self.probability = probability
+    def __init__(self, probability: float = 0.5, dim: int = -1):
+        self.probability, self.dim = probability, dim
 
     def sample(self, num_samples: int, generator: torch.Generator) -> torch.Tensor:
         return torch.rand(num_samples, generator=generator) < self.probability  # (N,) bool
@@ -108,12 +152,19 @@ class RandomHorizontalFlip:
     def apply(self, images: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.device.type != "cpu":
             flip = _to_device(params, images.device).view(-1, 1, 1, 1)
-            return torch.where(flip, images.flip(-1), images), labels
+            return torch.where(flip, images.flip(self.dim), images), labels
         order, (num_kept, _) = _group_order(params.to(torch.int64), 2)
         images, labels = images.index_select(0, order), labels.index_select(0, order)
         # After sorting, the flipped samples are the contiguous tail of the batch.
-        images[num_kept:] = images[num_kept:].flip(-1)
+        images[num_kept:] = images[num_kept:].flip(self.dim)
         return images, labels
+
+
+class RandomHorizontalFlip(RandomFlip):
+    """Flips each image left-right with probability ``probability``."""
+
+    def __init__(self, probability: float = 0.5):
+        super().__init__(probability, dim=-1)
 
 
 class RandomTranslate:
@@ -180,12 +231,25 @@ def translate_by_gather(padded: torch.Tensor, offsets: torch.Tensor, size: torch
 
 
 def build_augmentations(config: AugmentConfig | None) -> list[BatchAugmentation]:
-    """The batched augmentations an ``AugmentConfig`` asks for, in the order they are applied."""
+    """The batched augmentations an ``AugmentConfig`` asks for, in the order they are applied:
+    flips, translation, one affine/crop warp, the AutoAugment-family policy, colour, erasing last."""
     if config is None:
         return []
+    from cnnkit.data.augment_ops import ColorJitter, PolicyAugment, RandomErasing, RandomWarp
+
     augmentations: list[BatchAugmentation] = []
     if config.hflip:
-        augmentations.append(RandomHorizontalFlip())
+        augmentations.append(RandomFlip(dim=-1))
+    if config.vflip:
+        augmentations.append(RandomFlip(dim=-2))
     if config.translate:
         augmentations.append(RandomTranslate(config.translate, config.translate_padding))
+    if config.rotate or config.scale or config.shear or config.resized_crop:
+        augmentations.append(RandomWarp(config.rotate, config.scale, config.shear, config.resized_crop))
+    if config.auto_augment != "none":
+        augmentations.append(PolicyAugment(config.auto_augment))
+    if config.brightness or config.contrast or config.saturation or config.hue:
+        augmentations.append(ColorJitter(config.brightness, config.contrast, config.saturation, config.hue))
+    if config.random_erasing:
+        augmentations.append(RandomErasing(config.random_erasing))
     return augmentations

@@ -26,7 +26,7 @@ import torch
 from cnnkit.data.augment import AugmentConfig, BatchAugmentation, build_augmentations
 from cnnkit.errors import ConfigError, DataError
 
-__all__ = ["AugmentConfig", "TensorLoader", "epoch_generator"]
+__all__ = ["AugmentConfig", "TensorLoader", "epoch_generator", "epoch_order"]
 
 # Independent random streams of one epoch; adding an augmentation never changes the order.
 _PERMUTATION_STREAM = 0
@@ -42,6 +42,26 @@ def epoch_generator(seed: int, epoch: int, *stream: int) -> torch.Generator:
     entropy = [seed % 2**64, epoch % 2**64, *stream]
     state = numpy.random.SeedSequence(entropy).generate_state(1, dtype=numpy.uint64)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def epoch_order(labels: torch.Tensor, shuffle: bool, oversample: bool, seed: int, epoch: int) -> torch.Tensor:
+    """The dataset indices of one epoch, in order (CPU int64, as many as there are samples).
+
+    ``shuffle``: a permutation, each sample once. ``oversample`` (class-balanced sampling, for
+    imbalanced data): indices drawn with replacement with probability 1 / (count of the sample's
+    class), so every class is drawn equally often in expectation; the epoch keeps its length, rare
+    images come several times and some frequent ones not at all. Neither: dataset order.
+    Depends only on (labels, seed, epoch), like the permutation.
+    """
+    total = labels.shape[0]
+    if not shuffle:
+        return torch.arange(total)
+    generator = epoch_generator(seed, epoch, _PERMUTATION_STREAM)
+    if not oversample:
+        return torch.randperm(total, generator=generator)
+    labels = labels.cpu()
+    probabilities = 1.0 / torch.bincount(labels)[labels].double()  # (N,): each class's sum is 1
+    return torch.multinomial(probabilities, total, replacement=True, generator=generator)
 
 
 def check_batching(channels: int, mean: Sequence[float], std: Sequence[float], batch_size: int, rank: int,
@@ -84,6 +104,7 @@ class TensorLoader:
         augment: Batched augmentations, or None.
         drop_last: Drop the last incomplete batch (training); keep it (evaluation).
         seed: Seed of the epoch permutations and augmentation parameters.
+        oversample: With ``shuffle``, draw each epoch class-balanced with replacement (``epoch_order``).
         channels_last: Yield images in torch.channels_last memory format.
         device: Where the dataset lives and batches are produced.
         rank: This process's rank in a distributed run.
@@ -109,6 +130,7 @@ class TensorLoader:
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        oversample: bool = False,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(f"TensorLoader needs (N, C, H, W) uint8 images, got {images.dtype} of shape {tuple(images.shape)}.")
@@ -127,6 +149,7 @@ class TensorLoader:
         self.augmentations: list[BatchAugmentation] = build_augmentations(augment)
         self.drop_last = drop_last
         self.seed = seed
+        self.oversample = oversample
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size
@@ -169,10 +192,7 @@ class TensorLoader:
         """This rank's dataset indices for ``epoch``, in order, and each augmentation's parameters."""
         total = self.images.shape[0]
         slots = self._epoch_slots()
-        if self.shuffle:
-            order = torch.randperm(total, generator=epoch_generator(self.seed, epoch, _PERMUTATION_STREAM))
-        else:
-            order = torch.arange(total)
+        order = epoch_order(self.labels, self.shuffle, self.oversample, self.seed, epoch)
         params = []
         for index, augmentation in enumerate(self.augmentations):
             generator = epoch_generator(self.seed, epoch, _AUGMENTATION_STREAM, index)

@@ -42,13 +42,14 @@ import torch.utils.data
 from torchvision.transforms import v2
 
 from cnnkit.data.augment import AugmentConfig, RandomTranslate
+from cnnkit.data.augment_ops import PolicyAugment
 from cnnkit.data.datasets import compute_mean_std
 from cnnkit.data.fashion_mnist import files_in as fashion_mnist_files_in
 from cnnkit.data.file_dataset import FileDataset, collate_skip_bad
 from cnnkit.data.folder import _probe_all, _report_bad, _short_reason
 from cnnkit.data.images import decode_image
 from cnnkit.data.listing import read_csv_index, scan_image_folder
-from cnnkit.data.loader import _PERMUTATION_STREAM, check_batching, epoch_generator
+from cnnkit.data.loader import check_batching, epoch_generator, epoch_order
 from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 __all__ = ["FileSplit", "FileSplits", "StreamingLoader", "estimate_mean_std", "infer_size_and_channels", "scan_dataset"]
@@ -262,7 +263,8 @@ def estimate_mean_std(
 def build_transform(augment: AugmentConfig | None, size: tuple[int, int]) -> v2.Compose | None:
     """The per-sample ``transforms.v2`` pipeline of an ``AugmentConfig`` (None: no augmentation).
 
-    The same augmentations, in the same order, as ``augment.build_augmentations``.
+    The same augmentations, in the same order, as ``augment.build_augmentations`` (the torchvision
+    originals of the batched versions: e.g. HSV hue, not the batched YIQ rotation).
     """
     if augment is None:
         return None
@@ -278,6 +280,20 @@ def build_transform(augment: AugmentConfig | None, size: tuple[int, int]) -> v2.
             )
         mode = "reflect" if augment.translate_padding == "reflect" else "constant"
         steps.append(v2.RandomCrop(tuple(size), padding=augment.translate, padding_mode=mode, fill=0))
+    if augment.vflip:
+        steps.append(v2.RandomVerticalFlip(p=0.5))
+    if augment.resized_crop:
+        steps.append(v2.RandomResizedCrop(tuple(size), scale=(augment.resized_crop, 1.0), antialias=True))
+    if augment.rotate or augment.scale or augment.shear:
+        steps.append(v2.RandomAffine(degrees=augment.rotate, scale=(1 - augment.scale, 1 + augment.scale),
+                                     shear=(-augment.shear, augment.shear) if augment.shear else None))
+    if augment.auto_augment != "none":
+        steps.append(PolicyAugment(augment.auto_augment).transform)
+    if augment.brightness or augment.contrast or augment.saturation or augment.hue:
+        steps.append(v2.ColorJitter(augment.brightness or None, augment.contrast or None,
+                                    augment.saturation or None, augment.hue or None))
+    if augment.random_erasing:
+        steps.append(v2.RandomErasing(p=augment.random_erasing, value=0))
     return v2.Compose(steps) if steps else None
 
 
@@ -321,6 +337,7 @@ class StreamingLoader:
         num_workers: DataLoader worker processes (0 decodes in the main process). Workers
             start anew each epoch (persistent workers off).
         max_bad_fraction: Unreadable files allowed per epoch (see the module docstring).
+        oversample: With ``shuffle``, class-balanced epochs drawn with replacement (``loader.epoch_order``).
     """
 
     def __init__(
@@ -341,6 +358,7 @@ class StreamingLoader:
         world_size: int = 1,
         num_workers: int = 2,
         max_bad_fraction: float = 0.01,
+        oversample: bool = False,
     ):
         if channels not in (1, 3):
             raise ConfigError(f"StreamingLoader: channels must be 1 or 3, got {channels}.")
@@ -360,6 +378,7 @@ class StreamingLoader:
         self.augment = augment
         self.drop_last = drop_last
         self.seed = seed
+        self.oversample = oversample
         self.channels_last = channels_last
         self.device = torch.device(device)
         self.rank = rank
@@ -400,10 +419,7 @@ class StreamingLoader:
         """
         total = len(self.split)
         slots = (torch.arange(self.num_samples * self.world_size) % max(total, 1))[self.rank :: self.world_size]
-        if self.shuffle:
-            order = torch.randperm(total, generator=epoch_generator(self.seed, epoch, _PERMUTATION_STREAM))
-        else:
-            order = torch.arange(total)
+        order = epoch_order(self.split.labels, self.shuffle, self.oversample, self.seed, epoch)
         # Indexed by position in the epoch, not by rank: a sample's augmentation is the same
         # whatever the world size.
         seeds = torch.randint(0, 2**62, (total,), generator=epoch_generator(self.seed, epoch, _SAMPLE_SEED_STREAM))

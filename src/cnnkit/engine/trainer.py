@@ -184,6 +184,8 @@ class Trainer:
                     self.scaler.unscale_(self.optimizer)
                 if config.grad_clip_norm:
                     nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip_norm)
+                if config.grad_clip_value:
+                    nn.utils.clip_grad_value_(self.model.parameters(), config.grad_clip_value)
                 if self.scaler:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
