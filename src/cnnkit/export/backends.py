@@ -28,7 +28,7 @@ from typing import Callable
 
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.export.errors import ExportError
-from cnnkit.export.runtimes import RUNTIMES, runtime_model
+from cnnkit.export.runtimes import RUNTIMES, SingleImageModel, runtime_model
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Fastest first, from benchmarks/results/inference.md; PyTorch when no ONNX path works.
@@ -103,7 +103,9 @@ def _load_exported(path: Path, backend: str):
     if backend not in ("auto", "torch"):
         raise ConfigError(f"{path} is a {export_format.name} file, which runs with --backend torch; "
                           f"export the run with --format onnx for {backend}")
-    return _classifier(export_format.load(path), read_metadata(path), None)
+    record = read_metadata(path)
+    model = export_format.load(path)
+    return _classifier(model if record["export"]["dynamic_batch"] else SingleImageModel(model), record, None)
 
 
 def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto", checkpoint: str = "best"):

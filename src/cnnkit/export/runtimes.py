@@ -31,6 +31,22 @@ RUNTIMES = ("onnxruntime", "openvino")
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
+def one_image_at_a_time(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    """model(inputs) for a model whose batch dimension is fixed to 1: one call per image, outputs concatenated."""
+    return torch.cat([model(inputs[index:index + 1]) for index in range(len(inputs))])
+
+
+class SingleImageModel(nn.Module):
+    """Wraps a PyTorch model exported with its batch fixed to 1 (a .pt2 file's guard rejects other sizes)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return one_image_at_a_time(self.model, inputs)
+
+
 class RuntimeModel(nn.Module):
     """Calls `run` (numpy float32 (B, C, H, W) -> numpy logits) as if it were a PyTorch model.
 
@@ -38,22 +54,24 @@ class RuntimeModel(nn.Module):
         run: The engine's inference function.
         fixed_batch: The batch size the file was exported with (1), or None for a dynamic batch;
             a fixed-batch model is fed one image at a time.
-        description: What runs, for messages and repr, e.g. "onnxruntime: runs/x/export/best.onnx".
+        runtime: The engine's name, "onnxruntime" or "openvino".
+        source: The ONNX file it runs.
     """
 
-    def __init__(self, run: Callable[[numpy.ndarray], numpy.ndarray], fixed_batch: int | None, description: str):
+    def __init__(self, run: Callable[[numpy.ndarray], numpy.ndarray], fixed_batch: int | None, runtime: str,
+                 source: str | Path):
         super().__init__()
+        description = f"{runtime}: {source}"
         if fixed_batch not in (None, 1):
             raise ExportError(f"{description}: the batch dimension is fixed to {fixed_batch}; cnnkit runs files "
                               "with batch 1 or a dynamic batch (re-export with or without --dynamic-batch)")
-        self.run, self.fixed_batch, self.description = run, fixed_batch, description
+        self.run, self.fixed_batch, self.runtime, self.description = run, fixed_batch, runtime, description
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.fixed_batch is not None and len(inputs) > 1:
+            return one_image_at_a_time(self, inputs)
         array = inputs.detach().to("cpu", torch.float32).contiguous().numpy()  # shares memory with `inputs`
-        if self.fixed_batch is None or len(array) == 1:
-            return torch.from_numpy(numpy.asarray(self.run(array)))
-        return torch.cat([torch.from_numpy(numpy.asarray(self.run(array[index:index + 1])))
-                          for index in range(len(array))])
+        return torch.from_numpy(numpy.asarray(self.run(array)))
 
     def extra_repr(self) -> str:
         return self.description
@@ -80,7 +98,7 @@ def onnxruntime_model(path: str | Path, threads: int | None = None) -> RuntimeMo
     def run(array: numpy.ndarray) -> numpy.ndarray:
         return session.run(None, {model_input.name: array})[0]  # session.run is thread-safe
 
-    return RuntimeModel(run, batch if isinstance(batch, int) else None, f"onnxruntime: {path}")
+    return RuntimeModel(run, batch if isinstance(batch, int) else None, "onnxruntime", path)
 
 
 def openvino_model(path: str | Path, threads: int | None = None, precision: str = "fp32") -> RuntimeModel:
@@ -104,7 +122,7 @@ def openvino_model(path: str | Path, threads: int | None = None, precision: str 
             local.request = compiled.create_infer_request()
         return local.request.infer({0: array})[0]  # a copy (share_outputs=False), safe to keep
 
-    return RuntimeModel(run, batch, f"openvino {precision}: {path}")
+    return RuntimeModel(run, batch, "openvino" if precision == "fp32" else f"openvino-{precision}", path)
 
 
 def runtime_model(runtime: str, path: str | Path, threads: int | None = None) -> RuntimeModel:

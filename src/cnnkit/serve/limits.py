@@ -138,8 +138,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
         raise UnsupportedImage(f"the upload is not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
-    except Image.DecompressionBombError as error:  # Pillow's own limit, which may be lower than max_pixels
-        raise PayloadTooLarge(str(error)) from None
+    except Image.DecompressionBombError as error:  # Pillow's own limit (179 MP) refuses even to open it
+        raise PayloadTooLarge(f"the image declares too many pixels for this server (at most {max_pixels:,}): "
+                              f"{error}; send a smaller image") from None
     except Exception as error:  # noqa: BLE001 - a header broken in a way Pillow reports with another type
         raise UnreadableImage(f"cannot read the image header: {error}") from None
     width, height = image.size
