@@ -1,0 +1,278 @@
+"""Training configuration: one typed dataclass with defaults that already work.
+
+A run is described by `TrainConfig`. A flat YAML file may override fields, and so may `key=value`
+arguments on the command line (applied last). There is no inheritance between config files: what a
+run used is saved, resolved, as `config.yaml` in its run directory.
+
+The defaults are the `make demo` recipe: the `fastnet` model on Fashion-MNIST, measured in
+benchmarks/demo_accuracy.py (see the README for the figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Field names are the YAML keys and the `key=value` names."""
+
+    # --- task ---
+    task: str = "classify"  # "classify", "detect" (boxes), "segment" (a class per pixel) or "instance" (masks)
+
+    # --- data ---
+    data: str = "fashion-mnist"  # "fashion-mnist", a directory of class folders, or a CSV (path,label)
+    val_fraction: float = 0.1  # held out from the training data, seeded; the test split is never used to tune
+    image_size: int | None = None  # resize users' images to this square size; None keeps the dataset's size
+    channels: int | None = None  # 1 (grayscale) or 3 (RGB); None infers it from the data
+    batch_size: int = 256  # images per optimizer step (split across processes under torchrun)
+
+    # --- augmentation (training only; `cnnkit augment preview` shows what the model sees) ---
+    hflip: bool = True  # random horizontal flips (batched tensor op)
+    vflip: bool = False  # random vertical flips (only for data without an "up")
+    translate: int = 2  # random translation by up to this many pixels (pad and crop, batched)
+    rotate: float = 0.0  # random rotation within +- this many degrees
+    scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale]
+    shear: float = 0.0  # random x-shear within +- this many degrees
+    resized_crop: float = 0.0  # RandomResizedCrop: smallest area fraction kept (e.g. 0.35); 0 disables
+    brightness: float = 0.0  # colour jitter: brightness factor in [1 - x, 1 + x]
+    contrast: float = 0.0  # colour jitter: contrast factor in [1 - x, 1 + x]
+    saturation: float = 0.0  # colour jitter: saturation factor in [1 - x, 1 + x] (RGB)
+    hue: float = 0.0  # colour jitter: hue shift in [-x, x] turns, x <= 0.5 (RGB)
+    auto_augment: str = "none"  # "autoaugment", "randaugment", "trivialaugment" or "none" (per image)
+    random_erasing: float = 0.0  # probability of blacking out a random rectangle (cutout)
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 disables (e.g. 0.2)
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 disables (e.g. 1.0); with mixup, half the batches each
+    mix_probability: float = 1.0  # chance a batch is mixed when mixup/cutmix is on
+    data_mode: str = "auto"  # "memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits
+    num_workers: int = -1  # decoding processes for streamed data; -1 picks min(8, cores - 1)
+
+    # --- model ---
+    model: str = "fastnet"  # a registered name; `cnnkit models` lists them
+    model_args: dict = field(default_factory=dict)  # extra keyword arguments for the model builder
+    drop_rate: float | None = None  # dropout rate, for models that have dropout; None keeps the model's default
+    pretrained: str | None = None  # "imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir
+    finetune: str = "full"  # with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)
+    backbone_lr_ratio: float = 0.1  # with pretrained: the backbone's LR as a fraction of the head's
+    unfreeze_every: int = 1  # finetune=gradual: release one more backbone block every this many epochs
+
+    # --- optimization ---
+    epochs: int = 10  # passes over the training split
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
+    lr: float | None = None  # peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly
+    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
+    weight_decay: float = 5e-4  # not applied to norm layers and biases
+    schedule: str = "onecycle"  # "constant", "step", "cosine", "cosine_restarts" or "onecycle"
+    warmup_epochs: float = 0.0  # linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)
+    onecycle_pct: float = 0.25  # fraction of training spent ramping up in the one-cycle schedule
+    step_epochs: int = 30  # "step": multiply the LR by `step_gamma` every this many epochs
+    step_gamma: float = 0.1  # "step": the LR factor applied every step_epochs
+    restart_epochs: int = 10  # "cosine_restarts": length of the first cycle (SGDR's T_0)
+    restart_mult: int = 1  # "cosine_restarts": each cycle is this many times longer than the last (T_mult)
+    min_lr_ratio: float = 0.0  # the LR decays to lr * min_lr_ratio
+    label_smoothing: float = 0.1  # cross-entropy targets (1 - s) for the class, s spread over all classes
+    grad_clip_norm: float | None = None  # clip the global gradient norm to this value
+    grad_clip_value: float | None = None  # clip every gradient element to [-value, value]
+    drop_path_rate: float | None = None  # stochastic depth, for models with residual blocks; None: model default
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    accumulate_steps: int = 1  # gradient accumulation: optimizer step every this many batches
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
+    ema_decay: float = 0.0  # exponential moving average of the weights; 0 disables it
+    compile: bool = False  # torch.compile the model (measured no gain for CPU training: opt-in)
+
+    # --- evaluation ---
+    tta: bool = False  # test-time augmentation: average the logits of each image and its mirror image
+
+    # --- class imbalance ---
+    class_weights: str = "none"  # loss weight per class from training counts: "none", "inverse" (1/n) or "effective"
+    class_weights_beta: float = 0.999  # class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)
+    sampler: str = "shuffle"  # "shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement)
+    loss: str = "ce"  # "ce" (cross-entropy) or "focal" (Lin et al. 2017: (1 - p)^gamma down-weights easy images)
+    focal_gamma: float = 2.0  # loss=focal: the focusing exponent gamma; 0 is cross-entropy
+
+    # --- segmentation ---
+    seg_loss: str | None = None  # task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`
+    ignore_index: int = 255  # task=segment: mask value of unlabelled pixels, left out of the loss and the metrics
+
+    # --- run ---
+    monitor: str | None = None  # metric that picks the best checkpoint and stops early; None: the task's own
+    #                             (val_accuracy for classify, val_map50 for detect, val_miou for segment ...)
+    early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 disables it
+    seed: int = 0  # fixes the split, initial weights, batch order and augmentation
+    out: str = "runs"  # parent directory of run directories
+    name: str | None = None  # run directory name; default: <model>-<data>-<timestamp>
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
+    num_threads: int = 0  # CPU threads for PyTorch; 0 keeps PyTorch's default (one per core)
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under torchrun (DDP)
+    progress: bool = True  # show a progress bar
+    report: bool = True  # write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check value ranges and choices; raise ConfigError naming the field."""
+        choices = {
+            "optimizer": ("sgd", "adamw"),
+            "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "data_mode": ("auto", "memory", "stream"),
+            "finetune": ("full", "linear", "gradual"),
+            "task": ("classify", "detect", "segment", "instance"),
+            "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr={self.lr!r} must be greater than 0 (or unset for the batch-size-scaled default)")
+        positive = ("batch_size", "epochs", "accumulate_steps", "backbone_lr_ratio", "unfreeze_every",
+                    "step_epochs", "restart_epochs", "restart_mult")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1) (0 disables EMA)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        self.augment_config()  # checks the augmentation values
+        for name in ("mixup", "cutmix", "grad_clip_value"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= self.mix_probability <= 1.0:
+            raise ConfigError(f"mix_probability={self.mix_probability} must be in [0, 1]")
+        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop_path_rate={self.drop_path_rate} must be in [0, 1)")
+        self._validate_segmentation()
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels={self.channels} must be 1, 3 or left unset")
+        if self.val_fraction == 0 and (self.monitor or "val_").startswith("val_"):
+            raise ConfigError("val_fraction=0 leaves nothing to validate on; set monitor=train_loss "
+                              "or keep a validation fraction")
+        self._validate_class_imbalance()
+
+    def _validate_class_imbalance(self) -> None:
+        for name, allowed in (("class_weights", ("none", "inverse", "effective")),
+                              ("sampler", ("shuffle", "oversample")), ("loss", ("ce", "focal"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not 0.0 <= self.class_weights_beta < 1.0:
+            raise ConfigError(f"class_weights_beta={self.class_weights_beta} must be in [0, 1) (e.g. 0.999)")
+        if not self.focal_gamma >= 0.0:
+            raise ConfigError(f"focal_gamma={self.focal_gamma} must be >= 0 (0 is cross-entropy; 2 is the paper's)")
+
+    def _validate_segmentation(self) -> None:
+        if self.seg_loss is not None:
+            from cnnkit.losses.segmentation import parse_loss_spec
+
+            parse_loss_spec(self.seg_loss)
+        if self.ignore_index < 0:
+            raise ConfigError(f"ignore_index={self.ignore_index} must be >= 0 (255 by default)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def augment_config(self):
+        """The training loader's cnnkit.data.AugmentConfig (MixUp/CutMix go to the task, not the loader)."""
+        from cnnkit.data.augment import AugmentConfig
+
+        names = ("hflip", "vflip", "translate", "rotate", "scale", "shear", "resized_crop", "brightness",
+                 "contrast", "saturation", "hue", "auto_augment", "random_erasing")
+        return AugmentConfig(**{name: getattr(self, name) for name in names})
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
+    """Check `value` against the field's type annotation, converting ints to floats where a float is expected."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where}: {name} cannot be empty (null)")
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed)
+    raise ConfigError(f"{where}: {name}={value!r} should be {names}")
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """Merge `overrides` into `values`, checking each key and type; `where` names the source in errors."""
+    types_by_name = _field_types()
+    merged = dict(values)
+    for key, value in overrides.items():
+        if key not in types_by_name:
+            close = difflib.get_close_matches(key, list(types_by_name), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown setting {key!r}.{hint} See `cnnkit train --help` for the list.")
+        merged[key] = _coerce(key, value, types_by_name[key], where)
+    return merged
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """Parse command-line `key=value` items; values are read as YAML scalars (1e-3, true, null, [a, b])."""
+    parsed = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"cannot read {item!r}: overrides are written key=value, e.g. lr=0.1")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            parsed[key.strip()] = text
+    return parsed
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML mapping of TrainConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings (key: value), not {type(content).__name__}")
+    return content
+
+
+def make_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Build a TrainConfig from defaults, then an optional YAML file, then overrides (highest priority)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = apply_overrides(values, load_yaml(path), str(path))
+    values = apply_overrides(values, overrides or {}, "command line")
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        source = f"{path} / command line" if path else "command line"
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from cnnkit.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
