@@ -68,6 +68,9 @@ def _add_train(commands) -> None:
                     "epoch (metrics.jsonl) and the best and last checkpoints go to the run directory.",
         epilog=_settings_help() + "\n\n" + EXAMPLES_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="flat YAML file of settings (overridden by the flags below)")
+    parser.add_argument("--task", choices=("classify", "detect", "segment", "instance"),
+                        help="what to learn: classify (default: a class per image), detect (boxes), segment (a class "
+                             "per pixel) or instance (a mask per object)")
     parser.add_argument("--data", help="fashion-mnist, a directory (class subfolders, or train/ and test/), or a CSV")
     parser.add_argument("--model", help="architecture name (see `cnnkit models`) or a YAML network spec "
                         "(see examples/my_net.yaml)")
@@ -500,7 +503,7 @@ def run_train(args) -> int:
     from cnnkit.config import parse_key_values
 
     overrides = parse_key_values(args.overrides)
-    for name in ("data", "model", "epochs", "out", "name"):
+    for name in ("task", "data", "model", "epochs", "out", "name"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.resume:
