@@ -14,6 +14,8 @@
     cnnkit report RUN_DIR [--device DEVICE] [--max-seconds S]
     cnnkit data make-scenes OUT [--seed S] [--train N --val N --test N] [--size PX] [--max-objects N]
     cnnkit data convert SRC DST --to coco|voc|yolo
+    cnnkit data check DATASET [--threshold T] [--size PX] [--exact-only] [--out FILE.json] [--plot FILE.png]
+    cnnkit lr-find [--config FILE.yaml] [--data ...] [--model NAME] [--steps N] [--out FILE.png] [key=value ...]
 
 Errors a user can cause print a short message that starts with what went wrong (no traceback;
 --debug shows it) and exit with status 2.
@@ -159,6 +161,11 @@ def _add_predict(commands) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
                         help="inference engine (default auto; see below)")
+    # Detection runs (record task "detect"): boxes instead of top-k classes.
+    parser.add_argument("--out", metavar="DIR", help="detection runs: folder for IMAGE.json (boxes, scores, class "
+                        "names) and IMAGE.png (the boxes drawn); default RUN_DIR/predictions/")
+    parser.add_argument("--score-threshold", type=float, default=0.25, metavar="S",
+                        help="detection runs: leave out boxes scored below S (default 0.25)")
 
 
 def _add_models(commands) -> None:
@@ -397,7 +404,7 @@ def _add_data(commands) -> None:
     """`cnnkit data ACTION`: dataset tools. To add an action, write `_add_data_NAME(actions)` (which sets
     `handler=run_data_NAME` on its parser) and `run_data_NAME(args)`, and list the former in DATA_ACTIONS."""
     parser = commands.add_parser(
-        "data", help="dataset tools: make the scenes benchmark, convert detection annotations",
+        "data", help="dataset tools: make the scenes benchmark, convert detection annotations, check for duplicates",
         usage="cnnkit data ACTION ...",
         description="Dataset tools. `cnnkit data ACTION --help` explains each action.",
         epilog="examples:\n  cnnkit data make-scenes data/scenes\n"
@@ -481,7 +488,73 @@ def _add_data_make_scenes(actions) -> None:
     parser.set_defaults(handler=run_data_make_scenes)
 
 
-DATA_ACTIONS = (_add_data_convert, _add_data_make_scenes)
+def _add_data_check(actions) -> None:
+    parser = actions.add_parser(
+        "check", help="find exact and near-duplicate images within and across train/val/test (leakage)",
+        usage="cnnkit data check DATASET [--threshold T] [--size PX] [--exact-only] [--val-fraction F] [--seed S]\n"
+              "                         [--out FILE.json] [--plot FILE.png]",
+        description="Look for duplicate images in a dataset, within each split and across train, val and test.\n"
+                    "A test image that is also in the training data measures memory, not generalisation; a val\n"
+                    "split overlapping train makes early stopping and tuning optimistic.\n\n"
+                    "exact: identical decoded pixels (any file format). near: the Pearson correlation of the two\n"
+                    "images' grayscale thumbnails (at most --size x --size pixels) is at least --threshold: the same\n"
+                    "picture re-encoded, resized, brightened or slightly edited. Crops, flips and colour-only\n"
+                    "changes are not caught. Near pairs are candidates for a person to judge: look at --plot.\n\n"
+                    "val is the split `cnnkit train` would carve with the same val_fraction and seed. Every pair of\n"
+                    "images is compared (matrix products, bfloat16 screen then float32): Fashion-MNIST's 70 000\n"
+                    "images take seconds to tens of seconds on a CPU.",
+        epilog="examples:\n  cnnkit data check fashion-mnist --plot dups.png\n"
+               "  cnnkit data check ~/photos/ --threshold 0.995 --out check.json\n"
+               "  cnnkit data check labels.csv --exact-only --val-fraction 0.2 --seed 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", metavar="DATASET", help="fashion-mnist, a folder (class subfolders, or train/ "
+                        "and test/), or a CSV, as `cnnkit train --data` takes it")
+    parser.add_argument("--threshold", type=float, default=0.99, help="near duplicates: minimum thumbnail "
+                        "correlation, in (0, 1] (default 0.99; 0.995 is stricter)")
+    parser.add_argument("--size", type=int, default=32, metavar="PX", help="thumbnail side (default 32; smaller "
+                        "images keep their size)")
+    parser.add_argument("--exact-only", action="store_true", help="skip near duplicates (the O(N^2) part)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="as `cnnkit train` val_fraction (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="as `cnnkit train` seed (default 0)")
+    parser.add_argument("--out", metavar="FILE.json", help="write the full report (counts, examples) as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw example pairs (exact first, then near)")
+    parser.set_defaults(handler=run_data_check)
+
+
+DATA_ACTIONS = (_add_data_convert, _add_data_make_scenes, _add_data_check)
+
+
+def _add_lr_find(commands) -> None:
+    parser = commands.add_parser(
+        "lr-find", help="LR range test: plot loss against a growing learning rate, suggest an LR",
+        description="The learning-rate range test (Smith 2015; fast.ai's lr_find). Builds the model, data and\n"
+                    "optimizer exactly as `cnnkit train` would with the same settings, then trains for --steps\n"
+                    "batches while the LR grows exponentially from --start-lr to --end-lr, recording the loss.\n"
+                    "Stops early when the smoothed loss exceeds 4x its minimum. Nothing is saved but the plot\n"
+                    "(and its numbers as .json beside it); the weights are thrown away.\n\n"
+                    "reading the plot (loss against LR, log axis):\n"
+                    "  - flat on the left: the LR is too small to change anything;\n"
+                    "  - then the loss falls: the useful range. The steepest part is a good LR;\n"
+                    "  - a minimum, then the loss shoots up: the LR is too large and training diverges.\n"
+                    "    The LR at the minimum is already too high: take about a tenth of it.\n"
+                    "The printed suggestion is minimum / 10 (green line), with the steepest descent beside it\n"
+                    "(orange). Use it as the peak LR: `cnnkit train lr=...`. A curve that never falls (the loss\n"
+                    "only rises) points to a bug or bad data rather than an LR; a very noisy curve gets smoother\n"
+                    "with a larger batch_size or more --steps.",
+        epilog="examples:\n  cnnkit lr-find                                   # fastnet on Fashion-MNIST\n"
+               "  cnnkit lr-find --model resnet20 batch_size=128 --out resnet20-lr.png\n"
+               "  cnnkit lr-find --config recipe.yaml optimizer=adamw --start-lr 1e-6 --end-lr 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.yaml", help="flat YAML file of settings, as `cnnkit train`")
+    parser.add_argument("--data", help="dataset, as `cnnkit train --data`")
+    parser.add_argument("--model", help="architecture name or YAML network spec")
+    parser.add_argument("--start-lr", type=float, default=1e-7, help="first LR (default 1e-7)")
+    parser.add_argument("--end-lr", type=float, default=10.0, help="last LR (default 10)")
+    parser.add_argument("--steps", type=int, default=100, metavar="N", help="batches, one LR each (default 100)")
+    parser.add_argument("--out", default="lr-find.png", metavar="FILE.png", help="the plot (default lr-find.png); "
+                        "the curve's numbers go beside it as .json")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="any `cnnkit train` setting, e.g. "
+                        "batch_size=128")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_train, _add_augment, _add_evaluate, _add_predict, _add_models, _add_inspect, _add_explain, _add_report,
-                _add_export, _add_serve, _add_data):
+                _add_export, _add_serve, _add_data, _add_lr_find):
         add(commands)
     return parser
 
@@ -521,6 +594,8 @@ def run_evaluate(args) -> int:
     from cnnkit.metrics.classification import per_class_table
 
     classifier = load(args.run_dir, device=args.device)
+    if classifier.record.get("task") == "detect":
+        return run_evaluate_detection(args, classifier)
     result = classifier.evaluate(args.split)
     text = json.dumps(result, indent=2)
     if args.json:
@@ -538,8 +613,66 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def run_evaluate_detection(args, detector) -> int:
+    """`cnnkit evaluate` for a detection run: COCO mAP, mAP@.5 and per-class AP."""
+    from cnnkit.engine.checkpoint import atomic_write_text
+    from cnnkit.metrics.detection import coco_ap_table
+
+    result = detector.evaluate(args.split)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        print(text)
+    else:
+        print(f"{args.split} mAP@[.5:.95] {result['map']:.4f}  mAP@.5 {result['map50']:.4f}  "
+              f"mAP@.75 {result['map75']:.4f}  recall@100 {result['mar100']:.4f}  ({result['count']} images, "
+              f"{result['images_per_second']:.1f} images/s)")
+        print(coco_ap_table(result))
+    path = detector.run_dir / f"evaluation-{args.split}.json"
+    try:
+        atomic_write_text(path, text + "\n")
+        print(f"per-class AP: {path}", file=sys.stderr)
+    except OSError as error:  # a read-only run directory still gets its numbers printed
+        print(f"cnnkit evaluate: could not write {path}: {error}", file=sys.stderr)
+    return 0
+
+
+def _run_task(path: str) -> str:
+    """The task recorded in a run directory's or checkpoint's record ("classify" for anything else)."""
+    from cnnkit.engine.checkpoint import read_record
+
+    file = Path(path) / "best.safetensors" if Path(path).is_dir() else Path(path)
+    if file.suffix != ".safetensors" or not file.is_file():
+        return "classify"
+    return read_record(file).get("task", "classify")
+
+
+def run_predict_detection(args) -> int:
+    """`cnnkit predict` for a detection run: JSON and a drawing per image."""
+    from cnnkit.api import load
+    from cnnkit.tasks.detection import write_predictions
+
+    if not 0 <= args.score_threshold <= 1:
+        raise CnnkitError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    for image in args.images:
+        if not Path(image).is_file():
+            raise CnnkitError(f"image {image} not found")
+    detector = load(args.run_dir, device=args.device)
+    out = Path(args.out) if args.out else detector.run_dir / "predictions"
+    results = write_predictions(detector, args.images, out, args.score_threshold)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            shown = ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"]) or "nothing"
+            print(f"{result['image']}: {shown} -> {result['drawing']}")
+    return 0
+
+
 def run_predict(args) -> int:
     from cnnkit.export import load_predictor
+
+    if _run_task(args.run_dir) == "detect":
+        return run_predict_detection(args)
 
     if args.top_k < 1:
         raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
@@ -731,12 +864,43 @@ def run_data_make_scenes(args) -> int:
     return 0
 
 
+def run_data_check(args) -> int:
+    from cnnkit.data.check import check_dataset, format_report, plot_pairs
+    from cnnkit.engine.checkpoint import atomic_write_text
+
+    report = check_dataset(args.dataset, threshold=args.threshold, size=args.size, val_fraction=args.val_fraction,
+                           seed=args.seed, near=not args.exact_only)
+    print(format_report(report))
+    if args.plot:
+        print(f"example pairs: {plot_pairs(report, args.plot)}")
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps({k: v for k, v in report.items() if not k.startswith("_")},
+                                                     indent=2) + "\n")
+        print(f"report: {args.out}")
+    return 0
+
+
+def run_lr_find(args) -> int:
+    from cnnkit.config import parse_key_values
+    from cnnkit.engine.lr_finder import lr_find, plot_lr_find
+
+    overrides = parse_key_values(args.overrides)
+    for name in ("data", "model"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    result = lr_find(args.config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps, **overrides)
+    print(result.summary())
+    print(f"plot: {plot_lr_find(result, args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"train": run_train, "augment": run_augment, "evaluate": run_evaluate, "predict": run_predict, "models": run_models,
                 "inspect": run_inspect, "explain": run_explain, "report": run_report,
-                "export": run_export, "serve": run_serve, "data": run_data}
+                "export": run_export, "serve": run_serve, "data": run_data,
+                "lr-find": run_lr_find}
     try:
         return handlers[args.command](args)
     except CnnkitError as error:

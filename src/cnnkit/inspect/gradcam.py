@@ -141,6 +141,22 @@ def _to_grid(tensor: torch.Tensor, layer: str, input_size: tuple[int, int], pref
     raise ModelError(f"layer {layer} outputs shape {tuple(tensor.shape)}; need (B, C, H, W) or (B, N, C) tokens")
 
 
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called `name`; ModelError listing the conv layers when there is none."""
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        available = ", ".join(layer for layer, _ in conv_layers(model)) or "none"
+        raise ModelError(f"no layer named {name!r} in {type(model).__name__}; conv layers: {available}")
+    return modules[name]
+
+
+def as_grid(model: nn.Module, layer: str, output: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    """The output of `layer` as (B, C, h, w), whatever its layout: NCHW, Swin's NHWC, or ViT tokens."""
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(f"layer {layer} returns {type(output).__name__}, not a tensor; pass another layer")
+    return _to_grid(output, layer, input_size, _prefix_tokens(model), _channels_last(model, layer))
+
+
 def gradcam(model: nn.Module, inputs: torch.Tensor, target_class: int | None = None, layer: str | None = None,
             method: str = "gradcam") -> tuple[torch.Tensor, int, str]:
     """Class activation map of one image.
@@ -169,10 +185,7 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target_class: int | None = N
     try:
         if layer is None:
             layer = default_layer(model, inputs)
-        modules = dict(model.named_modules())
-        if layer not in modules or layer == "":
-            available = ", ".join(name for name, _ in conv_layers(model)) or "none"
-            raise ModelError(f"no layer named {layer!r} in {type(model).__name__}; conv layers: {available}")
+        module = find_layer(model, layer)
         captured: list[torch.Tensor] = []
 
         def keep(_module, _inputs, output):
@@ -181,7 +194,7 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target_class: int | None = N
             captured.append(output)
             return output.clone()  # later in-place ops (ReLU(inplace=True)) must not change the captured tensor
 
-        handle = modules[layer].register_forward_hook(keep)
+        handle = module.register_forward_hook(keep)
         try:
             with torch.enable_grad(), torch.autocast(inputs.device.type, enabled=False):
                 scores = model(inputs.detach().float().requires_grad_(True))
@@ -194,9 +207,8 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target_class: int | None = N
             handle.remove()
     finally:
         model.train(was_training)
-    layout = (tuple(inputs.shape[-2:]), _prefix_tokens(model), _channels_last(model, layer))
-    activations = _to_grid(captured[0].detach().float(), layer, *layout)
-    gradients = _to_grid(gradients.float(), layer, *layout)
+    activations = as_grid(model, layer, captured[0].detach().float(), tuple(inputs.shape[-2:]))
+    gradients = as_grid(model, layer, gradients.float(), tuple(inputs.shape[-2:]))
     if method == "gradcam":
         weights = gradients.mean(dim=(2, 3), keepdim=True)
     else:
