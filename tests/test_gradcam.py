@@ -232,3 +232,34 @@ def test_layer_override_on_a_transformer():
     model = create_model("vit_small_patch16_224", num_classes=3, in_chans=1, input_size=28).eval()
     heatmap, _, layer = gradcam(model, torch.randn(1, 1, 28, 28), layer="blocks.5.norm1")
     assert layer == "blocks.5.norm1" and heatmap.shape == (28, 28)
+
+
+def _smallest_of_each_family() -> list[str]:
+    from cnnkit.inspect.summary import model_cost
+    from cnnkit.registry import get_entry, list_models
+
+    smallest: dict[str, tuple[int, str]] = {}
+    for name in list_models(task="classify"):  # detectors and segmenters have their own outputs
+        family = get_entry(name).family
+        if family in ("custom", "nasnet"):  # custom: needs a spec; nasnet: minutes per image on 2 cores
+            continue
+        parameters, _ = model_cost(name, (1, 28, 28), macs=False)
+        smallest[family] = min(smallest.get(family, (parameters, name)), (parameters, name))
+    return [name for _, name in sorted(smallest.values())]
+
+
+@pytest.mark.slow
+def test_every_zoo_family_gets_a_spatial_map_from_its_default_layer():
+    from cnnkit.registry import create_model
+
+    for name in _smallest_of_each_family():
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=3, in_chans=1, input_size=28).eval()
+        for module in model.modules():  # zero-initialized heads (torchvision's ViT) give no gradient
+            if isinstance(module, nn.Linear) and not module.weight.any():
+                nn.init.normal_(module.weight, std=0.05)
+        image = torch.randn(1, 1, 28, 28)
+        maps = [gradcam(model, image, target_class=target)[0] for target in range(3)]
+        assert all(heatmap.shape == (28, 28) and torch.isfinite(heatmap).all() for heatmap in maps), name
+        # a map that varies over the image for some class: the layer is spatial and its grid is right
+        assert max(float(heatmap.max() - heatmap.min()) for heatmap in maps) > 0.5, name

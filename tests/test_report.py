@@ -82,8 +82,8 @@ def test_report_is_self_contained_and_complete(report):
     assert f"{evaluation['accuracy']:.4f} ({TEST_IMAGES} images)" in text
     for name, values in evaluation["per_class"].items():
         assert f"<td>{name}</td><td>{values['precision']:.4f}</td><td>{values['recall']:.4f}</td>" in text
-    # the config as saved, and a summary row of the model's first layer
-    assert "model: fastnet" in text and "stem.0" in text
+    # the config as saved, a summary row of the model's first layer, the Grad-CAM layer
+    assert "model: fastnet" in text and "stem.0" in text and "Grad-CAM at layer stages.2.conv2 " in text
 
 
 def test_report_of_another_task_has_config_curves_and_summary(trained_run, tmp_path):
@@ -93,6 +93,22 @@ def test_report_of_another_task_has_config_curves_and_summary(trained_run, tmp_p
     assert re.findall(r'<section id="([^"]+)"', text) == ["config", "summary", "curves", "task"]
     assert "Not available" not in text and "<b>detect</b>" in text
     assert sorted(path.name for path in (run_dir / "report").glob("*.png")) == ["curves.png"]
+
+
+def test_report_of_a_transformer_run(trained_run, tmp_path):
+    from cnnkit.registry import create_model
+
+    run_dir = _copy_run(trained_run, tmp_path)
+    tensors, record = ckpt.load_checkpoint(run_dir / "best.safetensors")
+    record.pop("format_version")
+    record["architecture"] = {"name": "vit_small_patch16_224",
+                              "args": {"num_classes": len(CLASSES), "in_chans": 1, "input_size": [28, 28]}}
+    model = create_model(record["architecture"]["name"], **record["architecture"]["args"])  # untrained is enough
+    ckpt.save_checkpoint(run_dir / "best.safetensors", model.state_dict(), record)
+    text = write_report(run_dir).read_text()
+    assert re.findall(r'<section id="([^"]+)"', text) == SECTIONS
+    assert "Not available" not in text, re.findall(r"Not available: [^<]*", text)
+    assert (run_dir / "report" / "gradcam-0.png").is_file() and "Grad-CAM at layer blocks.11.norm1 " in text
 
 
 def test_report_without_the_data_still_shows_the_rest(trained_run, tmp_path):

@@ -65,11 +65,7 @@ def plot_image_grid(images: torch.Tensor | list[torch.Tensor], labels: list[str]
 
     One-channel images use `cmap` over the full uint8 range; three-channel images are drawn as RGB.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     count = len(images)
     columns = columns or max(1, math.ceil(math.sqrt(count)))
     rows = max(1, math.ceil(count / columns))
@@ -84,11 +80,24 @@ def plot_image_grid(images: torch.Tensor | list[torch.Tensor], labels: list[str]
                 axis.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
             axis.set_title(labels[index], fontsize=7)
     figure.suptitle(title, fontsize=10)
+    return _save(figure, Path(path))
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
     figure.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
 
 
@@ -180,11 +189,7 @@ def _curves_section(history: list[dict], out: Path) -> str:
     """Loss, accuracy, other validation metrics and learning rate per epoch, train and validation."""
     if not history:
         return '<p class="missing">No metrics.jsonl: no epoch has finished.</p>'
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     keys = [key for key in dict.fromkeys(k for line in history for k in line) if not key.endswith(CURVE_SKIP)]
     panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_accuracy", "val_accuracy"])]
     others = [k for k in keys if k.startswith("val_") and k not in ("val_loss", "val_accuracy")]
@@ -200,10 +205,7 @@ def _curves_section(history: list[dict], out: Path) -> str:
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    path = out / "curves.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    path = _save(figure, out / "curves.png")
     return (_img(path, "training curves") + "<p>Train values are averages over each epoch's augmented "
             "batches; validation values are measured after the epoch.</p>")
 
@@ -283,11 +285,7 @@ def _as_uint8(images: torch.Tensor, preprocessing) -> torch.Tensor:
 
 
 def _confusion(metrics: dict, classes: list[str], out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     counts = torch.tensor(metrics["confusion_matrix"], dtype=torch.float64)
     share = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)  # each row: where that class's images went
     size = len(classes)
@@ -306,10 +304,7 @@ def _confusion(metrics: dict, classes: list[str], out: Path) -> str:
                               color="white" if share[row, column] > 0.5 else "black")
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    figure.tight_layout()
-    path = out / "confusion.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    path = _save(figure, out / "confusion.png")
     return _img(path, "confusion matrix") + ("<p>Rows are true classes, columns predicted classes; numbers are "
                                              "image counts, colour the share of the row.</p>")
 
@@ -379,17 +374,19 @@ def _gradcam(classifier, evaluation: Evaluation, out: Path, deadline: float) -> 
     classes = classifier.classes
     chosen = [(image, label, "") for label, image in evaluation.samples]
     chosen += [(image, true, "wrong-") for _, _, true, image in evaluation.wrong[:NUM_WRONG_EXPLAINED]]
-    pictures = []
+    pictures, layers = [], {}
     for index, (image, true, kind) in enumerate(chosen):
         _check_time(deadline)
         inputs = image[None].to(classifier.device)  # (1, C, H, W), normalized
         heatmap, predicted, layer = gradcam(classifier.model, inputs)
-        title = f"true {classes[true]}, predicted {classes[predicted]}\nlayer {layer}"
+        layers[layer] = True
+        title = f"true {classes[true]}, predicted {classes[predicted]}"
         path = plot_gradcam(_as_uint8(image[None], classifier.preprocessing)[0], heatmap, title,
                             out / f"gradcam-{kind}{index}.png")
         pictures.append(_img(path, path.stem, css="small"))
-    return ("<p>Where the evidence for the predicted class lies (Grad-CAM at the layer named in each title); "
-            "the last pictures explain confidently wrong predictions.</p>" + f'<div class="row">{"".join(pictures)}</div>')
+    return (f"<p>Where the evidence for the predicted class lies: Grad-CAM at layer {html.escape(', '.join(layers))}"
+            " (chosen for the model's family; <code>cnnkit explain --layer</code> picks another). The last pictures "
+            "explain confidently wrong predictions.</p>" + f'<div class="row">{"".join(pictures)}</div>')
 
 
 def _img(path: Path, alt: str, css: str = "") -> str:
