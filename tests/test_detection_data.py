@@ -421,3 +421,14 @@ def test_augmentation_settings_are_checked():
         detection_transforms({"crop": 0.5})
     with pytest.raises(ConfigError, match="hflip must be a probability"):
         detection_transforms({"hflip": 2})
+
+
+def test_coco_image_without_objects_has_zero_masks(tmp_path):
+    def edit(data):
+        data["annotations"][0]["segmentation"] = [[1, 2, 11, 2, 11, 7, 1, 7]]  # a polygon: the box itself
+        data["images"].append({"id": 8, "file_name": "x.png", "width": 40, "height": 20})  # no objects
+    annotations = read_split(_coco_dataset(tmp_path, edit), "train")
+    dataset = DetectionDataset(annotations, masks=True)
+    assert tuple(dataset[1][1]["masks"].shape) == (0, 20, 40)
+    mask = dataset[0][1]["masks"][0]
+    assert _tight_box(mask) == [1, 2, 11, 7]  # pycocotools rasterises a polygon's interior

@@ -138,7 +138,8 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None, check_
             width, height = image_size(file, f"{json_path}: image id {image_id}")
         annotations = objects[image_id]
         segmentations = [annotation.get("segmentation") for annotation, _ in annotations]
-        has_masks = bool(annotations) and all(segmentation for segmentation in segmentations)
+        # Masks only when every object has one; an image without objects has (zero) masks.
+        has_masks = all(segmentation for segmentation in segmentations)
         result.append(ImageAnnotation(
             file=file, width=width, height=height,
             boxes=numpy.array([box for _, box in annotations], dtype=numpy.float32).reshape(-1, 4),

@@ -3,9 +3,10 @@
     target = {"boxes": float32 (N, 4) xyxy pixels, "labels": int64 (N,) 0-based,
               "image_id": int, "masks": uint8 (N, H, W) 0/1 (only with masks=True)}
 
-Small datasets are decoded into memory once, as uint8 (the scenes benchmark's 3 000 training canvases
-of 128x128 are 147 MB and decode in ~2 s); larger ones are decoded per item. Masks are held as COCO
-RLE (a few hundred bytes an object) and decoded per item with pycocotools (~10 us a mask).
+Small datasets are decoded into memory once, as uint8 (the scenes benchmark's 4 000 training canvases
+of 128x128 are 197 MB and decode in ~2 s, after ~0.5 s to read their COCO JSON: measured on the 2-core
+development machine under load); larger ones are decoded per item. Masks are held as COCO RLE (a few
+hundred bytes an object) and decoded per item with pycocotools (~10 us a mask).
 Detection batches are lists, because images hold different numbers of objects: `collate_detection`.
 """
 

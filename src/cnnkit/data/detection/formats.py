@@ -294,6 +294,7 @@ def write_split(annotations: AnnotationSet, root: str | Path, split: str, format
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in annotations.classes), encoding="utf-8")
     seen: dict[str, Path] = {}
     placed = []
+    with_masks = annotations.has_masks
     for image in annotations.images:
         if image.file.name in seen:
             raise DataError(f"{image.file} and {seen[image.file.name]} have the same file name; they cannot share "
@@ -309,7 +310,7 @@ def write_split(annotations: AnnotationSet, root: str | Path, split: str, format
         elif format == "yolo":
             (root / split / "labels").mkdir(exist_ok=True)
             (root / split / "labels" / f"{stem}.txt").write_text(yolo_text(image), encoding="utf-8")
-        if image.has_masks and format != "coco":
+        if with_masks and format != "coco":
             (root / split / "instances").mkdir(exist_ok=True)
             ids = numpy.zeros((image.height, image.width), dtype=numpy.uint8)
             for number, mask in enumerate(image.instance_masks(), start=1):
