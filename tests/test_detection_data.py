@@ -432,3 +432,20 @@ def test_coco_image_without_objects_has_zero_masks(tmp_path):
     assert tuple(dataset[1][1]["masks"].shape) == (0, 20, 40)
     mask = dataset[0][1]["masks"][0]
     assert _tight_box(mask) == [1, 2, 11, 7]  # pycocotools rasterises a polygon's interior
+
+
+def test_coco_crowd_regions_are_skipped(tmp_path):
+    def edit(data):
+        data["annotations"].append({"id": 4, "image_id": 7, "category_id": 1, "bbox": [0, 0, 20, 10], "iscrowd": 1})
+    assert read_split(_coco_dataset(tmp_path, edit), "train").images[0].labels.tolist() == [1]
+
+
+def test_instance_png_with_more_ids_than_objects_is_refused(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    ids = numpy.zeros((8, 8), dtype=numpy.uint8)
+    ids[:2, :2], ids[4:, 4:] = 1, 2
+    Image.fromarray(ids, mode="L").save(tmp_path / "a-instances.png")
+    image = ImageAnnotation(tmp_path / "a.png", 8, 8, boxes=[[0, 0, 2, 2]], labels=[0],
+                            instance_file=tmp_path / "a-instances.png")
+    with pytest.raises(DataError, match=r"a-instances.png: holds instance id 2 but .*a.png has only 1 annotated objects"):
+        image.instance_masks()

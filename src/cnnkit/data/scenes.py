@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy
 from PIL import Image
 
-from cnnkit.data.detection.annotations import AnnotationSet, ImageAnnotation, _encode_rle
+from cnnkit.data.detection.annotations import AnnotationSet, ImageAnnotation, mask_to_rle
 from cnnkit.data.detection.coco import write_coco
 from cnnkit.data.detection.voc import voc_xml
 from cnnkit.data.detection.yolo import yolo_text
@@ -163,7 +163,7 @@ def compose_scene(rng: numpy.random.Generator, items: numpy.ndarray, item_labels
         index = rng.integers(len(items))
         side = rng.uniform(config.min_scale, config.max_scale) * size
         aspect = rng.uniform(0.85, 1.15)
-        height, width = max(8, round(side * aspect)), max(8, round(side / aspect))
+        height, width = (min(size, max(8, round(side * stretch))) for stretch in (aspect, 1 / aspect))
         item = numpy.asarray(Image.fromarray(items[index]).resize((width, height), Image.BILINEAR), dtype=numpy.float32)
         mask = item > _MASK_THRESHOLD
         if not mask.any():
@@ -216,7 +216,8 @@ def _readme(config: ScenesConfig, counts: dict[str, tuple[int, int]], class_coun
         "Scenes benchmark: Fashion-MNIST items on cluttered canvases (cnnkit data make-scenes)",
         "",
         f"made with: cnnkit data make-scenes OUT --seed {config.seed} --train {config.train} --val {config.val} "
-        f"--test {config.test} --size {config.size} --min-objects {config.min_objects} --max-objects {config.max_objects}",
+        f"--test {config.test} --size {config.size} --min-objects {config.min_objects} --max-objects {config.max_objects} "
+        f"--min-scale {config.min_scale:g} --max-scale {config.max_scale:g}",
         f"canvas: {config.size}x{config.size} RGB; objects per canvas: {config.min_objects}..{config.max_objects}; "
         f"object size: {config.min_scale:g}..{config.max_scale:g} of the canvas side "
         f"({round(config.min_scale * config.size)}..{round(config.max_scale * config.size)} px), aspect jitter 15%;",
@@ -291,7 +292,7 @@ def make_scenes(out: str | Path, config: ScenesConfig | None = None, fashion_mni
             annotation = ImageAnnotation(
                 file=folders["images"] / f"{stem}.png", width=config.size, height=config.size, boxes=boxes,
                 labels=labels, image_id=index + 1,
-                segmentations=[_encode_rle(instances == number) for number in range(1, len(labels) + 1)])
+                segmentations=[mask_to_rle(instances == number) for number in range(1, len(labels) + 1)])
             (folders["labels"] / f"{stem}.txt").write_text(yolo_text(annotation), encoding="utf-8")
             (folders["annotations"] / f"{stem}.xml").write_text(voc_xml(annotation, classes), encoding="utf-8")
             annotated.append(annotation)

@@ -28,7 +28,8 @@ import numpy
 from cnnkit.data.images import IMAGE_EXTENSIONS
 from cnnkit.errors import DataError
 
-__all__ = ["AnnotationSet", "ImageAnnotation", "empty_boxes", "find_image", "image_size", "segmentation_to_rle"]
+__all__ = ["AnnotationSet", "ImageAnnotation", "empty_boxes", "find_image", "image_size", "mask_to_rle",
+           "segmentation_to_rle"]
 
 
 def empty_boxes() -> numpy.ndarray:
@@ -105,7 +106,7 @@ class ImageAnnotation:
         # An instance PNG numbers objects by position, so it cannot follow a selection: decode it into RLE.
         instance_file = self.instance_file
         if instance_file is not None and segmentations is None and not keep.all():
-            segmentations = [_encode_rle(mask) for mask in self.instance_masks()[keep]]
+            segmentations = [mask_to_rle(mask) for mask in self.instance_masks()[keep]]
             instance_file = None
         return dataclasses.replace(self, boxes=self.boxes[keep], labels=self.labels[keep],
                                    segmentations=segmentations, instance_file=instance_file)
@@ -120,6 +121,9 @@ class ImageAnnotation:
             return _decode_segmentations(self.segmentations, self.height, self.width, self.file)
         if self.instance_file is not None:
             ids = _read_index_png(self.instance_file, self.height, self.width)
+            if int(ids.max(initial=0)) > len(self.labels):
+                raise DataError(f"{self.instance_file}: holds instance id {int(ids.max())} but {self.file} has only "
+                                f"{len(self.labels)} annotated objects; ids must be 1..N in annotation order.")
             # (H, W) ids -> (N, H, W): object i (0-based) is where the PNG holds i + 1.
             numbers = numpy.arange(1, len(self.labels) + 1, dtype=numpy.uint8)[:, None, None]
             return (ids[None] == numbers).astype(numpy.uint8)
@@ -135,7 +139,7 @@ class AnnotationSet:
         classes: Class names; ``labels`` index this list.
         images: One entry per image, in a fixed order.
         source: Where it was read from (a file or folder), for messages.
-        format: "coco", "voc", "yolo" or "scenes".
+        format: The format it was read from: "coco", "voc" or "yolo" ("" when built in memory).
     """
 
     classes: list[str]
@@ -155,8 +159,8 @@ class AnnotationSet:
         return bool(self.images) and all(image.has_masks for image in self.images)
 
 
-def _encode_rle(mask: numpy.ndarray) -> dict:
-    """A (H, W) 0/1 mask as COCO compressed RLE with a str ``counts`` (JSON-ready)."""
+def mask_to_rle(mask: numpy.ndarray) -> dict:
+    """A (H, W) 0/1 mask as COCO compressed RLE with a str ``counts`` (JSON-ready, pycocotools-compatible)."""
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(numpy.asfortranarray(mask.astype(numpy.uint8)))

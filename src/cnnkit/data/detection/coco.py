@@ -9,7 +9,8 @@
 integers (COCO 2017 skips some between 1 and 90): they are sorted and numbered 0..K-1, so class k is
 the k-th smallest id. The writer numbers categories 1..K (id = k + 1), the convention pycocotools and
 most tools expect. Segmentations are kept as they are and decoded with pycocotools only when masks are
-asked for. ``file_name`` is relative to an image folder, which is found next to the JSON file (see
+asked for. Crowd annotations (``iscrowd: 1``, COCO's regions of too many objects to box one by one)
+are skipped. ``file_name`` is relative to an image folder, which is found next to the JSON file (see
 `find_image_dir`) or given.
 """
 
@@ -24,8 +25,8 @@ import numpy
 from cnnkit.data.detection.annotations import (
     AnnotationSet,
     ImageAnnotation,
-    _encode_rle,
     image_size,
+    mask_to_rle,
     segmentation_to_rle,
 )
 from cnnkit.errors import DataError
@@ -124,6 +125,8 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None, check_
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise DataError(f"{where} has bbox {bbox!r}; expected [x, y, width, height].")
         x, y, width, height = (_number(value, f"bbox {bbox!r} of annotations[{index}]", json_path) for value in bbox)
+        if annotation.get("iscrowd", 0):
+            continue  # a crowd region (too many objects to box one by one) is not an object to detect
         objects[annotation["image_id"]].append((annotation, (x, y, x + width, y + height)))
 
     image_dir = Path(image_dir) if image_dir is not None else find_image_dir(
@@ -165,7 +168,7 @@ def to_coco_dict(annotations: AnnotationSet, image_dir: Path | None = None) -> d
         if image.segmentations is not None:
             segmentations = image.segmentations
         elif image.instance_file is not None and len(image.labels):
-            segmentations = [_encode_rle(mask) for mask in image.instance_masks()]
+            segmentations = [mask_to_rle(mask) for mask in image.instance_masks()]
         for index, (box, label) in enumerate(zip(image.boxes.tolist(), image.labels.tolist())):
             x_min, y_min, x_max, y_max = box
             bbox = [_round(x_min), _round(y_min), _round(x_max - x_min), _round(y_max - y_min)]
@@ -183,7 +186,7 @@ def write_coco(annotations: AnnotationSet, json_path: str | Path, image_dir: Pat
     """Writes a split as a COCO JSON file (see `to_coco_dict`); returns its path."""
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    # Compact separators: the scenes' test split is ~1 MB this way, twice that indented.
+    # Compact separators: about half the size of an indented file.
     json_path.write_text(json.dumps(to_coco_dict(annotations, image_dir), separators=(",", ":")) + "\n", encoding="utf-8")
     return json_path
 

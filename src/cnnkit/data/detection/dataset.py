@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from cnnkit.data.detection.annotations import AnnotationSet, _encode_rle, segmentation_to_rle
+from cnnkit.data.detection.annotations import AnnotationSet, mask_to_rle, segmentation_to_rle
 from cnnkit.data.images import decode_image
 from cnnkit.errors import DataError
 
@@ -54,7 +54,7 @@ class DetectionDataset(Dataset):
             # Compact per-object RLE, decoded per item.
             self._rles = [[segmentation_to_rle(segmentation, image.height, image.width)
                            for segmentation in (image.segmentations if image.segmentations is not None
-                                                else [_encode_rle(mask) for mask in image.instance_masks()])]
+                                                else [mask_to_rle(mask) for mask in image.instance_masks()])]
                           for image in annotations.images]
         pixels = sum(3 * image.width * image.height for image in annotations.images)
         self.in_memory = pixels <= MEMORY_BUDGET_BYTES if in_memory is None else in_memory

@@ -114,7 +114,7 @@ class DatasetLayout:
                       for number, xml in enumerate(info["files"], start=1)]
             annotations = AnnotationSet(classes, images)
         else:
-            annotations = self._read_yolo(split, info)
+            annotations = self._read_yolo(info)
         annotations.source, annotations.format = str(info.get("json", info.get("labels", self.root))), self.format
         if self.layout == "split-folders":
             _attach_mask_files(annotations, self.root / split)
@@ -126,7 +126,7 @@ class DatasetLayout:
             raise DataError(f"{self.root}: no objects in any VOC file and no classes.txt; add classes.txt.")
         return sorted(names)
 
-    def _read_yolo(self, split: str, info: dict) -> AnnotationSet:
+    def _read_yolo(self, info: dict) -> AnnotationSet:
         classes = self.class_names()
         if classes is None:
             raise DataError(f"{self.root}: YOLO labels need class names: add classes.txt (one name per line, "
