@@ -194,6 +194,13 @@ def test_reads_standard_voc_yolo_and_coco_layouts(scenes, tmp_path):
     shutil.copytree(scenes / "val" / "images", coco)
     shutil.copy(scenes / "annotations/instances_val.json", coco / "val.json")
     _same_objects(original, read_split(coco / "val.json", "train"), masks=True)
+    # A folder of COCO files (one per split) and an images/ folder.
+    folder = tmp_path / "coco-folder"
+    shutil.copytree(scenes / "val" / "images", folder / "images")
+    shutil.copy(scenes / "annotations/instances_val.json", folder / "instances_val.json")
+    layout = detect_layout(folder)
+    assert (layout.layout, list(layout.splits)) == ("coco", ["val"])
+    _same_objects(original, layout.read("val"), masks=True)
 
 
 def test_unrecognised_folder_lists_the_layouts(tmp_path):

@@ -428,7 +428,7 @@ def _add_data_convert(actions) -> None:
                     "YOLO 'class cx cy w h' as fractions of the image size, classes 0-based in classes.txt order.\n\n"
                     "SRC layouts: split folders as above (what `make-scenes` and `convert` write); Pascal VOC\n"
                     "(Annotations/, JPEGImages/, ImageSets/Main/SPLIT.txt); YOLO (images/[SPLIT/], labels/[SPLIT/]\n"
-                    "with classes.txt or data.yaml); COCO (annotations/*.json, or one .json file).",
+                    "with classes.txt or data.yaml); COCO (annotations/*.json or *.json beside the images, or one .json file).",
         epilog="examples:\n  cnnkit data convert data/scenes data/scenes-yolo --to yolo\n"
                "  cnnkit data convert VOCdevkit/VOC2012 voc-as-coco --to coco\n"
                "  cnnkit data convert instances_val.json coco-val-voc --to voc",

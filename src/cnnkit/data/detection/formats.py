@@ -8,7 +8,8 @@
         optional ROOT/SPLIT/instances/*.png (instance ids) and ROOT/SPLIT/masks/*.png (class index + 1)
     Pascal VOC  ROOT/Annotations/*.xml, ROOT/JPEGImages/, splits from ROOT/ImageSets/Main/SPLIT.txt
     YOLO        ROOT/images/SPLIT/ + ROOT/labels/SPLIT/ (Ultralytics), or ROOT/images/ + ROOT/labels/ (one split)
-    COCO        ROOT/annotations/*.json (split = file name without "instances_"), or one .json file
+    COCO        ROOT/annotations/*.json or ROOT/*.json (split = file name without "instances_"), or one .json
+                file; images in ROOT/SPLIT/images, ROOT/SPLIT, ROOT/SPLIT2017, ROOT/images[/SPLIT] or ROOT
 
 A layout without named splits has one split called "train"; the detect task takes its validation
 images from it. When a split-folder dataset carries several formats, COCO is read (one file, and it holds
@@ -41,7 +42,7 @@ LAYOUTS_HELP = (
     "    (VOC) or ROOT/SPLIT/labels/*.txt (YOLO), and ROOT/classes.txt (what `cnnkit data make-scenes` writes)\n"
     "  - Pascal VOC: ROOT/Annotations/*.xml and ROOT/JPEGImages/ (splits in ROOT/ImageSets/Main/SPLIT.txt)\n"
     "  - YOLO: ROOT/images/[SPLIT/] and ROOT/labels/[SPLIT/] with ROOT/classes.txt or ROOT/data.yaml\n"
-    "  - COCO: ROOT/annotations/*.json, or a single .json file"
+    "  - COCO: ROOT/annotations/*.json or ROOT/*.json (one per split) with the images beside them, or one .json file"
 )
 
 
@@ -242,6 +243,7 @@ def detect_layout(path: str | Path, format: str | None = None) -> DatasetLayout:
         return DatasetLayout(root, "yolo", "yolo", _ordered(result), ("yolo",))
 
     jsons = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
+    jsons = jsons or sorted(root.glob("*.json"))  # ROOT/SPLIT.json beside an image folder
     if jsons:
         _choose(["coco"], format, root)
         result = {path.stem.removeprefix("instances_"): {"json": path} for path in jsons}
