@@ -11,3 +11,5 @@ from cnnkit.models import custom  # noqa: F401,E402
 # The model zoo: thin builders over torchvision and timm (adapt.py fits them to in_chans and small inputs).
 from cnnkit.models import alexnet, coatnet, convnext, densenet, efficientnet, ghostnet  # noqa: F401,E402
 from cnnkit.models import googlenet, mobilenet, nasnet, regnet, resnet, shufflenet, swin, vgg, vit  # noqa: F401,E402
+# Segmentation (task="segment" / "instance"): FCN, DeepLabV3(+), U-Net, Mask R-CNN.
+from cnnkit.models import segmentation, unet  # noqa: F401,E402

@@ -1,0 +1,422 @@
+"""Semantic segmentation data: image + index-mask PNG pairs, checked, augmented together, batched.
+
+A *mask* is a single-channel PNG the size of its image whose pixel values are class indices:
+0 .. K-1 for the K classes of `classes`, and `ignore_index` (default 255) for pixels that count for
+nothing (object borders in Pascal VOC, unlabelled areas). Colour (RGB) masks are not index masks and
+are refused with a message saying so. Pascal VOC's masks are palette ("P") PNGs: their pixel values are
+the palette indices, i.e. already class indices (the palette only colours them for people).
+
+Two layouts are recognised (`scan_segmentation`):
+
+    scenes / generic                      Pascal VOC
+    ROOT/classes.txt                      ROOT/JPEGImages/2007_000032.jpg
+    ROOT/{train,val,test}/images/X.png    ROOT/SegmentationClass/2007_000032.png
+    ROOT/{train,val,test}/masks/X.png     ROOT/ImageSets/Segmentation/{train,val,...}.txt
+                                          (ROOT may also be a VOCdevkit/ folder holding VOC2012/)
+
+Class names: `classes` if given, else ROOT/classes.txt, else (VOC layout) the 21 VOC names. The scenes
+benchmark (`cnnkit data make-scenes`) writes the 10 object classes to classes.txt and marks class k as
+k+1 in the masks, 0 being background: so "background" is put first unless the file's first line already
+is "background".
+
+Images: 8-bit files go through `cnnkit.data.images.decode_image` (the same decoding as classification)
+and are scaled by 1/255. Single-channel 16-bit images (PNG/TIFF modes "I;16", "I"; medical imaging,
+microscopy) keep their full precision: each is scaled from its own real range, (value - min) / (max - min),
+to [0, 1] in float32, rather than being cut to 8 bits (a 12-bit CT slice stored in 16 bits would
+otherwise use only 1/16 of the range and lose 4 bits). Model inputs are therefore float images in
+[0, 1], normalized with the training split's per-channel mean and std.
+
+Augmentation uses torchvision.transforms.v2 with the image as a `tv_tensors.Image` and the mask as a
+`tv_tensors.Mask`, so geometric transforms move both together (masks are resized with nearest-neighbour
+interpolation, never blended into non-existent classes) and colour transforms touch the image only
+(`segmentation_transform`; the settings are the training config's hflip, scale, brightness ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from cnnkit.data.augment import AugmentConfig
+from cnnkit.data.images import IMAGE_EXTENSIONS, decode_image
+from cnnkit.data.loader import epoch_generator
+from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
+
+IGNORE_INDEX = 255  # the VOC convention for "no label here"; `ignore_index` changes it
+SPLITS = ("train", "val", "test")
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+MASK_MODES = {"L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I", "1"}
+
+
+@dataclass
+class SegmentationFiles:
+    """The (image, mask) file pairs of one split and the dataset's class names."""
+
+    pairs: list[tuple[Path, Path]]
+    classes: list[str]
+    layout: str  # "scenes" or "voc"
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def subset(self, indices: Sequence[int]) -> SegmentationFiles:
+        return SegmentationFiles([self.pairs[int(i)] for i in indices], self.classes, self.layout)
+
+
+# ----------------------------------------------------------------------------------------------- layouts
+def read_classes_file(path: Path) -> list[str]:
+    """Class names, one per line (blank lines skipped)."""
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{path} lists no class names; write one name per line")
+    if len(set(names)) != len(names):
+        raise DataError(f"{path} names a class twice; each line must be a different class")
+    return names
+
+
+def _voc_root(root: Path) -> Path | None:
+    """ROOT itself, or the VOC20xx folder inside ROOT (a VOCdevkit), when it has the VOC folders."""
+    candidates = [root, *sorted(root.glob("VOC20*")), *sorted(root.glob("VOCdevkit/VOC20*"))]
+    for candidate in candidates:
+        if (candidate / "SegmentationClass").is_dir() and (candidate / "JPEGImages").is_dir():
+            return candidate
+    return None
+
+
+def resolve_classes(root: Path, layout: str, classes: Sequence[str] | None) -> list[str]:
+    """Class names: given, from classes.txt (background first), or VOC's 21 (see the module docstring)."""
+    if classes is not None:
+        return list(classes)
+    file = root / "classes.txt"
+    if file.is_file():
+        names = read_classes_file(file)
+        return names if names[0].lower() == "background" else ["background", *names]
+    if layout == "voc":
+        return list(VOC_CLASSES)
+    raise DataError(f"{root} has no classes.txt: write the class names there, one per line in mask-index order "
+                    "(\"background\" first, or it is added as index 0), or pass classes=[...]")
+
+
+def has_split(root: str | Path, split: str) -> bool:
+    """Whether the dataset at `root` has a `split` (train, val, test) of masks."""
+    root = Path(root)
+    voc = _voc_root(root)
+    if voc is not None:
+        return (voc / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
+    return (root / split / "masks").is_dir()
+
+
+def scan_segmentation(root: str | Path, split: str, classes: Sequence[str] | None = None) -> SegmentationFiles:
+    """List the image/mask pairs of one split of a scenes-style or VOC-style dataset.
+
+    Args:
+        root: The dataset folder.
+        split: "train", "val" or "test" (VOC: any name with an ImageSets/Segmentation/NAME.txt).
+        classes: Class names in mask-index order; default: see `resolve_classes`.
+
+    Raises:
+        DatasetNotFoundError: If `root` or the split is missing.
+        DataError: If an image has no mask, a listed file is missing, or class names are missing.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"segmentation dataset {root} not found: pass a folder with "
+                                   "{train,val,test}/images + masks, or a Pascal VOC folder")
+    voc = _voc_root(root)
+    if voc is not None:
+        listing = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not listing.is_file():
+            raise DatasetNotFoundError(f"{listing} not found: the VOC dataset has no {split!r} split")
+        pairs = []
+        for line_number, line in enumerate(listing.read_text().splitlines(), 1):
+            stem = line.strip().split()[0] if line.strip() else ""
+            if not stem:
+                continue
+            mask = voc / "SegmentationClass" / f"{stem}.png"
+            image = next((voc / "JPEGImages" / f"{stem}{ext}" for ext in (".jpg", ".jpeg", ".png")
+                          if (voc / "JPEGImages" / f"{stem}{ext}").is_file()), None)
+            if image is None or not mask.is_file():
+                missing = mask if image is not None else voc / "JPEGImages" / f"{stem}.jpg"
+                raise DataError(f"{listing}, line {line_number}: {missing} does not exist; remove the line or "
+                                "add the file")
+            pairs.append((image, mask))
+        return SegmentationFiles(pairs, resolve_classes(voc, "voc", classes), "voc")
+
+    images_dir, masks_dir = root / split / "images", root / split / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DatasetNotFoundError(f"{root} has no {split}/images and {split}/masks folders (nor a Pascal VOC "
+                                   "layout: JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
+    masks = {path.stem: path for path in masks_dir.iterdir() if path.suffix.lower() == ".png"}
+    pairs = []
+    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+        if image.stem not in masks:
+            raise DataError(f"{image} has no mask {masks_dir / (image.stem + '.png')}; add it or remove the image")
+        pairs.append((image, masks[image.stem]))
+    if not pairs:
+        raise DataError(f"{images_dir} holds no images")
+    return SegmentationFiles(pairs, resolve_classes(root, "scenes", classes), "scenes")
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+def image_channels(path: str | Path) -> int:
+    """1 for single-channel files (L, 16-bit, bilevel), 3 otherwise; from the header only."""
+    try:
+        with Image.open(path) as image:
+            return 1 if image.mode in {"L", "LA", "1", "F", *SIXTEEN_BIT_MODES} else 3
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise DataError(f"cannot read image {path}: {error}") from None
+
+
+def read_image(source: str | Path | Image.Image, channels: int) -> torch.Tensor:
+    """Decode an image into float32 (channels, H, W) in [0, 1]; 16-bit files keep their full range.
+
+    8-bit images (any Pillow mode) are decoded as for classification and divided by 255. Single-channel
+    16-bit images ("I;16", "I") are mapped from their own minimum and maximum to 0 and 1 (a constant
+    image becomes 0), keeping all of their levels.
+    """
+    if isinstance(source, Image.Image):
+        return _decode(source, channels, getattr(source, "filename", "") or "<PIL image>")
+    try:
+        with Image.open(source) as image:
+            return _decode(image, channels, source)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {source}") from None
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
+        raise DataError(f"cannot read image {source}: {error}; replace or remove the file") from None
+
+
+def _decode(image: Image.Image, channels: int, name) -> torch.Tensor:
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = torch.from_numpy(numpy.asarray(image).astype(numpy.float32))  # (H, W), any byte order
+        low, high = values.min(), values.max()
+        scaled = (values - low) / (high - low) if high > low else torch.zeros_like(values)
+        return scaled.unsqueeze(0).expand(channels, -1, -1).contiguous()  # (H, W) -> (C, H, W)
+    return decode_image(image, channels=channels).float().div_(255)
+
+
+def read_mask(path: str | Path, num_classes: int, ignore_index: int = IGNORE_INDEX,
+              image_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read and check an index mask: int64 (H, W) of values in 0..num_classes-1 or ignore_index.
+
+    Args:
+        path: A single-channel PNG (modes L, P, I;16, I, 1).
+        num_classes: K: valid values are 0 .. K-1.
+        ignore_index: The value of pixels without a label.
+        image_size: The (height, width) of the mask's image, which the mask must match.
+
+    Raises:
+        DataError: Naming the file, for a colour mask, a size that differs from the image, or values
+            outside the classes.
+    """
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in MASK_MODES:
+                raise DataError(f"mask {path} is a {mask.mode} image, not an index mask: a mask holds one class "
+                                f"index per pixel in one channel (L or P PNG); convert colour masks to indices")
+            values = numpy.asarray(mask).astype(numpy.int64)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"mask file not found: {path}") from None
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"cannot read mask {path}: {error}; replace or remove the file") from None
+    height, width = values.shape
+    if image_size is not None and (height, width) != tuple(image_size):
+        raise DataError(f"mask {path} is {width}x{height} but its image is {image_size[1]}x{image_size[0]} "
+                        "(width x height); a mask must be the size of its image")
+    found = numpy.unique(values)
+    bad = found[((found < 0) | (found >= num_classes)) & (found != ignore_index)]
+    if len(bad):
+        shown = ", ".join(str(v) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
+        raise DataError(f"mask {path} has values {shown} outside the {num_classes} classes (0..{num_classes - 1}) "
+                        f"and the ignore index {ignore_index}; fix the mask or the class list (classes.txt)")
+    return torch.from_numpy(values)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"cannot read image {path}: {error}; replace or remove the file") from None
+    return height, width
+
+
+def check_masks(files: SegmentationFiles, ignore_index: int = IGNORE_INDEX) -> None:
+    """Read every mask once and check it against its image (size) and the classes (values).
+
+    Raises the first problem as a DataError naming the file, before any training starts.
+    """
+    for image, mask in files.pairs:
+        read_mask(mask, len(files.classes), ignore_index, _image_size(image))
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+# Augmentations of cnnkit.data.AugmentConfig that have no meaning for a mask (or would blend it).
+UNSUPPORTED_AUGMENTATIONS = ("auto_augment", "random_erasing")
+
+
+def segmentation_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                           augment: AugmentConfig | None = None, ignore_index: int = IGNORE_INDEX) -> v2.Compose:
+    """The v2 pipeline from (Image float [0, 1], Mask) of any size to the model's size, normalized.
+
+    Evaluation (augment None): resize to `size` (masks: nearest neighbour). Training adds, as the
+    AugmentConfig asks (the same settings as classification: hflip, vflip, rotate, translate, shear,
+    scale, resized_crop, brightness, contrast, saturation, hue):
+    flips; one random affine warp (rotation, translation, shear); scale jitter (resize by a factor in
+    [1 - scale, 1 + scale], then crop or pad back to `size` at a random place); a random resized crop;
+    colour jitter (image only). Pixels a warp or a pad brings in are 0 in the image and `ignore_index`
+    in the mask, so the loss never learns from them.
+
+    Raises:
+        ConfigError: For augmentations that cannot move a mask with the image (AutoAugment policies,
+            random erasing).
+    """
+    fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: ignore_index}
+    steps: list[v2.Transform] = [v2.Resize(list(size), antialias=True)]
+    if augment is not None:
+        for name in UNSUPPORTED_AUGMENTATIONS:
+            if getattr(augment, name) not in (0, 0.0, "none"):
+                raise ConfigError(f"{name}={getattr(augment, name)!r} is not available for segmentation (it would "
+                                  f"change the image without its mask); leave it at its default")
+        if augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if augment.vflip:
+            steps.append(v2.RandomVerticalFlip())
+        if augment.rotate or augment.translate or augment.shear:
+            translate = (augment.translate / size[1], augment.translate / size[0]) if augment.translate else None
+            steps.append(v2.RandomAffine(augment.rotate, translate=translate, shear=augment.shear or None, fill=fill))
+        if augment.scale:
+            shorter = min(size)
+            steps += [v2.RandomResize(round(shorter * (1 - augment.scale)), round(shorter * (1 + augment.scale)) + 1,
+                                      antialias=True),
+                      v2.RandomCrop(list(size), pad_if_needed=True, fill=fill)]
+        if augment.resized_crop:
+            steps.append(v2.RandomResizedCrop(list(size), scale=(augment.resized_crop, 1.0), antialias=True))
+        if augment.brightness or augment.contrast or augment.saturation or augment.hue:
+            steps.append(v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue))
+    steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
+
+
+class SegmentationDataset(Dataset):
+    """(image, mask) pairs decoded per item: image float32 (C, H, W) normalized, mask int64 (H, W).
+
+    Args:
+        files: The pairs and class names (`scan_segmentation`).
+        channels: 1 or 3: the model's input channels (grayscale images are repeated to RGB, colour
+            images converted to luma).
+        transform: A v2 pipeline taking (tv_tensors.Image, tv_tensors.Mask); None returns them as read.
+        ignore_index: The mask value of unlabelled pixels.
+    """
+
+    def __init__(self, files: SegmentationFiles, channels: int, transform: v2.Transform | None = None,
+                 ignore_index: int = IGNORE_INDEX):
+        self.files, self.channels, self.transform, self.ignore_index = files, channels, transform, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.files.pairs[index]
+        image = read_image(image_path, self.channels)
+        mask = read_mask(mask_path, len(self.files.classes), self.ignore_index, tuple(image.shape[-2:]))
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def mean_std(files: SegmentationFiles, channels: int, max_images: int = 256, seed: int = 0) -> tuple[list, list]:
+    """Per-channel mean and std, in [0, 1] units, of up to `max_images` images (a seeded sample)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(files), generator=generator)[:max_images].tolist()
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for index in chosen:
+        image = read_image(files.pairs[index][0], channels).double()
+        total += image.sum(dim=(1, 2))
+        squares += image.square().sum(dim=(1, 2))
+        count += image[0].numel()
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt().clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def class_pixel_counts(files: SegmentationFiles, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pixels per class over every mask of `files` (int64 (K,)); ignored pixels are not counted."""
+    num_classes = len(files.classes)
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for _, mask_path in files.pairs:
+        mask = read_mask(mask_path, num_classes, ignore_index).flatten()
+        counts += torch.bincount(mask[mask != ignore_index], minlength=num_classes)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------- loading
+class SegmentationLoader:
+    """Batches of a dataset through torch's DataLoader, with `set_epoch` and `len` as the Trainer expects.
+
+    Training: shuffled with a generator seeded by (seed, epoch), full batches, each process its own
+    shard (DDP). Evaluation: every sample once, in order; process r of W takes samples r, r+W, ...
+    Workers' transforms draw from seeds derived from the same generator, so a run repeats exactly.
+
+    Args:
+        dataset: A map-style dataset (e.g. SegmentationDataset).
+        batch_size: Samples per batch (per process).
+        train: Shuffle and drop the last partial batch.
+        seed: The run's seed.
+        num_workers: DataLoader worker processes; 0 decodes in the main process.
+        rank, world_size: This process's place under torchrun.
+        collate_fn: How samples become a batch (default: stack images and masks).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1, collate_fn=None):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
+        self.num_workers, self.rank, self.world_size, self.collate_fn = num_workers, rank, world_size, collate_fn
+        self.epoch = 0
+        if train and len(self._indices(0)) < batch_size:
+            raise ConfigError(f"{len(dataset)} training images give no full batch of {batch_size} per process; "
+                              "lower batch_size")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self, epoch: int) -> list[int]:
+        count = len(self.dataset)
+        if not self.train:
+            return list(range(self.rank, count, self.world_size))
+        order = torch.randperm(count, generator=epoch_generator(self.seed, epoch)).tolist()
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        count = len(self._indices(0))
+        return count // self.batch_size if self.train else -(-count // self.batch_size)
+
+    def __iter__(self):
+        indices = self._indices(self.epoch)
+        if self.train:
+            indices = indices[:len(self) * self.batch_size]
+        loader = DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size,
+                            shuffle=False, num_workers=self.num_workers, collate_fn=self.collate_fn,
+                            generator=epoch_generator(self.seed, self.epoch, 1),
+                            persistent_workers=False, pin_memory=False)
+        yield from loader

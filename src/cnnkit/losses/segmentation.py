@@ -1,0 +1,114 @@
+"""Per-pixel losses for semantic segmentation: cross-entropy, Dice, focal, and weighted sums of them.
+
+All take logits (B, K, H, W) and integer targets (B, H, W); pixels whose target is `ignore_index`
+contribute nothing. Class weights (K,) rescale each class's pixels (e.g. to make small objects count
+as much as the background that covers most of an image).
+
+- Cross-entropy: `torch.nn.functional.cross_entropy` (its mean divides by the summed weights of the
+  counted pixels).
+- Dice (Milletari et al. 2016, "V-Net", as the soft Dice loss; Sudre et al. 2017 for the multi-class
+  average): 1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s) per class over the whole batch, with p the
+  softmax probability and t the one-hot target; averaged over the classes (weighted by the class weights
+  if given). The smoothing s = 1 makes a class absent from both targets and predictions score 1 (no
+  loss), while predicting an absent class is still penalised. Dice looks at each class's overlap as a
+  whole, so it is insensitive to how many pixels a class has: it helps small or rare classes.
+- Focal (Lin et al. 2017, "Focal Loss for Dense Object Detection"): -alpha_k (1 - p_t)^gamma log p_t,
+  which down-weights pixels that are already classified well (p_t near 1), so training concentrates on
+  the hard ones (boundaries, confusable classes). gamma = 0 is cross-entropy. torchvision has only the
+  binary (sigmoid) form; this is the softmax form, with the class weights as alpha.
+
+Combinations are written as a spec string: "ce", "dice", "focal", "ce+dice", "ce+0.5*dice",
+"focal+dice" ... (`parse_loss_spec`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnkit.errors import ConfigError
+
+LOSS_NAMES = ("ce", "dice", "focal")
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
+              class_weights: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Dice loss (see the module docstring): logits (B, K, H, W), targets (B, H, W)."""
+    num_classes = logits.shape[1]
+    counted = (targets != ignore_index).unsqueeze(1)  # (B, 1, H, W)
+    probabilities = logits.float().softmax(dim=1) * counted
+    one_hot = F.one_hot(targets.where(counted.squeeze(1), 0), num_classes).permute(0, 3, 1, 2) * counted
+    dims = (0, 2, 3)
+    intersection = (probabilities * one_hot).sum(dims)  # (K,)
+    total = probabilities.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + smooth) / (total + smooth)
+    loss = 1 - dice
+    if class_weights is not None:
+        return (loss * class_weights).sum() / class_weights.sum()
+    return loss.mean()
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
+               class_weights: torch.Tensor | None = None, gamma: float = 2.0) -> torch.Tensor:
+    """Softmax focal loss, mean over counted pixels: logits (B, K, H, W), targets (B, H, W)."""
+    log_probabilities = F.log_softmax(logits.float(), dim=1)
+    # -log p_t per pixel (alpha not applied yet), 0 at ignored pixels.
+    nll = F.nll_loss(log_probabilities, targets, ignore_index=ignore_index, reduction="none")  # (B, H, W)
+    counted = targets != ignore_index
+    p_t = torch.exp(-nll)
+    loss = (1 - p_t).pow(gamma) * nll
+    if class_weights is not None:
+        loss = loss * class_weights[targets.where(counted, 0)]
+    return loss[counted].sum() / counted.sum().clamp(min=1)
+
+
+def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
+    """"ce+0.5*dice" -> [(1.0, "ce"), (0.5, "dice")].
+
+    Raises:
+        ConfigError: For an unknown term or a malformed weight.
+    """
+    terms = []
+    for part in spec.replace(" ", "").lower().split("+"):
+        match = re.fullmatch(r"(?:([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?([a-z]+)", part)
+        if not match or match.group(2) not in LOSS_NAMES:
+            raise ConfigError(f"seg_loss={spec!r}: cannot read {part!r}; write terms from {', '.join(LOSS_NAMES)} "
+                              "joined by +, each with an optional weight, e.g. ce+dice or ce+0.5*dice")
+        terms.append((float(match.group(1) or 1.0), match.group(2)))
+    return terms
+
+
+class SegmentationLoss(nn.Module):
+    """A weighted sum of per-pixel losses, e.g. SegmentationLoss("ce+dice").
+
+    Args:
+        spec: The combination (`parse_loss_spec`).
+        class_weights: (K,) weights of the classes, or None for equal weights.
+        ignore_index: Target value of pixels that count for nothing.
+        focal_gamma: The focusing exponent of the focal term.
+    """
+
+    def __init__(self, spec: str = "ce", class_weights: torch.Tensor | None = None, ignore_index: int = 255,
+                 focal_gamma: float = 2.0):
+        super().__init__()
+        self.spec, self.terms = spec, parse_loss_spec(spec)
+        self.ignore_index, self.focal_gamma = ignore_index, focal_gamma
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weights = self.class_weights
+        if weights is not None:
+            weights = weights.to(logits.device)
+        total = logits.new_zeros((), dtype=torch.float32)
+        for weight, name in self.terms:
+            if name == "ce":
+                term = F.cross_entropy(logits.float(), targets, weight=weights, ignore_index=self.ignore_index)
+            elif name == "dice":
+                term = dice_loss(logits, targets, self.ignore_index, weights)
+            else:
+                term = focal_loss(logits, targets, self.ignore_index, weights, self.focal_gamma)
+            total = total + weight * term
+        return total
