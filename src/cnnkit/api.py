@@ -381,7 +381,8 @@ def load(path: str | Path, device: str = "auto", checkpoint: str = "best") -> Cl
         raise CheckpointError(f"{path} is neither a run directory nor a .safetensors checkpoint; "
                               "pass the directory that `cnnkit train` printed")
     tensors, record = ckpt.load_checkpoint(file)
-    if record.get("task", "classify") != "classify":  # detection, segmentation ...: the task's own loader
+    if record.get("task", "classify") not in ("classify", "classification"):  # older runs say "classification"
+        # detection, segmentation ...: the task's own loader
         return task_module(record["task"]).load_run(run_dir, file, record, tensors, resolve_device(device))
     if "trainer_state" in record:
         tensors = ckpt.unprefixed("model.", tensors)
