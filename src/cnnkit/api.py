@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from cnnkit.tasks import ClassificationTask, TaskSetup, task_module
 from cnnkit.tasks.classification import predict_logits
 from cnnkit.data.mixing import BatchMixer
 from cnnkit.layers.checkpointing import enable_grad_checkpointing
+from cnnkit.losses.classification import class_weights
 
 
 @dataclass
@@ -144,7 +146,8 @@ def make_loader(dataset: ArrayDataset | FileSplit, preprocessing: Preprocessing,
         mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=train,
         augment=config.augment_config() if train else None,
         drop_last=train, seed=config.seed, channels_last=config.channels_last, device=device,
-        rank=dist_info.rank if train else 0, world_size=dist_info.world_size if train else 1)
+        rank=dist_info.rank if train else 0, world_size=dist_info.world_size if train else 1,
+        oversample=train and config.sampler == "oversample")
     if isinstance(dataset, ArrayDataset):
         return TensorLoader(dataset.images, dataset.labels, **options)
     workers = config.num_workers if config.num_workers >= 0 else min(8, max(0, (os.cpu_count() or 1) - 1))
@@ -266,6 +269,12 @@ def setup_classification(config: TrainConfig, device: torch.device, dist_info: D
                          resume: Path | None) -> TaskSetup:
     """The classification task's model, data and record (cnnkit.tasks.classification.setup calls this)."""
     data = prepare_data(config)
+    if dist_info.is_main and isinstance(data.val, ArrayDataset):  # streamed data: `cnnkit data check` only
+        from cnnkit.data.check import validation_overlap_warning
+
+        warning = validation_overlap_warning(data.train, data.val)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     if resume:  # the architecture the run was built with (a YAML spec file may have changed or gone since)
         architecture = ckpt.read_record(Path(resume) / "last.safetensors")["architecture"]
@@ -285,7 +294,9 @@ def setup_classification(config: TrainConfig, device: torch.device, dist_info: D
             print(f"transfer learning: {schedule.describe()}", flush=True)
     if config.grad_checkpointing:
         enable_grad_checkpointing(model)
-    task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing, tta=config.tta)
+    weights = class_weights(data.train.labels, len(data.classes), config.class_weights, config.class_weights_beta)
+    task = ClassificationTask(model, data.classes, label_smoothing=config.label_smoothing, tta=config.tta,
+                              class_weights=weights, focal_gamma=config.focal_gamma if config.loss == "focal" else 0.0)
     if config.mixup or config.cutmix:
         task.mixer = BatchMixer(len(data.classes), config.mixup, config.cutmix, config.mix_probability)
     record = {"task": task.name, "architecture": architecture, "classes": data.classes,
