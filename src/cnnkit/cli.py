@@ -497,7 +497,7 @@ def _add_data_check(actions) -> None:
                     "A test image that is also in the training data measures memory, not generalisation; a val\n"
                     "split overlapping train makes early stopping and tuning optimistic.\n\n"
                     "exact: identical decoded pixels (any file format). near: the Pearson correlation of the two\n"
-                    "images' grayscale thumbnails (at most --size x --size pixels) is at least --threshold: the same\n"
+                    "images' grayscale thumbnails (--size x --size pixels) is at least --threshold: the same\n"
                     "picture re-encoded, resized, brightened or slightly edited. Crops, flips and colour-only\n"
                     "changes are not caught. Near pairs are candidates for a person to judge: look at --plot.\n\n"
                     "val is the split `cnnkit train` would carve with the same val_fraction and seed. Every pair of\n"
@@ -511,8 +511,8 @@ def _add_data_check(actions) -> None:
                         "and test/), or a CSV, as `cnnkit train --data` takes it")
     parser.add_argument("--threshold", type=float, default=0.99, help="near duplicates: minimum thumbnail "
                         "correlation, in (0, 1] (default 0.99; 0.995 is stricter)")
-    parser.add_argument("--size", type=int, default=32, metavar="PX", help="thumbnail side (default 32; smaller "
-                        "images keep their size)")
+    parser.add_argument("--size", type=int, default=32, metavar="PX", help="thumbnail side (default 32; "
+                        "in-memory data of smaller images, e.g. Fashion-MNIST, keeps its size)")
     parser.add_argument("--exact-only", action="store_true", help="skip near duplicates (the O(N^2) part)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as `cnnkit train` val_fraction (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="as `cnnkit train` seed (default 0)")

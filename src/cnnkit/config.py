@@ -105,6 +105,9 @@ class TrainConfig:
     seg_loss: str | None = None  # task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`
     ignore_index: int = 255  # task=segment: mask value of unlabelled pixels, left out of the loss and the metrics
 
+    # --- detection ---
+    detect_augment: str = "default"  # task=detect: box-aware augmentation preset: "none", "light", "default", "strong"
+
     # --- run ---
     monitor: str | None = None  # metric that picks the best checkpoint and stops early; None: the task's own
     #                             (val_accuracy for classify, val_map50 for detect, val_miou for segment ...)
@@ -131,6 +134,7 @@ class TrainConfig:
             "finetune": ("full", "linear", "gradual"),
             "task": ("classify", "detect", "segment", "instance"),
             "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
+            "detect_augment": ("none", "light", "default", "strong"),  # cnnkit.data.detection.transforms presets
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -7,9 +7,9 @@ early stopping and tuning optimistic. This module finds both kinds of duplicate.
 **Exact duplicates**: the same decoded pixels (a BLAKE2 hash of each image's uint8 array and shape), so
 a PNG and a lossless re-encoding of it count as one image; any pixel change makes them different.
 
-**Near duplicates**: each image becomes a *thumbnail vector*: grayscale, resized to at most
-`size` x `size` pixels (area averaging; smaller images keep their size), minus its mean, divided by
-its norm. The dot product of two such vectors is the Pearson correlation of the thumbnails, 1 for
+**Near duplicates**: each image becomes a *thumbnail vector*: grayscale, resized to `size` x `size`
+pixels (antialiased bilinear; an in-memory dataset of smaller images, such as Fashion-MNIST at 28 x 28,
+keeps its size), minus its mean, divided by its norm. The dot product of two such vectors is the Pearson correlation of the thumbnails, 1 for
 the same picture up to brightness and contrast. Two images are near duplicates when it is at least
 `threshold` (default 0.99). What that catches: re-compression, resizing, small noise, brightness or
 contrast changes, tiny edits. What it does not: crops, flips, rotations, colour-only changes
@@ -71,15 +71,14 @@ def pixel_hashes(images: torch.Tensor) -> list[bytes]:
     return digests
 
 
-def thumbnail_vectors(images: torch.Tensor, size: int = DEFAULT_SIZE) -> torch.Tensor:
-    """Unit-norm, zero-mean grayscale thumbnails: uint8 (B, C, H, W) -> float32 (B, h * w), h, w <= size.
+def thumbnail_vectors(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Unit-norm, zero-mean grayscale thumbnails: uint8 (B, C, H, W) -> float32 (B, h * w), (h, w) = shape.
 
     Constant images (no contrast) give a zero vector: similar to nothing (exact hashing still pairs them).
     """
     gray = images.float().mean(dim=1, keepdim=True)  # (B, C, H, W) -> (B, 1, H, W)
-    height, width = gray.shape[-2:]
-    if height > size or width > size:
-        gray = F.interpolate(gray, size=(min(height, size), min(width, size)), mode="area")
+    if tuple(gray.shape[-2:]) != tuple(shape):
+        gray = F.interpolate(gray, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
     vectors = gray.flatten(1)  # (B, h * w)
     vectors = vectors - vectors.mean(dim=1, keepdim=True)
     return F.normalize(vectors, dim=1)  # zero rows stay zero (eps in the norm)
@@ -159,7 +158,8 @@ class _Images:
     names: list[str]  # file path, or "train#12" (index in the source's training/test split)
     split: torch.Tensor  # (N,) int64 index into SPLITS
     hashes: list[bytes]
-    vectors: torch.Tensor  # (N, D)
+    vectors: torch.Tensor  # (N, h * w)
+    thumbnail: tuple[int, int]  # (h, w)
     load: Callable[[int], torch.Tensor]  # index -> uint8 (C, H, W), for drawing pairs
     unreadable: list[str]
 
@@ -177,13 +177,14 @@ def _in_memory_images(spec: str, size: int, val_fraction: float, seed: int) -> _
 
     splits = load_dataset(spec)
     parts = [("train", splits.train)] + ([("test", splits.test)] if splits.test is not None else [])
+    thumbnail = tuple(min(side, size) for side in splits.train.image_size)  # no upsampling of small images
     names, hashes, vectors, split_ids = [], [], [], []
     for name, dataset in parts:
         names += [f"{name}#{index}" for index in range(len(dataset))]
         for start in range(0, len(dataset), 4096):
             batch = dataset.images[start:start + 4096]
             hashes += pixel_hashes(batch)
-            vectors.append(thumbnail_vectors(batch, size))
+            vectors.append(thumbnail_vectors(batch, thumbnail))
         if name == "train":
             split_ids.append(_split_ids(len(dataset), val_fraction, seed, dataset.labels))
         else:
@@ -193,7 +194,7 @@ def _in_memory_images(spec: str, size: int, val_fraction: float, seed: int) -> _
     def load(index: int) -> torch.Tensor:
         return splits.train.images[index] if index < offsets["test"] else splits.test.images[index - offsets["test"]]
 
-    return _Images(names, torch.cat(split_ids), hashes, torch.cat(vectors), load, [])
+    return _Images(names, torch.cat(split_ids), hashes, torch.cat(vectors), thumbnail, load, [])
 
 
 def _file_images(files, size: int, val_fraction: float, seed: int, workers: int = 8) -> _Images:
@@ -210,7 +211,7 @@ def _file_images(files, size: int, val_fraction: float, seed: int, workers: int 
             image = decode_image(path, 3)[None]  # (1, 3, H, W) at the file's own size
         except DataError:
             return None
-        return pixel_hashes(image)[0], thumbnail_vectors(image, size)[0]
+        return pixel_hashes(image)[0], thumbnail_vectors(image, (size, size))[0]
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes with the GIL released
         results = list(tqdm(pool.map(fingerprint, paths), total=len(paths), desc="decoding", unit="image",
@@ -218,12 +219,8 @@ def _file_images(files, size: int, val_fraction: float, seed: int, workers: int 
     good = [index for index, result in enumerate(results) if result is not None]
     if not good:
         raise DataError(f"cnnkit data check: none of the {len(paths)} images could be decoded")
-    shapes = {results[index][1].shape for index in good}
-    if len(shapes) > 1:  # thumbnails of images smaller than `size` keep their own size
-        raise ConfigError(f"images smaller than {size}x{size} pixels differ in size ({sorted(shapes)[:3]} ...); "
-                          "pass a --size no larger than the smallest image side")
     return _Images([str(paths[index]) for index in good], torch.cat(split_ids)[good],
-                   [results[index][0] for index in good], torch.stack([results[index][1] for index in good]),
+                   [results[index][0] for index in good], torch.stack([results[index][1] for index in good]), (size, size),
                    lambda index: decode_image(paths[good[index]], 3),
                    [str(paths[index]) for index, result in enumerate(results) if result is None])
 
@@ -266,7 +263,7 @@ def check_dataset(spec: str, threshold: float = DEFAULT_THRESHOLD, size: int = D
     Args:
         spec: A dataset as `cnnkit train --data` takes it (fashion-mnist, a folder, a CSV).
         threshold: Near duplicates: thumbnail correlation at least this (see the module docstring).
-        size: Thumbnails are at most size x size pixels.
+        size: Thumbnails are size x size pixels (in-memory datasets of smaller images keep their size).
         val_fraction, seed: The validation split `cnnkit train` would use (its settings of the same name).
         near: Also look for near duplicates (O(N^2)); False: exact duplicates only.
         progress: Progress bars (on a terminal).
@@ -278,6 +275,8 @@ def check_dataset(spec: str, threshold: float = DEFAULT_THRESHOLD, size: int = D
     """
     if size < 1:
         raise ConfigError(f"--size must be 1 or more, got {size}")
+    if not 0.0 < threshold <= 1.0:
+        raise ConfigError(f"near-duplicate threshold {threshold} must be in (0, 1]")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     started = time.perf_counter()
@@ -314,9 +313,8 @@ def check_dataset(spec: str, threshold: float = DEFAULT_THRESHOLD, size: int = D
         crossing = (split[first] != split[second]).float()
         order = sorted(range(len(pairs)), key=lambda k: (-float(crossing[k]), -float(similarity[k])))[:_EXAMPLES]
         near_examples = [(pairs[k][0], pairs[k][1], float(similarity[k])) for k in order]
-        thumbnail = tuple(min(side, size) for side in images.load(0).shape[-2:])
         report["near"] = {
-            "definition": f"correlation of {thumbnail[0]}x{thumbnail[1]} grayscale thumbnails >= {threshold} "
+            "definition": f"correlation of {images.thumbnail[0]}x{images.thumbnail[1]} grayscale thumbnails >= {threshold} "
                           "(not identical)",
             "threshold": threshold, "pairs": dict(near_kinds), "total_pairs": len(pairs), **_leaks(pairs, split),
             "examples": [{"first": f"{images.names[a]} ({SPLITS[int(split[a])]})",
