@@ -39,10 +39,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from cnnkit.config import TrainConfig, apply_overrides, make_config
-from cnnkit.engine.optim import make_optimizer, peak_lr
+from cnnkit.engine.optim import make_optimizer
 from cnnkit.errors import ConfigError
 
-__all__ = ["LRFindResult", "exponential_lrs", "lr_find", "plot_lr_find", "smooth", "suggest"]
+__all__ = ["LRFindResult", "exponential_lrs", "lr_find", "plot_lr_find", "range_test", "smooth", "suggest"]
 
 DIVERGENCE_FACTOR = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum (fast.ai's value)
 
@@ -164,16 +164,38 @@ def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: 
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     task.model = model
-    saved = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     optimizer = make_optimizer(model, config)
-    # Parameter groups may run at fractions of the peak LR (transfer learning's backbone): keep the ratios.
-    ratios = [group["lr"] / peak_lr(config) for group in optimizer.param_groups]
-    dtype = resolve_precision(config.precision, device)
+    return range_test(task, loader, optimizer, lrs, device, resolve_precision(config.precision, device),
+                      config.grad_clip_norm, beta, progress)
+
+
+def range_test(task, loader, optimizer: torch.optim.Optimizer, lrs: list[float], device: torch.device,
+               dtype: torch.dtype | None = None, grad_clip_norm: float | None = None, beta: float = 0.98,
+               progress: bool = False) -> LRFindResult:
+    """One optimizer step per LR in `lrs` on `task.model`, recording the loss; weights restored at the end.
+
+    Args:
+        task: A cnnkit Task (its `training_step` gives the loss, `to_device` moves a batch).
+        loader: Training batches with `set_epoch` (cycled through as many epochs as needed).
+        optimizer: Over task.model's parameters. Its groups' LRs are set each step, keeping their ratios
+            to the largest (transfer learning's slower backbone stays slower). Its state (momentum)
+            is not restored.
+        lrs: The LR of each step (`exponential_lrs`).
+        device, dtype: Where to run, and the autocast dtype (None: fp32).
+        grad_clip_norm: Clip the gradient norm as training would.
+        beta: Smoothing of the loss curve.
+        progress: Show a progress bar.
+    """
+    model = task.model
+    saved = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    peak = max(group["lr"] for group in optimizer.param_groups)  # the config's `lr` (the head's, in transfer)
+    ratios = [group["lr"] / peak for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     result = LRFindResult()
+    was_training = model.training
     model.train()
     batches = _endless(loader)
-    bar = tqdm(total=num_steps, desc="lr-find", unit="step", disable=None if progress else True, leave=False)
+    bar = tqdm(total=len(lrs), desc="lr-find", unit="step", disable=None if progress else True, leave=False)
     try:
         for lr in lrs:
             for group, ratio in zip(optimizer.param_groups, ratios):
@@ -185,8 +207,8 @@ def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: 
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.unscale_(optimizer)
-            if config.grad_clip_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+            if grad_clip_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -203,7 +225,9 @@ def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: 
                 break
     finally:
         bar.close()
+        optimizer.zero_grad(set_to_none=True)
         model.load_state_dict(saved)
+        model.train(was_training)
     finite = [i for i, value in enumerate(result.smoothed) if math.isfinite(value)]
     result.suggested_lr, result.steepest_lr, result.min_loss_lr = suggest(
         [result.lrs[i] for i in finite], [result.smoothed[i] for i in finite])
