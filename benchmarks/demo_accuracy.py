@@ -19,6 +19,12 @@ Training output (the progress bar, one line per epoch) passes through to this te
     .venv/bin/python benchmarks/demo_accuracy.py --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/demo_accuracy.py --extra epochs=12 lr=0.3   # try a recipe
     .venv/bin/python benchmarks/demo_accuracy.py --quick             # smoke test: tiny data, 1 epoch
+    .venv/bin/python benchmarks/demo_accuracy.py --recipe fast       # recipes/fashion_mnist/fast.yaml
+
+--recipe NAME trains with `--config recipes/fashion_mnist/NAME.yaml`, checks that recipe's targets
+(its `# target:` comment line: accuracy and seconds), runs one untimed warm-up first (the recipe with
+epochs=1: the disk cache, imports and oneDNN kernels are warm for every timed seed alike) and writes
+results as recipe_NAME.json/.md, with the model's GMACs per image beside the seconds.
 
 --quick trains one epoch on a 2,000/1,000-image slice of Fashion-MNIST (written as IDX files to a
 temporary folder and passed as --data), seed 0 only: it checks the script, not the targets.
@@ -60,6 +66,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target-seconds", type=float, default=TARGET_SECONDS, help="default: %(default)s")
     parser.add_argument("--threads", type=int, default=0,
                         help="OMP_NUM_THREADS for both subprocesses (default: torch's default, one per core)")
+    parser.add_argument("--recipe", metavar="NAME", help="a recipe of recipes/fashion_mnist/ (fast, quality, best)")
     parser.add_argument("--quick", action="store_true", help="smoke test: seed 0, one epoch on a tiny data slice")
     parser.add_argument("--results-dir", default=None, help="where the .json/.md go (default: benchmarks/results)")
     args = parser.parse_args()
@@ -68,7 +75,41 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--extra takes key=value items, got {item!r}")
     if args.quick:
         args.seeds = args.seeds[:1]
+    args.config = None
+    if args.recipe:
+        args.config = _common.REPO_ROOT / "recipes" / "fashion_mnist" / f"{args.recipe}.yaml"
+        if not args.config.is_file():
+            parser.error(f"no recipe {args.config}")
+        targets = recipe_targets(args.config)
+        if "--target-accuracy" not in sys.argv:
+            args.target_accuracy = targets.get("accuracy", args.target_accuracy)
+        if "--target-seconds" not in sys.argv:
+            args.target_seconds = targets.get("seconds", args.target_seconds)
     return args
+
+
+def recipe_targets(path: Path) -> dict[str, float]:
+    """A recipe's `# target: accuracy 0.94, seconds 300` comment line, as numbers."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# target:"):
+            pairs = [item.split() for item in line.removeprefix("# target:").split(",")]
+            return {key: float(value) for key, value in pairs}
+    return {}
+
+
+def gmacs_per_image(run_dir: Path) -> float | None:
+    """The trained model's multiply-accumulates per image, in billions (at its input size)."""
+    from cnnkit.engine.checkpoint import read_record
+    from cnnkit.inspect import count_macs
+    from cnnkit.registry import create_model
+
+    try:
+        record = read_record(run_dir / "best.safetensors")
+        architecture, preprocessing = record["architecture"], record["preprocessing"]
+        model = create_model(architecture["name"], **architecture["args"])
+        return count_macs(model, (preprocessing["channels"], *preprocessing["image_size"])) / 1e9
+    except Exception:  # noqa: BLE001 - a number for the table, not worth failing the benchmark over
+        return None
 
 
 def cnnkit_executable() -> str:
@@ -120,6 +161,8 @@ def read_metrics(run_dir: Path) -> dict:
 def run_seed(seed: int, args, cnnkit: str, out: Path, data_override: list[str], env: dict) -> dict:
     run_name = f"bench-demo-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     train_command = [cnnkit, "train", "--name", run_name]
+    if args.config:
+        train_command += ["--config", str(args.config)]
     if out != (_common.REPO_ROOT / "runs").resolve():
         train_command += ["--out", str(out)]
     train_command += [*data_override, f"seed={seed}", *args.extra]
@@ -155,6 +198,7 @@ def run_seed(seed: int, args, cnnkit: str, out: Path, data_override: list[str], 
         "evaluate_seconds": evaluate_seconds,
         "wall_seconds": train_seconds + evaluate_seconds,
         "run_metrics": read_metrics(run_dir),
+        "gmacs_per_image": gmacs_per_image(run_dir),
         "train_command": train_command,
         "evaluate_command": evaluate_command,
     }
@@ -181,6 +225,11 @@ def main() -> None:
         if args.quick:
             write_tiny_fashion_mnist(Path(temporary))
             data_override = ["--data", temporary, "--epochs", "1"]
+        if args.recipe and not args.quick:  # one untimed warm-up run of the recipe, one epoch
+            warmup = [cnnkit, "train", "--config", str(args.config), "--out", str(out / "warmup"), "epochs=1",
+                      "report=false", *args.extra]
+            print(f"\n=== warm-up (not timed): {' '.join(warmup)}", flush=True)
+            subprocess.run(warmup, cwd=_common.REPO_ROOT, env=env)
         for seed in args.seeds:
             results.append(run_seed(seed, args, cnnkit, out, data_override, env))
 
@@ -189,7 +238,8 @@ def main() -> None:
     wall = _common.summarize([r["wall_seconds"] for r in good])
     passed = bool(good) and len(good) == len(results) and all(r["pass_accuracy"] and r["pass_seconds"] for r in good)
     payload = {
-        "settings": {"seeds": args.seeds, "extra": args.extra, "out": str(out), "threads": args.threads or None,
+        "settings": {"seeds": args.seeds, "extra": args.extra, "recipe": args.recipe,
+                     "config": str(args.config) if args.config else None, "out": str(out), "threads": args.threads or None,
                      "quick_data": f"{QUICK_TRAIN_IMAGES} train / {QUICK_TEST_IMAGES} test images, 1 epoch"
                      if args.quick else None},
         "targets": {"test_accuracy_min": args.target_accuracy, "wall_seconds_max": args.target_seconds,
@@ -203,27 +253,33 @@ def main() -> None:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["seed"], "error", "", "", "", "", r["error"]])
+            rows.append([r["seed"], "error", "", "", "", "", "", r["error"]])
             continue
         metrics = r["run_metrics"]
         rows.append([r["seed"], f"{100 * r['test_accuracy']:.2f}", f"{r['wall_seconds']:.1f}", f"{r['train_seconds']:.1f}",
                      f"{metrics.get('epoch_seconds_total', float('nan')):.1f}", f"{r['evaluate_seconds']:.1f}",
+                     f"{r['gmacs_per_image']:.4f}" if r.get("gmacs_per_image") is not None else "",
                      "pass" if r["pass_accuracy"] and r["pass_seconds"] else
                      "FAIL (" + ", ".join(k for k, ok in (("accuracy", r["pass_accuracy"]), ("time", r["pass_seconds"]))
                                           if not ok) + ")"])
     for label, key in (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max")):
         if good:
-            rows.append([f"**{label}**", f"{100 * accuracy[key]:.2f}", f"{wall[key]:.1f}", "", "", "", ""])
+            rows.append([f"**{label}**", f"{100 * accuracy[key]:.2f}", f"{wall[key]:.1f}", "", "", "", "", ""])
     extra = " ".join(args.extra) or "none"
+    config = f" --config {args.config.relative_to(_common.REPO_ROOT)}" if args.config else ""
+    warm = " One untimed 1-epoch warm-up run of the recipe came first." if args.recipe and not args.quick else ""
     body = (
-        f"Per seed: `cnnkit train --name NAME seed=S` + `cnnkit evaluate runs/NAME --json` as subprocesses; "
+        f"Per seed: `cnnkit train{config} --name NAME seed=S` + `cnnkit evaluate runs/NAME --json` as subprocesses;{warm} "
         f"extra settings: {extra}. Targets: test accuracy >= {100 * args.target_accuracy:.0f}% and wall <= "
         f"{args.target_seconds:.0f} s for every seed.\n\n"
         + _common.markdown_table(["seed", "test acc %", "wall s (train+eval)", "train process s", "inside epochs s",
-                                  "evaluate process s", "targets"], rows)
+                                  "evaluate process s", "GMACs/image", "targets"], rows)
         + f"\n\n**Overall: {'PASS' if passed else 'FAIL'}**{_common.QUICK_NOTE if args.quick else ''}\n"
     )
-    _common.finish(NAME, "make demo: accuracy and wall time over seeds", header, payload, body, args.results_dir)
+    name, title = NAME, "make demo: accuracy and wall time over seeds"
+    if args.recipe:
+        name, title = f"recipe_{args.recipe}", f"Fashion-MNIST recipe `{args.recipe}`: test accuracy and wall time over seeds"
+    _common.finish(name, title, header, payload, body, args.results_dir)
 
 
 if __name__ == "__main__":

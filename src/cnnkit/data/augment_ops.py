@@ -11,8 +11,8 @@ epoch at once (from the loader's seeded generator), ``apply`` transforms a uint8
   close to, but not exactly, torchvision's HSV hue shift.
 - ``RandomErasing``: one rectangle per chosen image, set to black with one masked fill.
 - ``PolicyAugment``: AutoAugment / RandAugment / TrivialAugmentWide pick different operations for
-  every image, so they run per image through torchvision.transforms.v2 (each image's draw is seeded
-  from the epoch's generator: a resumed run repeats it).
+  every image, so they run per image through torchvision.transforms.v2 (each batch's draws are seeded
+  from the epoch's generator: a resumed run repeats them).
 
 Costs, per batch of 256 Fashion-MNIST images on one thread, are measured in
 benchmarks/augment_speed.py (results/augment_speed.md): the batched ops against torchvision.v2 per image.
@@ -192,9 +192,10 @@ class PolicyAugment:
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = torch.empty_like(images)
-        # The policies draw from torch's global generator: seed it per image, and leave it as it was.
+        # The policies draw from torch's global generator: seed it from the batch's first parameter (a batch
+        # is the same images in the same order whenever its epoch is replayed), and leave it as it was.
         with torch.random.fork_rng(devices=[]):
-            for index, seed in enumerate(params.tolist()):
-                torch.manual_seed(seed)
+            torch.default_generator.manual_seed(int(params[0]) if len(params) else 0)
+            for index in range(len(images)):
                 output[index] = self.transform(images[index])
         return output, labels
