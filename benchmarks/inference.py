@@ -26,10 +26,13 @@ machine may be shared, so the best round is kept. Latency: batch 1, calls for --
 --min-calls), p50 and p99 of the per-call times. Throughput: batch 32 for the same budget, images/s.
 
 Fraction of peak: achieved FLOP/s = 2 x MACs per image (cnnkit.inspect.count_macs) x images/s, divided by the
-CPU's peak: usable cores x FLOPs/cycle x clock. Assumed for Zen 4 (AVX-512 executed as two 256-bit halves on
-two FMA pipes): 32 fp32 FLOPs/cycle/core, and 64 for bf16 (AVX512_BF16 dot products, 2x fp32); clock
---ghz, default the "cpu MHz" of /proc/cpuinfo (the nominal clock: if the CPU boosts higher, the fractions are
-overstated). bf16 paths are compared with the bf16 peak.
+CPU's peak: usable cores x FLOPs/cycle x clock. FLOPs/cycle by the CPU family in /proc/cpuinfo (--flops-per-cycle
+overrides): Zen 4 (family 25) executes AVX-512 as two 256-bit halves on two FMA pipes, 32 fp32 FLOPs/cycle/core;
+Zen 5 (family 26) has two full 512-bit FMA pipes, 64. The development machine reports family 26, and a single
+direct convolution of fastnet measured 204 GFLOP/s (oneDNN verbose), above a Zen 4 peak at its 2.6 GHz (166),
+so the Zen 5 figure is used there. bf16 peak: twice fp32 (AVX512_BF16 dot products). Clock: --ghz, default the
+"cpu MHz" of /proc/cpuinfo (nominal: if the CPU boosts higher, the fractions are overstated). bf16 paths are
+compared with the bf16 peak.
 
 Correctness: each path's top-1 class vs eager fp32 on the agreement images (Fashion-MNIST test with
 --fastnet-run; otherwise --agreement-images random images), and the max abs difference of the logits. An fp32
@@ -69,7 +72,8 @@ NAME = "inference"
 THROUGHPUT_BATCH = 32
 FP32_TOLERANCE = 1e-4
 BF16_MIN_AGREEMENT = 0.995
-FLOPS_PER_CYCLE = {"fp32": 32, "bf16": 64}  # per Zen 4 core, see the module docstring
+# fp32 FLOPs per cycle per core by x86 CPU family (/proc/cpuinfo), see the module docstring; bf16 is twice that.
+FP32_FLOPS_PER_CYCLE = {25: 32, 26: 64}  # 0x19 Zen 3/4: two 256-bit FMA pipes; 0x1A Zen 5: two 512-bit FMA pipes
 # The floor the issue set (measured elsewhere on this machine): batch-1 speed-up over eager fp32.
 FLOOR = {("resnet50", "onnxruntime"): 1.4, ("mobilenet_v3_large", "onnxruntime"): 4.4,
          ("resnet50", "openvino"): 2.7, ("mobilenet_v3_large", "openvino"): 5.7}
@@ -121,6 +125,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agreement-images", type=int, default=512,
                         help="random images for agreement when no Fashion-MNIST run is given (default 512)")
     parser.add_argument("--ghz", type=float, default=None, help="clock for the peak FLOP rate (default: cpuinfo)")
+    parser.add_argument("--flops-per-cycle", type=int, default=None,
+                        help="fp32 FLOPs per cycle per core for the peak (default: by CPU family, see above)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's default)")
     parser.add_argument("--quick", action="store_true", help="smoke test: fastnet only, 1 round, 0.2 s budgets, "
                         "64 agreement images")
@@ -200,7 +206,9 @@ def make_path(name: str, model: nn.Module, onnx_file: Path | None) -> tuple[Call
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return fast(inputs.contiguous(memory_format=torch.channels_last)).float()
     elif name == "compile_fp32":
-        infer = torch.compile(model)  # compiles on the first call of each input shape (the warm-up round)
+        # dynamic=False: one static graph per batch size (1 and 32), compiled in the warm-up round. With the
+        # default, the second size triggers a dynamic-shape graph, and batch 1 then ran at 138 ms for fastnet.
+        infer = torch.compile(model, dynamic=False)
     elif name == "onnxruntime":
         infer = onnxruntime_model(onnx_file)
     elif name == "openvino":
@@ -251,13 +259,14 @@ def agreement(infer, reference_logits: torch.Tensor, inputs: torch.Tensor) -> di
 
 # ---------------------------------------------------------------- the run
 def peak_flops(args, machine: dict) -> dict:
-    ghz = args.ghz
-    if ghz is None:
-        info = _common._cpuinfo()
-        ghz = float(info.get("cpu MHz", 0)) / 1000 or 2.6
+    info = _common._cpuinfo()
+    ghz = args.ghz or float(info.get("cpu MHz", 0)) / 1000 or 2.6
+    family = int(info.get("cpu family", 0) or 0)
+    per_cycle = args.flops_per_cycle or FP32_FLOPS_PER_CYCLE.get(family, 32)
     cores = machine["usable_cpus"]
-    return {"ghz": ghz, "cores": cores, **{precision: cores * per_cycle * ghz * 1e9
-                                           for precision, per_cycle in FLOPS_PER_CYCLE.items()}}
+    fp32 = cores * per_cycle * ghz * 1e9
+    return {"ghz": ghz, "cores": cores, "cpu_family": family, "fp32_flops_per_cycle": per_cycle,
+            "fp32": fp32, "bf16": 2 * fp32}
 
 
 def prepare(spec: ModelSpec, args, workdir: Path) -> dict:
@@ -382,7 +391,8 @@ def summarize(states: dict, rounds: list, peak: dict) -> tuple[dict, str]:
                 reached = entries[floor_path]["speedup_batch1"]
                 verdicts.append(f"- {model_name} {floor_path}: {reached:.2f}x eager fp32 at batch 1 (floor {floor}x): "
                                 f"{'met' if reached >= floor else '**not met**'}")
-    body = (f"Peak assumed: {peak['cores']} cores x {FLOPS_PER_CYCLE['fp32']} fp32 FLOPs/cycle x {peak['ghz']:.2f} GHz "
+    body = (f"Peak assumed: {peak['cores']} cores x {peak['fp32_flops_per_cycle']} fp32 FLOPs/cycle (CPU family "
+            f"{peak['cpu_family']}) x {peak['ghz']:.2f} GHz "
             f"= {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16 (bf16 paths are compared "
             "with the bf16 peak). Correct: fp32 paths within 1e-4 of eager fp32's logits, bf16 paths >= 99.5% top-1 "
             "agreement.\n\n" + "\n".join(sections))

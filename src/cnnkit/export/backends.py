@@ -58,8 +58,8 @@ def cached_onnx(run: str | Path, checkpoint: str = "best", log: Callable[[str], 
         pass  # no cache yet, or an unreadable one: export again
     try:
         result = export_run(checkpoint_file, "onnx", out=path, dynamic_batch=True, checkpoint=checkpoint_file.stem)
-    except PermissionError as error:
-        raise ExportError(f"cannot write the ONNX cache {path} ({error.strerror}); export it elsewhere with "
+    except OSError as error:  # a read-only run directory, a full disk ...
+        raise ExportError(f"cannot write the ONNX cache {path} ({error.strerror or error}); export it elsewhere with "
                           f"`cnnkit export {run_dir} --format onnx --dynamic-batch --out FILE.onnx` and pass "
                           "FILE.onnx instead of the run directory") from None
     log(f"exported {checkpoint_file} to ONNX once for the fast backends: {result.summary()}")
