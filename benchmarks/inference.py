@@ -180,14 +180,19 @@ def calibrate_batchnorm(model: nn.Module, inputs: torch.Tensor) -> None:
     model.eval()
 
 
-def agreement_images(spec: ModelSpec, preprocessing: Preprocessing, fastnet_run: str | None, count: int):
-    """(normalized float inputs, description) for the top-1 agreement check."""
+def agreement_images(spec: ModelSpec, preprocessing: Preprocessing, fastnet_run: str | None, count: int,
+                     quick: bool):
+    """(normalized float inputs, description) for the top-1 agreement check.
+
+    A multiple of 32 images: torch.compile(dynamic=False) would compile once more for a smaller last batch.
+    """
     if spec.name == "fastnet" and fastnet_run:
         from cnnkit.data.fashion_mnist import load_fashion_mnist
 
         _, test = load_fashion_mnist(download=False)
-        images = test.images if count >= len(test.images) else test.images[:count]
+        images = test.images[:count if quick else len(test.images) // THROUGHPUT_BATCH * THROUGHPUT_BATCH]
         return preprocessing.normalize(images), f"Fashion-MNIST test ({len(images)} images)"
+    count = max(THROUGHPUT_BATCH, count // THROUGHPUT_BATCH * THROUGHPUT_BATCH)
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (count, spec.channels, spec.size, spec.size), generator=generator, dtype=torch.uint8)
     return preprocessing.normalize(images), f"{count} random uint8 images"
@@ -287,7 +292,7 @@ def prepare(spec: ModelSpec, args, workdir: Path) -> dict:
         except Exception as error:  # noqa: BLE001 - one path that cannot run must not hide the others
             state["failures"][name] = f"{type(error).__name__}: {error}"
     state["agreement_inputs"], state["agreement_data"] = agreement_images(spec, preprocessing, args.fastnet_run,
-                                                                          args.agreement_images)
+                                                                          args.agreement_images, args.quick)
     state["reference_logits"] = logits_of(model, state["agreement_inputs"])
     return state
 
