@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from cnnkit.cli import main
 from cnnkit.data import TensorLoader
-from cnnkit.engine.lr_finder import exponential_lrs, lr_find, range_test, smooth, suggest
+from cnnkit.engine.lr_finder import default_beta, exponential_lrs, lr_find, range_test, smooth, smooth_zero_phase, suggest
 from cnnkit.errors import ConfigError
 from cnnkit.tasks import ClassificationTask
 from conftest import FAST_SETTINGS
@@ -31,6 +31,14 @@ def test_smoothing_is_bias_corrected():
     assert smooth([2.0] * 5) == pytest.approx([2.0] * 5)  # a plain EMA would start near 0
     assert smooth([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
     assert smooth([1.0, 3.0], beta=0.0) == [1.0, 3.0]
+
+
+def test_zero_phase_smoothing_does_not_lag():
+    step = [0.0] * 20 + [1.0] * 20
+    one_way, both_ways = smooth(step, 0.8), smooth_zero_phase(step, 0.8)
+    assert one_way[20] < 0.25  # the one-way average is still near the old value after the step
+    assert both_ways[19] + both_ways[20] == pytest.approx(1.0, abs=0.01)  # centred on the step: no lag
+    assert default_beta(100) == pytest.approx(0.8) and default_beta(10) == 0.0 and default_beta(10_000) == 0.98
 
 
 def test_suggestions_on_a_known_curve():
@@ -63,8 +71,7 @@ def test_range_test_records_stops_on_divergence_and_restores_the_weights():
     result = range_test(task, loader, optimizer, lrs, torch.device("cpu"), beta=0.9)
     assert result.stopped_early and len(result.lrs) < len(lrs) and result.lrs == lrs[: len(result.lrs)]
     assert len(result.losses) == len(result.smoothed) == len(result.lrs)
-    last = result.smoothed[-1]
-    assert not math.isfinite(last) or last > 4 * min(result.smoothed)
+    assert all(math.isfinite(value) for value in result.losses + result.smoothed)  # a NaN step is left out
     assert 1e-4 <= result.suggested_lr < result.min_loss_lr  # a tenth of the minimum's LR
     for name, tensor in task.model.state_dict().items():
         assert torch.equal(tensor, before[name]), name

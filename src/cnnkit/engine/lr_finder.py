@@ -15,9 +15,17 @@ on the edge of divergence. Two common readings of the curve are reported:
 The suggestion printed is the second (it is robust to a noisy curve); the first is shown beside it
 and marked on the plot. Set the result as `lr=...` (the *peak* LR of the one-cycle or cosine schedule).
 
-The raw loss of one batch is noisy, so the curve is an exponential moving average with bias
-correction (as Adam's moments: avg_t / (1 - beta^t)), beta = 0.98 by default. The test stops early
-once the smoothed loss exceeds 4x its minimum, or is not finite.
+The raw loss of one batch is noisy, so it is smoothed by an exponential moving average with bias
+correction (as Adam's moments: avg_t / (1 - beta^t)). A one-way average lags: it reports the loss of
+about 1 / (1 - beta) steps ago, and fast.ai's beta = 0.98 on a 100-step sweep is a lag of half the
+curve, which moves the minimum, and every suggestion, to too high an LR. So the curve that is drawn
+and read is the average run forwards and then backwards (zero phase lag, as scipy's `filtfilt`),
+with beta = 1 - 20 / steps by default (a window of about a twentieth of the sweep; 0.8 for 100 steps).
+Losses above the highest of the first tenth of the sweep (the starting level) are clipped to it
+before this smoothing: the spikes of a diverging run
+(10x the loss and more) would otherwise pull the average around the minimum up, and the minimum left.
+While sweeping, the forward average alone stops the test once it exceeds 4x its minimum, or the loss
+is not finite.
 
 The model, data pipeline (augmentation included), optimizer (its momentum, weight decay and
 parameter groups) and precision are exactly those `cnnkit train` builds from the same settings, via
@@ -42,7 +50,8 @@ from cnnkit.config import TrainConfig, apply_overrides, make_config
 from cnnkit.engine.optim import make_optimizer
 from cnnkit.errors import ConfigError
 
-__all__ = ["LRFindResult", "exponential_lrs", "lr_find", "plot_lr_find", "range_test", "smooth", "suggest"]
+__all__ = ["LRFindResult", "default_beta", "exponential_lrs", "lr_find", "plot_lr_find", "range_test", "smooth",
+           "smooth_zero_phase", "suggest"]
 
 DIVERGENCE_FACTOR = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum (fast.ai's value)
 
@@ -54,7 +63,7 @@ class LRFindResult:
     Attributes:
         lrs: The LR of each step taken.
         losses: The raw training loss of each step.
-        smoothed: The bias-corrected moving average of the losses.
+        smoothed: The losses smoothed without lag (`smooth_zero_phase`).
         suggested_lr: One tenth of the LR at the minimum smoothed loss (the printed suggestion).
         steepest_lr: The LR where the smoothed loss falls fastest against log(LR); None if the curve
             is too short to tell.
@@ -100,11 +109,21 @@ def smooth(losses: list[float], beta: float = 0.98) -> list[float]:
     return result
 
 
+def smooth_zero_phase(losses: list[float], beta: float) -> list[float]:
+    """`smooth` forwards, then backwards over the result: no lag, each point averaged with both neighbours."""
+    return smooth(smooth(losses, beta)[::-1], beta)[::-1]
+
+
+def default_beta(num_steps: int) -> float:
+    """Smoothing for a sweep of num_steps: an averaging window of about num_steps / 20 steps."""
+    return min(0.98, max(0.0, 1 - 20 / num_steps))
+
+
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, float | None, float | None]:
     """(minimum / 10, steepest descent, LR at the minimum) of a smoothed curve.
 
     The steepest slope is looked for before the minimum only (after it the loss rises), skipping the
-    first tenth of the curve, whose smoothed values still carry the start-up bias of the average.
+    first tenth of the curve (the noisy start, where nothing is learned yet).
     """
     if len(smoothed) < 5:
         return None, None, None
@@ -129,14 +148,14 @@ def _as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[s
 
 
 def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_steps: int = 100, beta: float = 0.98, progress: bool = True, **overrides) -> LRFindResult:
+            num_steps: int = 100, beta: float | None = None, progress: bool = True, **overrides) -> LRFindResult:
     """Run the LR range test on the model and data that `cnnkit train` would build from `config`.
 
     Args:
         config: A TrainConfig, a dict of settings, a YAML file, or None for the defaults.
         start_lr, end_lr: The LR range, swept geometrically.
         num_steps: Optimizer steps (batches); 100-300 is usual. The sweep stops earlier if the loss diverges.
-        beta: Smoothing of the loss curve (0 = none).
+        beta: Smoothing of the loss curve (0 = none); None: `default_beta(num_steps)`.
         progress: Show a progress bar.
         **overrides: Settings, e.g. model="resnet20", batch_size=128.
 
@@ -149,8 +168,6 @@ def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: 
     from cnnkit.tasks import task_module
 
     config = _as_config(config, overrides)
-    if not 0 <= beta < 1:
-        raise ConfigError(f"smoothing beta must be in [0, 1), got {beta}")
     lrs = exponential_lrs(start_lr, end_lr, num_steps)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -170,7 +187,7 @@ def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: 
 
 
 def range_test(task, loader, optimizer: torch.optim.Optimizer, lrs: list[float], device: torch.device,
-               dtype: torch.dtype | None = None, grad_clip_norm: float | None = None, beta: float = 0.98,
+               dtype: torch.dtype | None = None, grad_clip_norm: float | None = None, beta: float | None = None,
                progress: bool = False) -> LRFindResult:
     """One optimizer step per LR in `lrs` on `task.model`, recording the loss; weights restored at the end.
 
@@ -183,9 +200,12 @@ def range_test(task, loader, optimizer: torch.optim.Optimizer, lrs: list[float],
         lrs: The LR of each step (`exponential_lrs`).
         device, dtype: Where to run, and the autocast dtype (None: fp32).
         grad_clip_norm: Clip the gradient norm as training would.
-        beta: Smoothing of the loss curve.
+        beta: Smoothing of the loss curve; None: `default_beta(len(lrs))`.
         progress: Show a progress bar.
     """
+    beta = default_beta(len(lrs)) if beta is None else beta
+    if not 0 <= beta < 1:
+        raise ConfigError(f"smoothing beta must be in [0, 1), got {beta}")
     model = task.model
     saved = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     peak = max(group["lr"] for group in optimizer.param_groups)  # the config's `lr` (the head's, in transfer)
@@ -217,10 +237,10 @@ def range_test(task, loader, optimizer: torch.optim.Optimizer, lrs: list[float],
             value = float(loss.detach())
             result.lrs.append(lr)
             result.losses.append(value)
-            result.smoothed = smooth(result.losses, beta)
+            running = smooth(result.losses, beta)  # forward only: the stop test cannot see the future
             bar.update()
-            bar.set_postfix(lr=f"{lr:.2g}", loss=f"{result.smoothed[-1]:.3f}")
-            if not math.isfinite(value) or result.smoothed[-1] > DIVERGENCE_FACTOR * min(result.smoothed):
+            bar.set_postfix(lr=f"{lr:.2g}", loss=f"{running[-1]:.3f}")
+            if not math.isfinite(value) or running[-1] > DIVERGENCE_FACTOR * min(running):
                 result.stopped_early = lr != lrs[-1]
                 break
     finally:
@@ -228,9 +248,13 @@ def range_test(task, loader, optimizer: torch.optim.Optimizer, lrs: list[float],
         optimizer.zero_grad(set_to_none=True)
         model.load_state_dict(saved)
         model.train(was_training)
-    finite = [i for i, value in enumerate(result.smoothed) if math.isfinite(value)]
-    result.suggested_lr, result.steepest_lr, result.min_loss_lr = suggest(
-        [result.lrs[i] for i in finite], [result.smoothed[i] for i in finite])
+    finite = [i for i, value in enumerate(result.losses) if math.isfinite(value)]  # a NaN would spread both ways
+    result.lrs = [result.lrs[i] for i in finite]
+    result.losses = [result.losses[i] for i in finite]
+    if result.losses:
+        ceiling = max(result.losses[: max(1, len(result.losses) // 10)])  # clip divergence spikes (module docstring)
+        result.smoothed = smooth_zero_phase([min(loss, ceiling) for loss in result.losses], beta)
+    result.suggested_lr, result.steepest_lr, result.min_loss_lr = suggest(result.lrs, result.smoothed)
     return result
 
 
@@ -266,7 +290,7 @@ def plot_lr_find(result: LRFindResult, path: str | Path, title: str = "") -> Pat
     axis.set_xscale("log")
     finite = [value for value in result.smoothed if math.isfinite(value)]
     if finite:  # the diverging tail would squash the useful part of the curve
-        low, high = min(finite), finite[0]
+        low, high = min(finite + result.losses), finite[0]
         axis.set_ylim(low - 0.1 * (high - low + 1e-3), max(high, low) + 0.3 * (high - low + 1e-3))
     axis.set_xlabel("learning rate (log scale)")
     axis.set_ylabel("training loss")
