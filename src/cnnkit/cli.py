@@ -163,9 +163,12 @@ def _add_predict(commands) -> None:
                         help="inference engine (default auto; see below)")
     # Detection runs (record task "detect"): boxes instead of top-k classes.
     parser.add_argument("--out", metavar="DIR", help="detection runs: folder for IMAGE.json (boxes, scores, class "
-                        "names) and IMAGE.png (the boxes drawn); default RUN_DIR/predictions/")
+                        "names) and IMAGE.png (the boxes drawn); segmentation runs: IMAGE-mask.png (class index per "
+                        "pixel, VOC-style palette PNG) and IMAGE-overlay.png; instance runs: IMAGE.json (boxes, "
+                        "scores, RLE masks), IMAGE-mask.png (instance ids) and IMAGE-overlay.png; default "
+                        "RUN_DIR/predictions/")
     parser.add_argument("--score-threshold", type=float, default=0.25, metavar="S",
-                        help="detection runs: leave out boxes scored below S (default 0.25)")
+                        help="detection and instance runs: leave out objects scored below S (default 0.25)")
 
 
 def _add_models(commands) -> None:
@@ -596,6 +599,8 @@ def run_evaluate(args) -> int:
     classifier = load(args.run_dir, device=args.device)
     if classifier.record.get("task") == "detect":
         return run_evaluate_detection(args, classifier)
+    if classifier.record.get("task") in ("segment", "instance"):
+        return run_evaluate_segmentation(args, classifier)
     result = classifier.evaluate(args.split)
     text = json.dumps(result, indent=2)
     if args.json:
@@ -636,6 +641,65 @@ def run_evaluate_detection(args, detector) -> int:
     return 0
 
 
+def run_evaluate_segmentation(args, predictor) -> int:
+    """`cnnkit evaluate` for segmentation runs (mIoU, per-class IoU and Dice) and instance runs (mask mAP)."""
+    from cnnkit.engine.checkpoint import atomic_write_text
+
+    result = predictor.evaluate(args.split)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        print(text)
+    elif predictor.record["task"] == "segment":
+        from cnnkit.metrics.segmentation import per_class_table
+
+        print(f"{args.split} mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
+              f"mean Dice {result['mean_dice']:.4f}  loss {result['loss']:.4f}  ({result['images']} images)")
+        print(per_class_table(result))
+    else:
+        from cnnkit.metrics.detection import coco_ap_table
+
+        print(f"{args.split} mask mAP@.5 {result['mask_map50']:.4f}  mask mAP@[.5:.95] {result['mask_map']:.4f}  "
+              f"box mAP@.5 {result['map50']:.4f}  box mAP@[.5:.95] {result['map']:.4f}  ({result['count']} images, "
+              f"{result['images_per_second']:.1f} images/s)")
+        print(coco_ap_table(result))
+    path = predictor.run_dir / f"evaluation-{args.split}.json"
+    try:
+        atomic_write_text(path, text + "\n")
+        print(f"per-class metrics: {path}", file=sys.stderr)
+    except OSError as error:  # a read-only run directory still gets its numbers printed
+        print(f"cnnkit evaluate: could not write {path}: {error}", file=sys.stderr)
+    return 0
+
+
+def run_predict_segmentation(args) -> int:
+    """`cnnkit predict` for segmentation and instance runs: mask PNG and overlay per image (instance: + JSON)."""
+    from cnnkit.api import load
+
+    for image in args.images:
+        if not Path(image).is_file():
+            raise CnnkitError(f"image {image} not found")
+    predictor = load(args.run_dir, device=args.device)
+    out = Path(args.out) if args.out else predictor.run_dir / "predictions"
+    if predictor.record["task"] == "segment":
+        from cnnkit.tasks.segmentation import write_predictions
+
+        results = write_predictions(predictor, args.images, out)
+        shown = [", ".join(f"{name} {share:.0%}" for name, share in r["classes"].items()) for r in results]
+    else:
+        from cnnkit.tasks.instance import write_predictions
+
+        if not 0 <= args.score_threshold <= 1:
+            raise CnnkitError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+        results = write_predictions(predictor, args.images, out, args.score_threshold)
+        shown = [", ".join(f"{o['class']} {o['score']:.2f}" for o in r["objects"]) or "nothing" for r in results]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for result, summary in zip(results, shown):
+            print(f"{result['image']}: {summary} -> {result['mask']}, {result['overlay']}")
+    return 0
+
+
 def _run_task(path: str) -> str:
     """The task recorded in a run directory's or checkpoint's record ("classify" for anything else)."""
     from cnnkit.engine.checkpoint import read_record
@@ -673,6 +737,8 @@ def run_predict(args) -> int:
 
     if _run_task(args.run_dir) == "detect":
         return run_predict_detection(args)
+    if _run_task(args.run_dir) in ("segment", "instance"):
+        return run_predict_segmentation(args)
 
     if args.top_k < 1:
         raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")

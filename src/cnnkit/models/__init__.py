@@ -12,6 +12,6 @@ from cnnkit.models import custom  # noqa: F401,E402
 from cnnkit.models import alexnet, coatnet, convnext, densenet, efficientnet, ghostnet  # noqa: F401,E402
 from cnnkit.models import googlenet, mobilenet, nasnet, regnet, resnet, shufflenet, swin, vgg, vit  # noqa: F401,E402
 # Segmentation (task="segment" / "instance"): FCN, DeepLabV3(+), U-Net, Mask R-CNN.
-from cnnkit.models import segmentation, unet  # noqa: F401,E402
+from cnnkit.models import segmentation, segmentation_maskrcnn, unet  # noqa: F401,E402
 # Detection (task="detect"): Faster R-CNN, SSD, the YOLO-style detector, R-CNN and Fast R-CNN.
 from cnnkit.models import faster_rcnn, rcnn, ssd, yolo  # noqa: F401,E402

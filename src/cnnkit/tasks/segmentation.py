@@ -349,3 +349,45 @@ def load_run(run_dir: Path, file: Path, record: dict, tensors: dict, device: tor
                               f"({str(error).splitlines()[0]})") from None
     model.to(device).eval()
     return Segmenter(model, record, run_dir, device)
+
+
+# ----------------------------------------------------------------------------------------------- predict output
+def overlay(image: torch.Tensor, mask: torch.Tensor, colours: numpy.ndarray, alpha: float = 0.5) -> torch.Tensor:
+    """uint8 (3, H, W): the image with every non-background class tinted in its palette colour."""
+    from torchvision.utils import draw_segmentation_masks
+
+    present = [int(c) for c in mask.unique() if int(c) != 0]
+    if not present:
+        return image
+    masks = torch.stack([mask == c for c in present])  # (N, H, W) bool, one per class present
+    return draw_segmentation_masks(image, masks, alpha=alpha, colors=[tuple(int(v) for v in colours[c]) for c in present])
+
+
+def write_predictions(segmenter: Segmenter, images: list[str], out: Path) -> list[dict]:
+    """For each image: OUT/NAME-mask.png (class indices, a palette PNG like Pascal VOC's: its pixel values
+    are the classes, its colours the palette) and OUT/NAME-overlay.png (the image with the classes tinted).
+
+    Returns one {"image", "mask", "overlay", "classes": {name: fraction of pixels}} entry per image.
+    """
+    from PIL import Image
+
+    from cnnkit.tasks.instance import unique_stems
+
+    out.mkdir(parents=True, exist_ok=True)
+    colours = palette(len(segmenter.classes))
+    results = []
+    for path, name in zip(images, unique_stems(images)):
+        image = read_image(path, 3)  # the picture for the overlay (RGB)
+        mask = segmenter.predict([path])[0]  # (H, W) int64
+        if mask.max() > 255:
+            raise ConfigError(f"{len(segmenter.classes)} classes do not fit an 8-bit mask PNG")
+        picture = Image.fromarray(mask.numpy().astype(numpy.uint8), mode="P")
+        picture.putpalette(colours.flatten().tolist())
+        files = {"mask": out / f"{name}-mask.png", "overlay": out / f"{name}-overlay.png"}
+        picture.save(files["mask"])
+        tinted = overlay((image * 255).round().to(torch.uint8), mask, colours)
+        Image.fromarray(tinted.permute(1, 2, 0).numpy()).save(files["overlay"])
+        counts = torch.bincount(mask.flatten(), minlength=len(segmenter.classes))
+        fractions = {segmenter.classes[c]: round(float(n) / mask.numel(), 4) for c, n in enumerate(counts.tolist()) if n}
+        results.append({"image": str(path), **{k: str(v) for k, v in files.items()}, "classes": fractions})
+    return results
