@@ -16,8 +16,8 @@ The suggestion printed is the second (it is robust to a noisy curve); the first 
 and marked on the plot. Set the result as `lr=...` (the *peak* LR of the one-cycle or cosine schedule).
 It is a starting point, not the optimum: measured on fastnet / Fashion-MNIST (the defaults, 100 steps),
 the suggestion is ~2e-3 and the minimum ~2e-2, while the default one-cycle recipe was tuned to lr 0.2
-(benchmarks/demo_accuracy.py; its warm-up from lr / 25 and the gradual rise let a trained-in network take LRs that a sweep from
-random weights sees as the edge of divergence).
+(benchmarks/demo_accuracy.py; its warm-up from lr / 25 and the gradual rise let a trained-in network
+take LRs that a sweep from random weights sees as the edge of divergence).
 
 The raw loss of one batch is noisy, so it is smoothed by an exponential moving average with bias
 correction (as Adam's moments: avg_t / (1 - beta^t)). A one-way average lags: it reports the loss of
