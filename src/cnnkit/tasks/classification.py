@@ -1,7 +1,9 @@
 """Image classification: a model plus cross-entropy, returning {"loss", "outputs", "batch_size", "correct"}.
 
 The task is the only place where a model meets its loss (see cnnkit.tasks.base.Task for the contract
-every task follows).
+every task follows). The training loss is cnnkit.losses.classification.classification_loss: cross-entropy,
+or focal loss (config loss=focal), optionally with class weights (class_weights=inverse|effective), for
+class-index or class-probability (MixUp/CutMix) targets.
 """
 
 from __future__ import annotations
