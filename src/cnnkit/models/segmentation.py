@@ -23,7 +23,7 @@ weights load by name).
 Deviations, all for small images:
 - The ASPP rates are scaled to the feature map. The paper's (6, 12, 18) at output stride 16 are for
   513-px crops (33x33 features); a 3x3 kernel at rate 18 on the 8x8 map of a 128-px image would see only
-  padding. Default here: (6, 12, 18) x (feature side / 33), at least 1 each: (2, 4, 6) at 8x8
+  padding. Default here: (6, 12, 18) x (feature side / 33), rounded, at least 1 each: (1, 3, 4) at 8x8
   (128 px, stride 16), (3, 6, 9) at 16x16 (128 px, stride 8). `atrous_rates=` overrides it.
 - Below 64 px (cnnkit.models.adapt), the stem keeps full resolution (3x3 stride-1 first convolution, no
   max-pool), as the classification zoo does.

@@ -151,7 +151,10 @@ class ZooEncoder(nn.Module):
             raise ModelError(f"encoder={name!r} is not a convolutional classification model with a feature pyramid; "
                              "use a CNN from `cnnkit models` (resnet18, efficientnet_b0 ...) or timm:NAME")
         model = create_model(name, num_classes=1, in_chans=in_chans, input_size=input_size)
-        nodes = pyramid_nodes(model, in_chans, input_size)
+        try:
+            nodes = pyramid_nodes(model, in_chans, input_size)
+        except ModelError as error:
+            raise ModelError(f"encoder={name!r}: {error}") from None
         try:
             self.body = create_feature_extractor(model, return_nodes={node: str(i) for i, (node, _, _) in enumerate(nodes)})
         except Exception as error:  # noqa: BLE001 - FX tracing fails in many ways on dynamic code

@@ -190,29 +190,38 @@ def load_run(run_dir: Path, file: Path, record: dict, tensors: dict, device: tor
 
 
 # ------------------------------------------------------------------------------------------ predict output
-def instance_id_mask(objects: list[dict], height: int, width: int) -> numpy.ndarray:
-    """uint8 (H, W): 0 background, i for the i-th object (1-based); higher scores painted last (on top)."""
+def decode_masks(objects: list[dict], height: int, width: int) -> numpy.ndarray:
+    """The objects' RLE masks decoded with pycocotools: uint8 (N, H, W)."""
+    import warnings
+
     from pycocotools import mask as mask_utils
 
+    if not objects:
+        return numpy.zeros((0, height, width), dtype=numpy.uint8)
+    rles = [{"size": o["mask"]["size"], "counts": o["mask"]["counts"].encode("ascii")} for o in objects]
+    with warnings.catch_warnings():  # pycocotools' Cython decode predates NumPy 2's __array__(copy=) protocol
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        return numpy.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))  # (H, W, N) -> (N, H, W)
+
+
+def instance_id_mask(objects: list[dict], height: int, width: int) -> numpy.ndarray:
+    """uint8 (H, W): 0 background, i for the i-th object (1-based); higher scores painted last (on top)."""
+    masks = decode_masks(objects, height, width)
     ids = numpy.zeros((height, width), dtype=numpy.uint8)
     for index in sorted(range(len(objects)), key=lambda i: objects[i]["score"])[-255:]:
-        rle = {"size": objects[index]["mask"]["size"], "counts": objects[index]["mask"]["counts"].encode("ascii")}
-        ids[mask_utils.decode(rle).astype(bool)] = index + 1
+        ids[masks[index].astype(bool)] = index + 1
     return ids
 
 
 def draw_instances(image: torch.Tensor, objects: list[dict]) -> torch.Tensor:
     """The uint8 (3, H, W) image with each object's mask tinted (alpha 0.5) and its box and label drawn."""
-    from pycocotools import mask as mask_utils
     from torchvision.utils import draw_segmentation_masks
 
     from cnnkit.tasks.detection import PALETTE, draw_detections
 
     if not objects:
         return image
-    masks = torch.from_numpy(numpy.stack([
-        mask_utils.decode({"size": o["mask"]["size"], "counts": o["mask"]["counts"].encode("ascii")})
-        for o in objects])).bool()
+    masks = torch.from_numpy(decode_masks(objects, image.shape[1], image.shape[2])).bool()
     colours = [PALETTE[o["label"] % len(PALETTE)] for o in objects]
     tinted = draw_segmentation_masks(image, masks, alpha=0.5, colors=colours)
     return draw_detections(tinted, objects)
