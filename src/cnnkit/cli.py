@@ -126,7 +126,9 @@ def _add_evaluate(commands) -> None:
                     "preprocessing come from the run directory. Prints accuracy, loss, balanced accuracy (the mean\n"
                     "recall over classes, fair to rare classes) and per-class precision, recall, F1 and support;\n"
                     "writes those and the confusion matrix (rows: true class, columns: predicted class) to\n"
-                    "RUN_DIR/evaluation-SPLIT.json.",
+                    "RUN_DIR/evaluation-SPLIT.json. Segmentation runs: mIoU, pixel accuracy, mean Dice and IoU/Dice\n"
+                    "per class (from the pixel confusion matrix); instance runs: COCO mask mAP@.5 and mAP@[.5:.95]\n"
+                    "(pycocotools), box mAP and per-class AP.",
         epilog="examples:\n  cnnkit evaluate runs/fastnet-fashion-mnist-20261125-101500\n"
                "  cnnkit evaluate RUN_DIR --split val --json > val.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,9 +141,10 @@ def _add_evaluate(commands) -> None:
 
 def _add_predict(commands) -> None:
     parser = commands.add_parser(
-        "predict", help="classify image files with a trained run",
+        "predict", help="classify image files with a trained run (or find boxes, or masks)",
         description="Print the most likely classes of each image. Images of any size and mode (grayscale, RGB, "
-                    "RGBA, palette, 16-bit) are converted, resized and normalized exactly as in training.",
+                    "RGBA, palette, 16-bit) are converted, resized and normalized exactly as in training. "
+                    "Detection, segmentation and instance runs write their results to --out instead (see --out).",
         epilog="backends (--backend):\n"
                "  torch        the PyTorch model from the checkpoint (fp32; the only one for --device cuda)\n"
                "  onnxruntime  ONNX Runtime on the CPU; openvino: OpenVINO on the CPU (fp32). Both run the run\n"
@@ -596,7 +599,6 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from cnnkit.api import load
-    from cnnkit.engine.checkpoint import atomic_write_text
     from cnnkit.metrics.classification import per_class_table
 
     classifier = load(args.run_dir, device=args.device)
@@ -612,18 +614,11 @@ def run_evaluate(args) -> int:
         print(f"{args.split} accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
               f"balanced accuracy {result['balanced_accuracy']:.4f}  ({result['count']} images)")
         print(per_class_table(result))
-    path = classifier.run_dir / f"evaluation-{args.split}.json"
-    try:
-        atomic_write_text(path, text + "\n")
-        print(f"per-class metrics and confusion matrix: {path}", file=sys.stderr)
-    except OSError as error:  # a read-only run directory still gets its numbers printed
-        print(f"cnnkit evaluate: could not write {path}: {error}", file=sys.stderr)
-    return 0
+    return _write_evaluation(classifier.run_dir, args.split, text, "per-class metrics and confusion matrix")
 
 
 def run_evaluate_detection(args, detector) -> int:
     """`cnnkit evaluate` for a detection run: COCO mAP, mAP@.5 and per-class AP."""
-    from cnnkit.engine.checkpoint import atomic_write_text
     from cnnkit.metrics.detection import coco_ap_table
 
     result = detector.evaluate(args.split)
@@ -635,19 +630,11 @@ def run_evaluate_detection(args, detector) -> int:
               f"mAP@.75 {result['map75']:.4f}  recall@100 {result['mar100']:.4f}  ({result['count']} images, "
               f"{result['images_per_second']:.1f} images/s)")
         print(coco_ap_table(result))
-    path = detector.run_dir / f"evaluation-{args.split}.json"
-    try:
-        atomic_write_text(path, text + "\n")
-        print(f"per-class AP: {path}", file=sys.stderr)
-    except OSError as error:  # a read-only run directory still gets its numbers printed
-        print(f"cnnkit evaluate: could not write {path}: {error}", file=sys.stderr)
-    return 0
+    return _write_evaluation(detector.run_dir, args.split, text, "per-class AP")
 
 
 def run_evaluate_segmentation(args, predictor) -> int:
     """`cnnkit evaluate` for segmentation runs (mIoU, per-class IoU and Dice) and instance runs (mask mAP)."""
-    from cnnkit.engine.checkpoint import atomic_write_text
-
     result = predictor.evaluate(args.split)
     text = json.dumps(result, indent=2)
     if args.json:
@@ -665,11 +652,18 @@ def run_evaluate_segmentation(args, predictor) -> int:
               f"box mAP@.5 {result['map50']:.4f}  box mAP@[.5:.95] {result['map']:.4f}  ({result['count']} images, "
               f"{result['images_per_second']:.1f} images/s)")
         print(coco_ap_table(result))
-    path = predictor.run_dir / f"evaluation-{args.split}.json"
+    return _write_evaluation(predictor.run_dir, args.split, text, "per-class metrics")
+
+
+def _write_evaluation(run_dir: Path, split: str, text: str, what: str) -> int:
+    """Write RUN_DIR/evaluation-SPLIT.json; a read-only run directory still gets its numbers printed."""
+    from cnnkit.engine.checkpoint import atomic_write_text
+
+    path = run_dir / f"evaluation-{split}.json"
     try:
         atomic_write_text(path, text + "\n")
-        print(f"per-class metrics: {path}", file=sys.stderr)
-    except OSError as error:  # a read-only run directory still gets its numbers printed
+        print(f"{what}: {path}", file=sys.stderr)
+    except OSError as error:
         print(f"cnnkit evaluate: could not write {path}: {error}", file=sys.stderr)
     return 0
 
