@@ -66,7 +66,7 @@ def _settings_help() -> str:
 def _add_train(commands) -> None:
     parser = commands.add_parser(
         "train", help="train a model and write a run directory",
-        description="Train a classifier. Every setting has a working default; the resolved settings, metrics per "
+        description="Train a model (--task classify, detect, segment or instance). Every setting has a working default; the resolved settings, metrics per "
                     "epoch (metrics.jsonl) and the best and last checkpoints go to the run directory.",
         epilog=_settings_help() + "\n\n" + EXAMPLES_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="flat YAML file of settings (overridden by the flags below)")
