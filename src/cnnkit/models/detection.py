@@ -112,6 +112,23 @@ class DetectionModel(nn.Module):
         raise NotImplementedError
 
 
+def _to_float(value):
+    if isinstance(value, torch.Tensor):
+        return value.float()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _to_float(v) for key, v in value.items()}
+    return value
+
+
+def float_outputs(module: nn.Module, inputs, outputs):
+    """Forward hook: a head's outputs in fp32. Under bf16 autocast, torchvision decodes boxes in the dtype of
+    the predicted offsets, which would round the proposals' coordinates to bf16 (steps of 0.5 px at 64-128 px).
+    The head itself still runs in bf16; only its outputs (offsets with ~3 significant digits) are widened."""
+    return _to_float(outputs)
+
+
 class TorchvisionDetector(DetectionModel):
     """A torchvision detection model (FasterRCNN, SSD ...) under cnnkit's contract.
 
@@ -121,11 +138,14 @@ class TorchvisionDetector(DetectionModel):
     Args:
         model: The torchvision model, built for num_classes + 1 outputs (background first).
         num_classes: Object classes (without background).
+        heads: The modules whose outputs become box offsets and scores (made fp32 by `float_outputs`).
     """
 
-    def __init__(self, model: nn.Module, num_classes: int):
+    def __init__(self, model: nn.Module, num_classes: int, heads: Sequence[nn.Module] = ()):
         super().__init__()
         self.model, self.num_classes = model, num_classes
+        for head in heads:  # box decoding must see fp32 (see float_outputs)
+            head.register_forward_hook(float_outputs)
 
     def detect(self, images) -> list[dict[str, torch.Tensor]]:
         outputs = self.model(list(images))

@@ -97,7 +97,7 @@ def _faster_rcnn(backbone: str, num_classes: int = 10, in_chans: int = 3, input_
         rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_score_thresh=score_threshold, box_detections_per_img=max_detections)
-    return TorchvisionDetector(model, num_classes)
+    return TorchvisionDetector(model, num_classes, heads=[model.rpn.head, model.roi_heads.box_predictor])
 
 
 @register_model(family="faster_rcnn", source="torchvision", task="detect")

@@ -42,7 +42,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, roi_align
 
 from cnnkit.errors import ModelError
-from cnnkit.models.detection import DetectionModel, batch_images, check_detector_args, normalization, zoo_trunk
+from cnnkit.models.detection import (DetectionModel, batch_images, check_detector_args, float_outputs, normalization,
+                                     zoo_trunk)
 from cnnkit.registry import create_model, register_model
 
 DEFAULT_WINDOW_SIZES = (16, 24, 36, 54, 80)  # pixels: a factor 1.5 apart, for 15-60 px objects in 128-px images
@@ -121,6 +122,7 @@ class FastRCNN(ProposalModel):
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=rois_per_image, positive_fraction=0.25,
             bbox_reg_weights=None, score_thresh=score_threshold, nms_thresh=nms_threshold,
             detections_per_img=max_detections)
+        self.roi_heads.box_predictor.register_forward_hook(float_outputs)  # decode boxes in fp32 under bf16
 
     def _features(self, images) -> tuple[OrderedDict, list[tuple[int, int]], list[torch.Tensor]]:
         batch, sizes = self.normalized(images)

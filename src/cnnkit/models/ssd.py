@@ -57,7 +57,7 @@ def _ssd(extractor: nn.Module, head_class, anchors: DefaultBoxGenerator, num_cla
     head = head_class(channels, anchors.num_anchors_per_location(), num_classes + 1)
     model = SSD(extractor, anchors, size, num_classes + 1, image_mean=mean, image_std=std, head=head,
                 score_thresh=score_threshold, detections_per_img=max_detections, **ssd_kwargs)
-    return TorchvisionDetector(model, num_classes)
+    return TorchvisionDetector(model, num_classes, heads=[model.head])
 
 
 def _ssd_vgg16(batch_norm: bool, num_classes: int = 10, in_chans: int = 3, input_size: int | tuple[int, int] = 128,

@@ -171,13 +171,7 @@ def make_detection_loader(annotations, config, train: bool, dist_info=None, inpu
 # ------------------------------------------------------------------------------------------ setup
 def resolve_detection_architecture(config, classes: list[str], input_size: tuple[int, int],
                                    statistics: tuple[list[float], list[float]]) -> dict[str, Any]:
-    """The checkpoint's architecture record; the model must be a registered detector."""
-    from cnnkit.registry import get_entry, list_models
-
-    entry = get_entry(config.model)
-    if entry.task != "detect":
-        raise ConfigError(f"model {config.model!r} is a {entry.task} model; --task detect needs a detector: "
-                          f"{', '.join(list_models(task='detect'))}")
+    """The checkpoint's architecture record: the detector's name and every argument needed to rebuild it."""
     mean, std = statistics
     args = {"num_classes": len(classes), "in_chans": 3, "input_size": list(input_size), "image_mean": mean,
             "image_std": std, **config.model_args}
@@ -188,8 +182,14 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     """`cnnkit train --task detect`: data (validated, augmented), the detector, the record."""
     from cnnkit.api import versions
     from cnnkit.engine import checkpoint as ckpt
+    from cnnkit.engine.trainer import resolve_precision
     from cnnkit.registry import create_model
 
+    from cnnkit.registry import get_entry, list_models
+
+    if not resume and get_entry(config.model).task != "detect":  # before the data is read
+        raise ConfigError(f"model {config.model!r} is a {get_entry(config.model).task} model; --task detect needs "
+                          f"a detector: {', '.join(list_models(task='detect'))}")
     if config.pretrained:
         raise ConfigError("pretrained weights are not supported for detection yet; train from scratch "
                           "(leave pretrained unset)")
@@ -201,10 +201,6 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
         architecture = resolve_detection_architecture(config, data.classes, input_size, image_statistics(data.train))
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     model = create_model(architecture["name"], **architecture["args"])
-    if config.precision == "auto":
-        # Measured (benchmarks/detection.py): bf16 autocast does not speed up torchvision's detectors on this
-        # CPU's ops mix (RoIAlign, NMS, box coding run in fp32 anyway), so detection defaults to fp32.
-        config.precision = "fp32"
     task = DetectionTask(model, data.classes)
     args = architecture["args"]
     record = {"task": task.name, "architecture": architecture, "classes": data.classes,
@@ -215,9 +211,11 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     train_loader = make_detection_loader(data.train, config, train=True, dist_info=dist_info, input_size=input_size)
     val_loader = make_detection_loader(data.val, config, train=False, dist_info=dist_info) if data.val else None
     parameters = sum(p.numel() for p in model.parameters())
+    dtype = resolve_precision(config.precision, device)
+    precision = str(dtype).replace("torch.", "") if dtype else "fp32"
     header = (f"cnnkit train --task detect: {config.model} ({parameters / 1e6:.2f}M parameters) on {config.data}: "
               f"{len(data.train)} train / {len(data.val) if data.val else 0} val images, {len(data.classes)} classes, "
-              f"{input_size[0]}x{input_size[1]}; {device}, {config.precision}, {config.epochs} epochs")
+              f"{input_size[0]}x{input_size[1]}; {device}, {precision}, {config.epochs} epochs")
     return TaskSetup(task, train_loader, val_loader, record, header, [print_detection_metrics])
 
 
@@ -282,6 +280,7 @@ class Detector:
     def evaluate(self, split: str = "test") -> dict[str, Any]:
         """COCO mAP@[.5:.95] ("map"), mAP@.5 ("map50"), mAP@.75, recall and per-class AP on a split of the run's data."""
         from cnnkit.config import TrainConfig, apply_overrides
+        from cnnkit.engine.trainer import resolve_precision
 
         if split not in ("test", "val"):
             raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
@@ -292,11 +291,13 @@ class Detector:
             raise ConfigError(f"the dataset {config.data} has no {split} split; evaluate with --split val")
         task = DetectionTask(self.model, self.classes)
         meter = task.new_meter()
+        dtype = resolve_precision(config.precision, self.device)  # as the run was validated
         started, count = time.perf_counter(), 0
-        for images, targets in make_detection_loader(annotations, config, train=False):
-            images, targets = task.to_device(images, targets, self.device)
-            task.update_meter(meter, task.evaluation_step(self.model, images, targets), targets)
-            count += len(targets)
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            for images, targets in make_detection_loader(annotations, config, train=False):
+                images, targets = task.to_device(images, targets, self.device)
+                task.update_meter(meter, task.evaluation_step(self.model, images, targets), targets)
+                count += len(targets)
         seconds = time.perf_counter() - started
         return {"split": split, **meter.compute(per_class=True), "images_per_second": count / max(seconds, 1e-9)}
 
