@@ -11,9 +11,11 @@ import cnnkit
 from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.optim import make_optimizer
-from cnnkit.engine.transfer import (TransferSchedule, adapt_state_dict, backbone_blocks, classifier_module,
-                                    load_pretrained_state)
-from cnnkit.errors import CheckpointError
+from cnnkit.data.preprocess import Preprocessing
+from cnnkit.engine.transfer import (DEFAULT_PROBE_L2, TransferSchedule, adapt_state_dict, backbone_blocks,
+                                    classifier_module, fit_linear_probe, head_features, load_pretrained_state,
+                                    pretrained_preprocessing)
+from cnnkit.errors import CheckpointError, ConfigError, ModelError
 from cnnkit.registry import create_model
 
 
@@ -92,14 +94,15 @@ def test_backbone_learning_rate_is_a_fraction_of_the_head_s():
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
 
-def test_linear_probe_from_a_run_directory_keeps_the_backbone(trained_run, image_folder, tmp_path):
+@pytest.mark.parametrize("head_init", ["random", "probe"])
+def test_linear_probe_from_a_run_directory_keeps_the_backbone(trained_run, image_folder, tmp_path, capsys, head_init):
     """Pretrain = the 4-class fixture run; target = 2 of its classes (new class list: the head resets)."""
     data = tmp_path / "two"
     for split in ("train", "test"):
         for name in ("Bag", "Trouser"):
             shutil.copytree(image_folder / split / name, data / split / name)
     run = cnnkit.train({"data": str(data), "model": "fastnet", "epochs": 3, "batch_size": 32, "lr": 0.1,
-                        "num_threads": 1, "pretrained": str(trained_run[0]), "finetune": "linear", "progress": False,
+                        "num_threads": 1, "pretrained": str(trained_run[0]), "finetune": "linear", "progress": False, "head_init": head_init,
                         "out": str(tmp_path / "runs"), "name": "probe"})
     source, _ = load_checkpoint(trained_run[0] / "best.safetensors")
     tuned, record = load_checkpoint(run.run_dir / "best.safetensors")
@@ -108,3 +111,85 @@ def test_linear_probe_from_a_run_directory_keeps_the_backbone(trained_run, image
     assert torch.equal(tuned["stem.1.running_mean"], source["stem.1.running_mean"])  # BN kept in eval mode
     assert tuned["head.weight"].shape == (2, source["head.weight"].shape[1])
     assert run.best["val_accuracy"] >= 0.9
+    assert ("linear probe: L-BFGS logistic regression" in capsys.readouterr().out) == (head_init == "probe")
+    # The pretrained network's own normalisation, not the two-class data's statistics.
+    assert record["preprocessing"]["mean"] == load_checkpoint(trained_run[0] / "best.safetensors")[1][
+        "preprocessing"]["mean"]
+
+
+def _blobs(count: int, seed: int, shift: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three Gaussian classes in 6-d, on very different feature scales (as raw frozen features are)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 3
+    features = torch.randn(count, 6, generator=generator)
+    features[:, :3] += shift * nn.functional.one_hot(labels, 3)
+    return features * torch.tensor([100.0, 0.01, 1.0, 5.0, 1.0, 1.0]) + 7.0, labels
+
+
+def test_linear_probe_is_the_regularised_logistic_regression_on_raw_features():
+    train, val = _blobs(120, seed=0), _blobs(60, seed=1)
+    fit = fit_linear_probe(train, val, num_classes=3)
+    assert fit.weight.shape == (3, 6) and fit.bias.shape == (3,)
+    # The standardisation is folded into the weights: they apply to the raw (badly scaled) features.
+    assert ((val[0] @ fit.weight.T + fit.bias).argmax(1) == val[1]).float().mean() >= 0.95
+    assert fit.val_accuracy >= 0.95 and fit.train_accuracy >= 0.95
+    # Picked on validation: the best accuracy, ties broken by the lowest validation loss.
+    best = max(fit.candidates, key=lambda c: (c[1], -c[2]))
+    assert fit.l2 == best[0] and len(fit.candidates) == 5
+    # Stationary point of mean CE + l2/2 |W|^2 on the standardised features: the gradient vanishes.
+    mean, std = train[0].double().mean(0), train[0].double().std(0)
+    weight = (fit.weight.double() * std).requires_grad_()
+    bias = (fit.bias.double() + fit.weight.double() @ mean).requires_grad_()
+    loss = nn.functional.cross_entropy(((train[0].double() - mean) / std) @ weight.T + bias, train[1])
+    (loss + 0.5 * fit.l2 * weight.square().sum()).backward()
+    assert weight.grad.abs().max() < 1e-4 and bias.grad.abs().max() < 1e-4
+    assert fit_linear_probe(train, None, num_classes=3).l2 == DEFAULT_PROBE_L2  # no val split: the default
+
+
+def test_head_features_are_what_the_head_sees():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4)
+    images, labels = torch.randn(10, 1, 28, 28), torch.arange(10) % 4
+    model.train()
+    features, seen_labels = head_features(model, [(images[:6], labels[:6]), (images[6:], labels[6:])])
+    assert model.training  # restored
+    model.eval()
+    with torch.no_grad():
+        expected = model.pool(model.stages(model.stem(images)))  # (B, 64): eval mode, pooled last stage
+    assert torch.allclose(features, expected, atol=1e-5) and torch.equal(seen_labels, labels)
+    with pytest.raises(ModelError, match="nn.Linear head with a bias"):
+        head_features(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(26, 3, bias=False)), [(images, labels)])
+
+
+def test_probe_head_init_fits_the_head_before_the_first_epoch():
+    torch.manual_seed(0)
+    model = create_model("fastnet", num_classes=2)
+    images = torch.randn(32, 1, 28, 28)
+    images[16:] += 1.0  # class 1 is brighter: the frozen features separate it
+    labels = (torch.arange(32) >= 16).long()
+    loaders = ([(images[::2], labels[::2])], [(images[1::2], labels[1::2])])
+    schedule = TransferSchedule(model, "linear", head_init="probe", probe_loaders=loaders)
+    assert "linear probe first" in schedule.describe()
+    schedule.on_epoch_start(None, 0)
+    assert torch.equal(model.head.weight, schedule.probe.weight) and schedule.probe.val_accuracy == 1.0
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    fitted = model.head.weight.clone()
+    schedule.on_epoch_start(None, 1)  # fitted once only (a resumed run keeps its trained head)
+    assert torch.equal(model.head.weight, fitted)
+    with pytest.raises(ModelError, match="probe_loaders"):
+        TransferSchedule(model, "full", head_init="probe")
+    with pytest.raises(ModelError, match="head_init='lbfgs'"):
+        TransferSchedule(model, "full", head_init="lbfgs")
+    with pytest.raises(ConfigError, match="head_init"):
+        TrainConfig(head_init="zeros")
+
+
+def test_pretrained_runs_lend_their_normalisation(trained_run, tmp_path):
+    target = Preprocessing(1, (28, 28), (0.2,), (0.3,))
+    source = load_checkpoint(trained_run[0] / "best.safetensors")[1]["preprocessing"]
+    adopted = pretrained_preprocessing(str(trained_run[0]), target)
+    assert adopted.mean == tuple(source["mean"]) != target.mean and adopted.std == tuple(source["std"])
+    assert adopted.image_size == target.image_size
+    rgb = Preprocessing(3, (28, 28), (0.2,) * 3, (0.3,) * 3)
+    assert pretrained_preprocessing(str(trained_run[0]), rgb) == rgb  # another channel count: kept
+    assert pretrained_preprocessing(str(tmp_path / "weights.safetensors"), target) == target  # plain file: kept

@@ -32,7 +32,8 @@ from cnnkit.data.preprocess import Preprocessing
 from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from cnnkit.engine.trainer import Trainer, resolve_precision
-from cnnkit.engine.transfer import TransferSchedule, adapt_state_dict, load_pretrained_state
+from cnnkit.engine.transfer import (TransferSchedule, adapt_state_dict, load_pretrained_state,
+                                    pretrained_preprocessing)
 from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
 from cnnkit.registry import create_model, get_entry
 from cnnkit.tasks import ClassificationTask, TaskSetup, task_module
@@ -269,6 +270,8 @@ def setup_classification(config: TrainConfig, device: torch.device, dist_info: D
                          resume: Path | None) -> TaskSetup:
     """The classification task's model, data and record (cnnkit.tasks.classification.setup calls this)."""
     data = prepare_data(config)
+    if config.pretrained:  # inputs normalised as the pretrained network was trained (cnnkit run directories)
+        data.preprocessing = pretrained_preprocessing(config.pretrained, data.preprocessing)
     if dist_info.is_main and isinstance(data.val, ArrayDataset):  # streamed data: `cnnkit data check` only
         from cnnkit.data.check import validation_overlap_warning
 
@@ -288,7 +291,11 @@ def setup_classification(config: TrainConfig, device: torch.device, dist_info: D
         if dist_info.is_main:
             print(report.summary(), flush=True)
     if config.pretrained:
-        schedule = TransferSchedule(model, config.finetune, config.unfreeze_every)
+        probe_loaders = None  # unaugmented train and val images, all of them on every rank
+        if config.head_init == "probe":
+            probe_loaders = tuple(make_loader(split, data.preprocessing, config, device, train=False)
+                                  if split is not None else None for split in (data.train, data.val))
+        schedule = TransferSchedule(model, config.finetune, config.unfreeze_every, config.head_init, probe_loaders)
         callbacks.append(schedule)
         if dist_info.is_main:
             print(f"transfer learning: {schedule.describe()}", flush=True)

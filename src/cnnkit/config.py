@@ -65,6 +65,7 @@ class TrainConfig:
     finetune: str = "full"  # with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)
     backbone_lr_ratio: float = 0.1  # with pretrained: the backbone's LR as a fraction of the head's
     unfreeze_every: int = 1  # finetune=gradual: release one more backbone block every this many epochs
+    head_init: str = "random"  # with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)
 
     # --- optimization ---
     epochs: int = 10  # passes over the training split
@@ -132,6 +133,7 @@ class TrainConfig:
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "data_mode": ("auto", "memory", "stream"),
             "finetune": ("full", "linear", "gradual"),
+            "head_init": ("random", "probe"),
             "task": ("classify", "detect", "segment", "instance"),
             "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
             "detect_augment": ("none", "light", "default", "strong"),  # cnnkit.data.detection.transforms presets
