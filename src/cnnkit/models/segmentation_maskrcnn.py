@@ -17,8 +17,11 @@ classifier, box, objectness, RPN box and mask losses).
 - maskrcnn_resnet18_fpn / maskrcnn_mobilenet_v3_large_fpn: lighter, for the CPU. The zoo trunk and FPN of
   cnnkit's Faster R-CNN (TrunkWithFPN) at strides 4, 8, 16 and 32 plus a pooled level, 128 channels;
   box and mask RoIs from the stride-4 level only (torchvision's per-level rule would send every object
-  of a 128-px image there anyway); a box head of two 256-wide layers; a mask head of `mask_layers` 3x3
-  convolutions (the paper: four of 256) on 14x14 RoIs, upsampled to 28x28 masks.
+  of a 128-px image there anyway), one sample per RoIAlign bin (the CPU backward of RoIAlign costs in
+  proportion to the samples; at stride 4 a 30-60 px object spans 8-15 cells, no more than the bins); a box
+  head of two 256-wide layers on 64 sampled RoIs per image (torchvision: 1024 wide, 512 RoIs); a mask head
+  of `mask_layers` 3x3 convolutions of `mask_channels` (the paper: four of 256) on 14x14 RoIs, upsampled to
+  28x28 masks. The mask head and RoIAlign's backward dominated the CPU profile before these cuts.
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ def _anchors(sizes: Sequence[int], aspect_ratios: Sequence[float]) -> AnchorGene
 def _mask_rcnn(backbone: str, num_classes: int = 10, in_chans: int = 3, input_size: int | tuple[int, int] = 128,
                fpn_strides: Sequence[int] = (4, 8, 16, 32), fpn_channels: int = 128,
                anchor_sizes: Sequence[int] = (16, 32, 64, 128, 256), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-               representation_size: int = 256, mask_layers: int = 2, image_mean: Sequence[float] | None = None,
-               image_std: Sequence[float] | None = None, score_threshold: float = 0.01, max_detections: int = 100,
-               box_batch_size_per_image: int = 128, rpn_post_nms_top_n_train: int = 500,
+               representation_size: int = 256, mask_layers: int = 2, mask_channels: int = 64,
+               image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
+               score_threshold: float = 0.01, max_detections: int = 100, box_batch_size_per_image: int = 64,
+               rpn_pre_nms_top_n_train: int = 1000, rpn_post_nms_top_n_train: int = 300,
                rpn_post_nms_top_n_test: int = 300) -> TorchvisionInstanceSegmenter:
     size = check_detector_args(num_classes, in_chans, input_size, minimum=64)
     mean, std = normalization(in_chans, image_mean, image_std)
@@ -82,10 +86,11 @@ def _mask_rcnn(backbone: str, num_classes: int = 10, in_chans: int = 3, input_si
         box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=1),
         box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
         box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
-        mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * mask_layers, 1),
-        mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
-        box_batch_size_per_image=box_batch_size_per_image, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=1),
+        mask_head=MaskRCNNHeads(fpn_channels, [mask_channels] * mask_layers, 1),
+        mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes + 1),
+        box_batch_size_per_image=box_batch_size_per_image, rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=2 * rpn_post_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_score_thresh=score_threshold, box_detections_per_img=max_detections)
     return TorchvisionInstanceSegmenter(model, num_classes)

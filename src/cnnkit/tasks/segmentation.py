@@ -189,7 +189,16 @@ def setup(config, device, dist_info, resume) -> TaskSetup:
     header = (f"cnnkit train --task segment: {config.model} ({parameters:.2f}M parameters) on {config.data}: "
               f"{len(data.train)} train / {len(data.val) if data.val else 0} val images, {len(data.classes)} classes, "
               f"{size}x{data.preprocessing.channels}, loss {loss.spec}; {device}, {config.epochs} epochs")
-    return TaskSetup(task, train_loader, val_loader, record, header)
+    return TaskSetup(task, train_loader, val_loader, record, header, [print_segmentation_metrics])
+
+
+def print_segmentation_metrics(trainer, metrics: dict) -> None:
+    """After each epoch: mIoU and pixel accuracy (the Trainer's epoch line shows losses only)."""
+    from tqdm import tqdm
+
+    if trainer.dist.is_main and "val_miou" in metrics:
+        tqdm.write(f"  val mIoU {metrics['val_miou']:.4f}  pixel accuracy {metrics['val_pixel_accuracy']:.4f}  "
+                   f"mean Dice {metrics['val_mean_dice']:.4f}")
 
 
 def load_pretrained(model: nn.Module, spec: str, architecture: dict) -> str:
