@@ -290,3 +290,23 @@ def test_instance_task_scores_masks_not_boxes():
         result = meter.compute()
         assert result["map50"] == pytest.approx(1.0)
         assert result["mask_map50"] == pytest.approx(expected)
+
+
+def test_pretrained_backbone_weights_load_by_name(tmp_path):
+    """A classifier's weights file fits the U-Net encoder (prefix encoder.body.) and the FCN backbone (backbone.),
+    RGB kernels summed for a grayscale model; the decoder keeps its fresh initialisation."""
+    from safetensors.torch import save_file
+
+    from cnnkit.tasks.segmentation import load_pretrained
+
+    classifier = create_model("resnet18", num_classes=10, in_chans=3, input_size=128)
+    file = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(file))
+    unet = create_model("unet_resnet18", num_classes=3, in_chans=1, input_size=128)
+    message = load_pretrained(unet, str(file), {"name": "unet_resnet18", "args": {}})
+    assert "loaded 120 of" in message  # every resnet18 tensor but fc.weight / fc.bias
+    expected = classifier.state_dict()["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(unet.state_dict()["encoder.body.conv1.weight"], expected)
+    fcn = create_model("fcn_resnet18", num_classes=3, input_size=128)
+    load_pretrained(fcn, str(file), {"name": "fcn_resnet18", "args": {}})
+    assert torch.equal(fcn.state_dict()["backbone.layer4.1.conv2.weight"], classifier.state_dict()["layer4.1.conv2.weight"])

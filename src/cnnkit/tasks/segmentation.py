@@ -8,9 +8,10 @@ Dice follow; the best checkpoint is the one with the highest validation mIoU.
 
 Data (cnnkit.data.segmentation): a scenes-style folder ({train,val,test}/images + masks, classes.txt)
 or a Pascal VOC folder. Without a val split, `val_fraction` of the training images is held out (seeded).
-Images are resized to `image_size` (default: the first training image's size); evaluation is done at
-that size too (masks resized with nearest neighbour). `predict` resizes the logits back to each image's
-own size, so its masks match the input files.
+Images are resized to `image_size` (default: the first training image's size); validation during training
+is done at that size too (masks resized with nearest neighbour). `evaluate` and `predict` upsample the
+logits back to each image's own size, so test metrics are measured on the masks as they are and predicted
+masks match the input files.
 """
 
 from __future__ import annotations
@@ -289,10 +290,10 @@ class Segmenter:
         self.ignore_index = int(record["preprocessing"].get("ignore_index", 255))
         self.tta = bool(record.get("config", {}).get("tta", False))
 
-    def _inputs(self, image: torch.Tensor) -> torch.Tensor:
-        """float [0, 1] (C, H, W) -> normalized (1, C, h, w) at the model's size."""
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """float [0, 1] (C, H, W) or (B, C, H, W) -> normalized (B, C, h, w) at the model's size."""
         size = tuple(self.preprocessing.image_size)
-        x = image.unsqueeze(0)
+        x = images if images.dim() == 4 else images.unsqueeze(0)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         mean = torch.tensor(self.preprocessing.mean).view(1, -1, 1, 1)
@@ -319,7 +320,11 @@ class Segmenter:
         return [probabilities.argmax(dim=0) for probabilities in self.predict_proba(images)]
 
     def evaluate(self, split: str = "test") -> dict[str, Any]:
-        """mIoU, pixel accuracy, mean Dice, loss, per-class IoU/Dice and the confusion matrix on a split."""
+        """mIoU, pixel accuracy, mean Dice, loss, per-class IoU/Dice and the confusion matrix on a split.
+
+        Unlike validation during training (at the model's input size), every mask is scored at its own
+        resolution: the logits are upsampled to it, as `predict` does.
+        """
         from cnnkit.config import TrainConfig, apply_overrides
         from cnnkit.engine.trainer import resolve_precision
 
@@ -331,15 +336,27 @@ class Segmenter:
         if files is None:
             raise ConfigError(f"the dataset {config.data} has no {split} split; evaluate with --split val")
         check_masks(files, self.ignore_index)
-        loader = make_loader(files, self.preprocessing, config, train=False)
-        task = SegmentationTask(self.model, self.classes, ignore_index=self.ignore_index, tta=self.tta)
-        meter = task.new_meter()
+        # The files as they are (no resizing): each mask is scored at its own resolution.
+        dataset = SegmentationDataset(files, self.preprocessing.channels, None, self.ignore_index)
+        loader = SegmentationLoader(dataset, config.batch_size, train=False, collate_fn=_same_size_batches)
+        meter = SegmentationMeter(self.classes, self.ignore_index)
         dtype = resolve_precision(config.precision, self.device)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            for images, masks in loader:
-                images, masks = images.to(self.device), masks.to(self.device)
-                task.update_meter(meter, task.evaluation_step(self.model, images, masks), masks)
-        return {"split": split, "images": len(files), **meter.compute(per_class=True)}
+            for images, masks in (group for batch in loader for group in batch):
+                logits = predict_logits(self.model, self._inputs(images), self.tta)  # (B, K, h, w)
+                logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+                masks = masks.to(self.device)
+                loss_sum = F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="sum")
+                meter.update(logits.argmax(dim=1), masks, loss_sum)
+        return {"split": split, "images": len(files), "resolution": "each mask's own", **meter.compute(per_class=True)}
+
+
+def _same_size_batches(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Collate: one stacked (images, masks) pair per image size in the batch (VOC images differ in size)."""
+    groups: dict[tuple, list] = {}
+    for image, mask in samples:
+        groups.setdefault(tuple(image.shape), []).append((image, mask))
+    return [(torch.stack([i for i, _ in group]), torch.stack([m for _, m in group])) for group in groups.values()]
 
 
 def load_run(run_dir: Path, file: Path, record: dict, tensors: dict, device: torch.device) -> Segmenter:
