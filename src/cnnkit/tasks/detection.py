@@ -178,6 +178,30 @@ def resolve_detection_architecture(config, classes: list[str], input_size: tuple
     return {"name": config.model, "args": args}
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc serves every allocation above a threshold (128 KiB .. 32 MiB) with its own mmap and
+    unmaps it on free, so each training step maps, zero-fills (page faults) and unmaps its large activation
+    and gradient buffers again. Measured on this project's 2-core CPU (yolo_fastnet, batch 32, bf16): 25% of
+    the step's CPU time was system time; with mmap off and trimming above 1 GiB, 64 -> 92 images per
+    CPU-second. Affects the whole process; a no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     """`cnnkit train --task detect`: data (validated, augmented), the detector, the record."""
     from cnnkit.api import versions
@@ -193,6 +217,7 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     if config.pretrained:
         raise ConfigError("pretrained weights are not supported for detection yet; train from scratch "
                           "(leave pretrained unset)")
+    keep_freed_memory()
     data = read_detection_data(config, verbose=dist_info.is_main)
     input_size = common_size(data.train)
     if resume:
