@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 NAME = "segmentation"
-# Settings shared by the semantic-segmentation runs (measured with short runs on the scenes benchmark; see
-# the README section). AdamW with a one-cycle schedule; scale jitter and flips; no colour jitter (the scenes
-# already tint every garment at random).
+# Settings shared by the semantic-segmentation runs. AdamW with a one-cycle schedule; flips and scale jitter;
+# no colour jitter (the scenes already tint every garment at random). Loss ce+dice: in 4-epoch runs of
+# unet_resnet18 (1 thread, busy machine) val mIoU 0.364 against 0.327 with ce alone.
 SEGMENT_COMMON = {"task": "segment", "batch_size": 16, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
-                  "schedule": "onecycle", "hflip": True, "translate": 0, "scale": 0.25, "seg_loss": "ce"}
+                  "schedule": "onecycle", "hflip": True, "translate": 0, "scale": 0.25, "seg_loss": "ce+dice"}
 MODELS = {
     "unet": {**SEGMENT_COMMON, "model": "unet_resnet18", "goal": ("test_miou", 0.80)},
     "deeplabv3": {**SEGMENT_COMMON, "model": "deeplabv3_resnet18", "model_args": {"output_stride": 16},

@@ -76,16 +76,6 @@ class SegmentationFiles:
 
 
 # ----------------------------------------------------------------------------------------------- layouts
-def read_classes_file(path: Path) -> list[str]:
-    """Class names, one per line (blank lines skipped)."""
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DataError(f"{path} lists no class names; write one name per line")
-    if len(set(names)) != len(names):
-        raise DataError(f"{path} names a class twice; each line must be a different class")
-    return names
-
-
 def _voc_root(root: Path) -> Path | None:
     """ROOT itself, or the VOC20xx folder inside ROOT (a VOCdevkit), when it has the VOC folders."""
     candidates = [root, *sorted(root.glob("VOC20*")), *sorted(root.glob("VOCdevkit/VOC20*"))]
@@ -101,7 +91,9 @@ def resolve_classes(root: Path, layout: str, classes: Sequence[str] | None) -> l
         return list(classes)
     file = root / "classes.txt"
     if file.is_file():
-        names = read_classes_file(file)
+        from cnnkit.data.detection.formats import read_class_names  # the detection readers' classes.txt
+
+        names = read_class_names(file)
         return names if names[0].lower() == "background" else ["background", *names]
     if layout == "voc":
         return list(VOC_CLASSES)
