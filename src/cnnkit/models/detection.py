@@ -19,7 +19,7 @@ and subtracts it from those coming out, so nothing outside the model ever sees t
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
@@ -139,16 +139,23 @@ class TorchvisionDetector(DetectionModel):
         model: The torchvision model, built for num_classes + 1 outputs (background first).
         num_classes: Object classes (without background).
         heads: The modules whose outputs become box offsets and scores (made fp32 by `float_outputs`).
+        fp32: Run in fp32 even under bf16 autocast (for models that gain nothing from bf16, or lose accuracy).
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, heads: Sequence[nn.Module] = ()):
+    def __init__(self, model: nn.Module, num_classes: int, heads: Sequence[nn.Module] = (), fp32: bool = False):
         super().__init__()
-        self.model, self.num_classes = model, num_classes
+        self.model, self.num_classes, self.fp32 = model, num_classes, fp32
         for head in heads:  # box decoding must see fp32 (see float_outputs)
             head.register_forward_hook(float_outputs)
 
+    def _precision(self, images):
+        """The model's own precision: fp32 (autocast off) for models built with fp32=True."""
+        device = images.device.type if isinstance(images, torch.Tensor) else images[0].device.type
+        return torch.autocast(device, enabled=False) if self.fp32 else nullcontext()
+
     def detect(self, images) -> list[dict[str, torch.Tensor]]:
-        outputs = self.model(list(images))
+        with self._precision(images):
+            outputs = self.model(list(images))
         return [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1} for o in outputs]
 
     def losses(self, images, targets: list[dict]) -> dict[str, torch.Tensor]:
@@ -157,7 +164,8 @@ class TorchvisionDetector(DetectionModel):
             boxes = target["boxes"].reshape(-1, 4)
             keep = (boxes[:, 2:] > boxes[:, :2]).all(dim=1)
             shifted.append({"boxes": boxes[keep], "labels": target["labels"][keep] + 1})
-        return self.model(list(images), shifted)
+        with self._precision(images):
+            return self.model(list(images), shifted)
 
 
 class Trunk(nn.Module):

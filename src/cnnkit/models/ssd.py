@@ -19,6 +19,8 @@ What changes for 128-px scenes, and why:
 - SSDlite keeps torchvision's MobileNetV3-Large extractor (C4 at stride 16, then extra blocks); images are
   resized to `detector_size` (default 2x the input size: at 128 px C4 would be 8x8 cells, too coarse for
   15-px garments).
+- SSDlite runs in fp32 even when training uses bf16 autocast: measured no faster in bf16 on this CPU (its
+  depthwise convolutions), and its losses turned NaN within the first steps in bf16 (fine in fp32).
 - Score threshold 0.01 and 100 detections per image for evaluation.
 """
 
@@ -50,14 +52,14 @@ def _feature_channels(extractor: nn.Module, in_chans: int, size: tuple[int, int]
 
 
 def _ssd(extractor: nn.Module, head_class, anchors: DefaultBoxGenerator, num_classes: int, in_chans: int,
-         size: tuple[int, int], image_mean, image_std, score_threshold: float, max_detections: int,
+         size: tuple[int, int], image_mean, image_std, score_threshold: float, max_detections: int, fp32: bool = False,
          **ssd_kwargs) -> TorchvisionDetector:
     mean, std = normalization(in_chans, image_mean, image_std)
     channels = _feature_channels(extractor, in_chans, size)
     head = head_class(channels, anchors.num_anchors_per_location(), num_classes + 1)
     model = SSD(extractor, anchors, size, num_classes + 1, image_mean=mean, image_std=std, head=head,
                 score_thresh=score_threshold, detections_per_img=max_detections, **ssd_kwargs)
-    return TorchvisionDetector(model, num_classes, heads=[model.head])
+    return TorchvisionDetector(model, num_classes, heads=[model.head], fp32=fp32)
 
 
 def _ssd_vgg16(batch_norm: bool, num_classes: int = 10, in_chans: int = 3, input_size: int | tuple[int, int] = 128,
@@ -110,4 +112,5 @@ def ssdlite_mobilenet_v3_large(num_classes: int = 10, in_chans: int = 3, input_s
     extractor = _mobilenet_extractor(backbone, trainable_layers=6, norm_layer=norm_layer)
     anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=min_scale, max_ratio=max_scale)
     return _ssd(extractor, partial(SSDLiteHead, norm_layer=norm_layer), anchors, num_classes, in_chans, size,
-                image_mean, image_std, score_threshold, max_detections, nms_thresh=0.55, topk_candidates=300)
+                image_mean, image_std, score_threshold, max_detections, fp32=True, nms_thresh=0.55,
+                topk_candidates=300)
