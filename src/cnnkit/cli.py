@@ -128,7 +128,8 @@ def _add_evaluate(commands) -> None:
                     "writes those and the confusion matrix (rows: true class, columns: predicted class) to\n"
                     "RUN_DIR/evaluation-SPLIT.json. Segmentation runs: mIoU, pixel accuracy, mean Dice and IoU/Dice\n"
                     "per class (from the pixel confusion matrix); instance runs: COCO mask mAP@.5 and mAP@[.5:.95]\n"
-                    "(pycocotools), box mAP and per-class AP.",
+                    "(pycocotools), box mAP and per-class AP; detection runs: COCO box mAP@[.5:.95], mAP@.5,\n"
+                    "mAP@.75, recall@100 and per-class AP (pycocotools), and the detector's images/s.",
         epilog="examples:\n  cnnkit evaluate runs/fastnet-fashion-mnist-20261125-101500\n"
                "  cnnkit evaluate RUN_DIR --split val --json > val.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +155,8 @@ def _add_predict(commands) -> None:
                "               onnxruntime, else torch (benchmarks/results/inference.md)\n\n"
                "examples:\n  cnnkit predict RUN_DIR shoe.png bag.jpg --top-k 3\n  cnnkit predict RUN_DIR *.png --json\n"
                "  cnnkit predict RUN_DIR shoe.png --backend onnxruntime\n"
-               "  cnnkit predict RUN_DIR/export/best.onnx shoe.png     # an exported file, with its own metadata",
+               "  cnnkit predict RUN_DIR/export/best.onnx shoe.png     # an exported file, with its own metadata\n"
+               "  cnnkit predict DETECTION_RUN scene.png --out boxes/  # boxes/scene.json + boxes/scene.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory, checkpoint, or exported .onnx / .pt2 / "
                         ".torchscript.pt file")
