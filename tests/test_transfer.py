@@ -12,9 +12,9 @@ from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.optim import make_optimizer
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.engine.transfer import (DEFAULT_PROBE_L2, TransferSchedule, adapt_state_dict, backbone_blocks,
-                                    classifier_module, fit_linear_probe, head_features, load_pretrained_state,
-                                    pretrained_preprocessing)
+from cnnkit.engine.linear_probe import DEFAULT_PROBE_L2, fit_linear_probe, head_features
+from cnnkit.engine.transfer import (TransferSchedule, adapt_state_dict, backbone_blocks, classifier_module,
+                                    load_pretrained_state, pretrained_preprocessing)
 from cnnkit.errors import CheckpointError, ConfigError, ModelError
 from cnnkit.registry import create_model
 
@@ -137,7 +137,7 @@ def test_linear_probe_is_the_regularised_logistic_regression_on_raw_features():
     best = max(fit.candidates, key=lambda c: (c[1], -c[2]))
     assert fit.l2 == best[0] and len(fit.candidates) == 5
     # Stationary point of mean CE + l2/2 |W|^2 on the standardised features: the gradient vanishes.
-    mean, std = train[0].double().mean(0), train[0].double().std(0)
+    mean, std = train[0].double().mean(0), train[0].double().std(0, correction=0)
     weight = (fit.weight.double() * std).requires_grad_()
     bias = (fit.bias.double() + fit.weight.double() @ mean).requires_grad_()
     loss = nn.functional.cross_entropy(((train[0].double() - mean) / std) @ weight.T + bias, train[1])
@@ -151,14 +151,14 @@ def test_head_features_are_what_the_head_sees():
     model = create_model("resnet20", num_classes=4)
     images, labels = torch.randn(10, 1, 28, 28), torch.arange(10) % 4
     model.train()
-    features, seen_labels = head_features(model, [(images[:6], labels[:6]), (images[6:], labels[6:])])
+    features, seen_labels = head_features(model, model.fc, [(images[:6], labels[:6]), (images[6:], labels[6:])])
     assert model.training  # restored
     model.eval()
     with torch.no_grad():
         expected = model.pool(model.stages(model.stem(images)))  # (B, 64): eval mode, pooled last stage
     assert torch.allclose(features, expected, atol=1e-5) and torch.equal(seen_labels, labels)
     with pytest.raises(ModelError, match="nn.Linear head with a bias"):
-        head_features(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(26, 3, bias=False)), [(images, labels)])
+        head_features(model, nn.Linear(64, 3, bias=False), [(images, labels)])
 
 
 def test_probe_head_init_fits_the_head_before_the_first_epoch():
