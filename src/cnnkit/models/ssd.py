@@ -80,7 +80,7 @@ def _ssd_vgg16(batch_norm: bool, num_classes: int = 10, in_chans: int = 3, input
 
 @register_model(family="ssd", source="torchvision", task="detect")
 def ssd_vgg16(**kwargs) -> TorchvisionDetector:
-    """SSD300 (Liu et al. 2016) on VGG-16 without BatchNorm, as in the paper, with padded last layers for small images."""
+    """SSD300 (Liu et al. 2016) on VGG-16 without BatchNorm, as in the paper; last layers padded for small images."""
     return _ssd_vgg16(False, **kwargs)
 
 

@@ -94,7 +94,8 @@ def _subset(annotations, indices):
                          annotations.format)
 
 
-def read_detection_data(config, verbose: bool = True, splits: tuple[str, ...] = ("train", "val", "test")) -> DetectionData:
+def read_detection_data(config, verbose: bool = True,
+                        splits: tuple[str, ...] = ("train", "val", "test")) -> DetectionData:
     """Read and validate the splits of `config.data`; split val off train (seeded) when the layout has no val.
 
     Raises:
@@ -303,7 +304,7 @@ class Detector:
                 for d in self.detect(images, score_threshold)]
 
     def evaluate(self, split: str = "test") -> dict[str, Any]:
-        """COCO mAP@[.5:.95] ("map"), mAP@.5 ("map50"), mAP@.75, recall and per-class AP on a split of the run's data."""
+        """COCO mAP@[.5:.95] ("map"), mAP@.5 ("map50"), mAP@.75, recall and per-class AP on a split of the data."""
         from cnnkit.config import TrainConfig, apply_overrides
         from cnnkit.engine.trainer import resolve_precision
 
