@@ -108,3 +108,21 @@ def test_train_errors_name_the_problem(scenes: Path, tmp_path: Path, capsys) -> 
     (bad / "classes.txt").write_text("\n".join(f"c{k}" for k in range(10)) + "\n")
     status, error = _main(capsys, "train", "--model", "yolo_fastnet", "--data", bad, *settings)
     assert status == 2 and "a.txt" in error
+
+
+def test_val_is_split_off_train_when_the_layout_has_none(tmp_path: Path) -> None:
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR}")
+    from cnnkit.config import TrainConfig
+    from cnnkit.data.scenes import ScenesConfig, make_scenes
+    from cnnkit.tasks.detection import image_statistics, read_detection_data
+
+    make_scenes(tmp_path / "s", ScenesConfig(seed=1, train=12, val=0, test=4, size=64), progress=False)
+    config = TrainConfig(task="detect", data=str(tmp_path / "s"), val_fraction=0.25, seed=3)
+    data = read_detection_data(config, verbose=False)
+    assert (len(data.train), len(data.val), len(data.test)) == (9, 3, 4)
+    files = {image.file for image in data.train.images}
+    assert not files & {image.file for image in data.val.images}  # disjoint, and the same for the same seed
+    assert [i.file for i in read_detection_data(config, verbose=False).val.images] == [i.file for i in data.val.images]
+    mean, std = image_statistics(data.train)
+    assert len(mean) == 3 and all(0 < m < 1 for m in mean) and all(0 < s < 0.5 for s in std)
