@@ -206,8 +206,8 @@ class UNet(nn.Module):
         encoder: A module returning a list of feature maps with decreasing resolution; `encoder.channels`
             lists their channels and `encoder.reductions` their strides (1: the input's resolution).
         num_classes: K, the output channels (one logit per class and pixel).
-        decoder_channels: Output channels of the decoder blocks, deepest first (reused cyclically at the
-            shallow end if the encoder has more levels).
+        decoder_channels: Output channels of the decoder blocks, deepest first (the last value repeats
+            if the encoder has more levels).
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, decoder_channels=DECODER_CHANNELS):
