@@ -41,7 +41,10 @@ COMMON = {"task": "detect", "optimizer": "adamw", "weight_decay": 5e-4, "onecycl
           "grad_clip_norm": 10.0, "report": False, "progress": False}
 # name -> (budget in minutes, settings). Each setting's evidence is in the README section / the report.
 RECIPES = {
-    "yolo_fastnet": (20, {"batch_size": 32, "lr": 3e-3, "detect_augment": "default"}),
+    # flip_test: +0.9 points of mAP@.5 on val and test for the same weights (36 epochs, 1 thread: 0.902 / 0.893
+    # without, 0.911 / 0.902 with).
+    "yolo_fastnet": (20, {"batch_size": 32, "lr": 3e-3, "detect_augment": "default",
+                          "model_args": {"flip_test": True}}),
     "fasterrcnn_resnet18_fpn": (30, {"batch_size": 16, "lr": 1e-3, "detect_augment": "light"}),
     "ssdlite_mobilenet_v3_large": (30, {"batch_size": 32, "lr": 3e-3, "detect_augment": "default"}),
     "ssd_vgg16_bn": (30, {"batch_size": 16, "lr": 1e-3, "detect_augment": "light"}),
@@ -229,8 +232,8 @@ def main() -> None:
                                      [[name, *(_ap(r["per_class"][name]["ap50"]) for r in results)]
                                       for name in results[0]["per_class"]])
             + "\n\nEpochs run (of those planned), and runs the budget guard ended early: "
-            + ", ".join(f"{r['model']} {r['epochs_run']}/{r['epochs_planned']}" + (" (stopped)" if r["stopped_by_budget"]
-                                                                                 else "") for r in results)
+            + ", ".join(f"{r['model']} {r['epochs_run']}/{r['epochs_planned']}"
+                        + (" (stopped)" if r["stopped_by_budget"] else "") for r in results)
             + "\n\nSettings per detector (besides the model's defaults):\n\n"
             + "\n".join(f"- {r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()) for r in results)
             + "\n")

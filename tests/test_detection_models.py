@@ -15,7 +15,7 @@ import torch
 from cnnkit.errors import ModelError
 from cnnkit.models.detection import batch_images, zoo_trunk
 from cnnkit.models.rcnn import sliding_window_proposals
-from cnnkit.models.yolo import YOLO, assign_targets, decode_boxes
+from cnnkit.models.yolo import YOLO, assign_targets, decode_boxes, mirror_raw
 from cnnkit.registry import create_model, get_entry, list_models
 
 NUM_CLASSES = 3
@@ -208,6 +208,40 @@ def test_yolo_decoding_thresholds_scores_and_suppresses_overlaps_per_class() -> 
     # The same two boxes in different classes are both kept (suppression is per class).
     raw[0, 1, 1, 1, 5], raw[0, 1, 1, 1, 6] = -20.0, 20.0
     assert model.decode(raw, [(32, 32)])[0]["labels"].tolist() == [0, 1]
+
+
+def test_yolo_mirrored_outputs_decode_to_mirrored_boxes() -> None:
+    # flip_test averages the outputs of an image with `mirror_raw` of its mirror image's: that is right only if
+    # mirror_raw's outputs decode to the mirror images of the boxes. 4x4 cells of 8 px: a 32-px wide image.
+    raw = torch.randn(1, 2, 4, 4, 4)
+    rows, columns = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    cells = torch.stack([columns, rows], dim=-1)  # (4, 4, 2) as (column, row)
+    anchors = torch.tensor([[16.0, 24.0], [30.0, 10.0]]).view(2, 1, 1, 2)
+    boxes = decode_boxes(raw, cells, anchors, stride=8)  # (1, 2, 4, 4, 4)
+    mirrored = decode_boxes(mirror_raw(torch.cat([raw, torch.zeros(1, 2, 4, 4, 1)], -1))[..., :4], cells, anchors, 8)
+    expected = torch.stack([32 - boxes[..., 2], boxes[..., 1], 32 - boxes[..., 0], boxes[..., 3]], dim=-1).flip(3)
+    assert torch.allclose(mirrored, expected, atol=1e-4)
+
+
+def test_yolo_flip_test_changes_only_inference() -> None:
+    torch.manual_seed(0)
+    plain = create_model("yolo_fastnet", num_classes=NUM_CLASSES, input_size=SIZE, score_threshold=0.02)
+    flipped = create_model("yolo_fastnet", num_classes=NUM_CLASSES, input_size=SIZE, score_threshold=0.02,
+                           flip_test=True)
+    flipped.load_state_dict(plain.state_dict())
+    images, targets = synthetic_batch()
+    plain.train(), flipped.train()
+    torch.manual_seed(1)
+    first = plain(images, targets)
+    torch.manual_seed(1)
+    second = flipped(images, targets)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # same losses: training is unchanged
+    plain.eval(), flipped.eval()
+    with torch.no_grad():
+        raw = (plain.raw_outputs(images) + mirror_raw(plain.raw_outputs(images.flip(-1)))) / 2
+        expected = plain.decode(raw, [(SIZE, SIZE)] * 2)
+        for got, want in zip(flipped(images), expected):
+            assert torch.equal(got["scores"], want["scores"]) and torch.equal(got["boxes"], want["boxes"])
 
 
 def test_yolo_loss_falls_when_overfitting_one_batch() -> None:
