@@ -236,6 +236,9 @@ def test_unet_encoder_pyramid_and_any_zoo_encoder():
     resnet = create_model("resnet18", num_classes=1, in_chans=3, input_size=128)
     assert pyramid_nodes(resnet, 3, (128, 128)) == [("relu", 64, 2), ("layer1", 64, 4), ("layer2", 128, 8),
                                                     ("layer3", 256, 16), ("layer4", 512, 32)]
+    # 28 px: padded stride-2 layers round up (28 -> 14 -> 7 -> 4): layer4's 4x4 map is still found.
+    small = create_model("resnet18", num_classes=1, in_chans=1, input_size=28)
+    assert [node for node, _, _ in pyramid_nodes(small, 1, (28, 28))] == ["layer1", "layer2", "layer3", "layer4"]
     model = unet(encoder="mobilenet_v3_small", num_classes=3, in_chans=1, input_size=64)
     assert model.encoder.reductions == [2, 4, 8, 16, 32]
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)

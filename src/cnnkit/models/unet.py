@@ -84,7 +84,12 @@ def pyramid_nodes(model: nn.Module, in_chans: int, size: tuple[int, int]) -> lis
     image itself (reduction 1) only when a module produces full-resolution features (VGG, small inputs).
     """
     height, width = size
-    levels = {(height >> k, width >> k): k for k in range(8) if height >> k and width >> k}
+    # Level k is 1/2^k of the input: floor(H / 2^k) after unpadded 2x2 pooling, ceil(H / 2^k) after
+    # padded stride-2 convolutions (28 -> 14 -> 7 -> 4), whichever the model does.
+    levels: dict[tuple[int, int], int] = {}
+    for rounding in (lambda value, k: value >> k, lambda value, k: -(-value >> k)):
+        for k in range(8):
+            levels.setdefault((rounding(height, k), rounding(width, k)), k)
 
     def level_of(x) -> int | None:
         # 1x1 maps are global pooling (a squeeze-excitation gate, the head), not a pyramid level.
