@@ -37,6 +37,7 @@ from cnnkit.engine.transfer import (TransferSchedule, adapt_state_dict, load_pre
 from cnnkit.errors import CheckpointError, ConfigError, DataError, DatasetNotFoundError
 from cnnkit.registry import create_model, get_entry
 from cnnkit.tasks import ClassificationTask, TaskSetup, task_module
+from cnnkit.tasks.base import rebuild_model
 from cnnkit.tasks.classification import predict_logits
 from cnnkit.data.mixing import BatchMixer
 from cnnkit.layers.checkpointing import enable_grad_checkpointing
@@ -402,15 +403,5 @@ def load(path: str | Path, device: str = "auto", checkpoint: str = "best") -> Cl
     if record.get("task", "classify") not in ("classify", "classification"):  # older runs say "classification"
         # detection, segmentation ...: the task's own loader
         return task_module(record["task"]).load_run(run_dir, file, record, tensors, resolve_device(device))
-    if "trainer_state" in record:
-        tensors = ckpt.unprefixed("model.", tensors)
-    architecture = record["architecture"]
-    model = create_model(architecture["name"], **architecture["args"])
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise CheckpointError(f"{file}: the weights do not fit {architecture['name']} "
-                              f"({str(error).splitlines()[0]})") from None
     resolved = resolve_device(device)
-    model.to(resolved).eval()
-    return Classifier(model, record, run_dir, resolved)
+    return Classifier(rebuild_model(file, record, tensors, resolved), record, run_dir, resolved)

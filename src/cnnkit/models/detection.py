@@ -19,6 +19,7 @@ and subtracts it from those coming out, so nothing outside the model ever sees t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
@@ -87,7 +88,7 @@ def eval_mode(module: nn.Module):
             m.training = training
 
 
-class DetectionModel(nn.Module):
+class DetectionModel(nn.Module, ABC):
     """Base class of cnnkit's detectors: `forward(images, targets=None)` dispatches on `targets`.
 
     Subclasses implement `detect(images)` and `losses(images, targets)` (see the module docstring).
@@ -105,11 +106,13 @@ class DetectionModel(nn.Module):
             raise ModelError(f"{type(self).__name__} computes training losses in train mode only; call model.train()")
         return self.losses(images, targets)
 
+    @abstractmethod
     def detect(self, images) -> list[dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """Detections per image: {"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,) 0-based}."""
 
+    @abstractmethod
     def losses(self, images, targets: list[dict]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Named training losses for a batch; their sum is what backpropagates."""
 
 
 def _to_float(value):

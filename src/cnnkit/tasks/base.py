@@ -12,13 +12,15 @@ into everything the loop needs: `setup(config, device, dist_info, resume) -> Tas
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import ConfigError
+from cnnkit.errors import CheckpointError, ConfigError
 
 # config.task -> the module that sets that task up (imported only when used).
 TASK_MODULES = {
@@ -41,7 +43,7 @@ def task_module(name: str):
         raise ConfigError(f"task={name!r} is not available in this version of cnnkit") from None
 
 
-class Task:
+class Task(ABC):
     """Base class of tasks. Subclasses set `name`, `monitor` and implement the steps.
 
     Attributes:
@@ -58,22 +60,46 @@ class Task:
         """Move one batch to `device`. Tensors by default; detection moves lists of target dicts."""
         return images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
+    @abstractmethod
     def training_step(self, model: nn.Module, images, targets) -> dict:
         """Forward and loss. Returns {"loss": scalar tensor, "batch_size": int} and optionally
         "correct" (a count tensor: the Trainer then reports train_accuracy) and "outputs"."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def evaluation_step(self, model: nn.Module, images, targets) -> dict:
         """Forward in eval mode; returns whatever `update_meter` needs."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def new_meter(self):
         """A fresh metric accumulator with `tensors()` (summed across processes) and `compute(per_class)`."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def update_meter(self, meter, result: dict, targets) -> None:
         """Add one evaluation batch's `result` to `meter`."""
-        raise NotImplementedError
+        ...
+
+
+def rebuild_model(file: Path, record: dict, tensors: dict, device: torch.device) -> nn.Module:
+    """The model of a checkpoint: built from its record's architecture, weights loaded, in eval mode on `device`.
+
+    `cnnkit.load` and every task's `load_run` use it; a `last` checkpoint's "model." prefix is removed.
+    """
+    from cnnkit.engine import checkpoint as ckpt
+    from cnnkit.registry import create_model
+
+    if "trainer_state" in record:
+        tensors = ckpt.unprefixed("model.", tensors)
+    architecture = record["architecture"]
+    model = create_model(architecture["name"], **architecture["args"])
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CheckpointError(f"{file}: the weights do not fit {architecture['name']} "
+                              f"({str(error).splitlines()[0]})") from None
+    return model.to(device).eval()
 
 
 @dataclass

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from cnnkit.errors import CheckpointError, ConfigError, DataError
+from cnnkit.errors import ConfigError, DataError
 from cnnkit.tasks.base import Task, TaskSetup
 
 STATISTICS_IMAGES = 256  # training images the normalisation mean and std are measured on
@@ -330,20 +330,9 @@ class Detector:
 
 def load_run(run_dir: Path, file: Path, record: dict, tensors: dict, device: torch.device) -> Detector:
     """`cnnkit.load` for detection runs: rebuild the detector from the record and load its weights."""
-    from cnnkit.engine import checkpoint as ckpt
-    from cnnkit.registry import create_model
+    from cnnkit.tasks.base import rebuild_model
 
-    if "trainer_state" in record:
-        tensors = ckpt.unprefixed("model.", tensors)
-    architecture = record["architecture"]
-    model = create_model(architecture["name"], **architecture["args"])
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise CheckpointError(f"{file}: the weights do not fit {architecture['name']} "
-                              f"({str(error).splitlines()[0]})") from None
-    model.to(device).eval()
-    return Detector(model, record, run_dir, device)
+    return Detector(rebuild_model(file, record, tensors, device), record, run_dir, device)
 
 
 # ------------------------------------------------------------------------------------------ predict output

@@ -361,20 +361,9 @@ def _same_size_batches(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> list
 
 def load_run(run_dir: Path, file: Path, record: dict, tensors: dict, device: torch.device) -> Segmenter:
     """`cnnkit.load` for task=segment runs: rebuild the model from the record and load its weights."""
-    from cnnkit.engine import checkpoint as ckpt
-    from cnnkit.registry import create_model
+    from cnnkit.tasks.base import rebuild_model
 
-    if "trainer_state" in record:
-        tensors = ckpt.unprefixed("model.", tensors)
-    architecture = record["architecture"]
-    model = create_model(architecture["name"], **architecture["args"])
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise CheckpointError(f"{file}: the weights do not fit {architecture['name']} "
-                              f"({str(error).splitlines()[0]})") from None
-    model.to(device).eval()
-    return Segmenter(model, record, run_dir, device)
+    return Segmenter(rebuild_model(file, record, tensors, device), record, run_dir, device)
 
 
 # ----------------------------------------------------------------------------------------------- predict output
