@@ -206,3 +206,47 @@ def finish(name: str, title: str, header: dict[str, Any], payload: dict[str, Any
     json_path, markdown_path = write_results(name, {**header, **payload}, markdown, results_dir)
     print("\n" + markdown.rstrip())
     print(f"\nwrote {json_path} and {markdown_path}", flush=True)
+
+
+def merge_previous(name: str, header: dict[str, Any], rows: list[dict[str, Any]], key: str, order: Sequence[str],
+                   results_dir: str | Path | None, fresh: bool = False) -> list[dict[str, Any]]:
+    """This run's rows plus the rows of models it did not run, from the existing NAME.json.
+
+    Scripts that measure one model at a time (`--models X`) update X's row and keep the others, so the
+    result file can be filled in over several invocations. Every row keeps the header of the run that
+    measured it under "run" (date, command, commit, threads, load average), shown by `runs_markdown`.
+    With fresh=True (or no file yet) only this run's rows are kept.
+    """
+    run = {k: header[k] for k in ("date", "command", "git_commit", "src_uncommitted_changes")}
+    run["threads"] = header["machine"]["torch_num_threads"]
+    run["load_average_start"] = header["machine"].get("load_average_start")
+    run["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    for row in rows:
+        row["run"] = run
+    folder = Path(results_dir) if results_dir else RESULTS_DIR
+    previous_path = folder / (f"{name}-quick.json" if header["quick"] else f"{name}.json")
+    kept: list[dict[str, Any]] = []
+    if not fresh and previous_path.is_file():
+        try:
+            previous = json.loads(previous_path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        measured = {row[key] for row in rows}
+        for row in previous.get("results", []):
+            if row.get(key) not in measured:
+                row.setdefault("run", {k: previous.get(k) for k in ("date", "command", "git_commit")})
+                kept.append(row)
+    position = {model: index for index, model in enumerate(order)}
+    return sorted(kept + rows, key=lambda row: position.get(row[key], len(position)))
+
+
+def runs_markdown(rows: Sequence[dict[str, Any]], key: str) -> str:
+    """One line per row: which invocation measured it (date, threads, load average, commit, command)."""
+    lines = ["Measured by:", ""]
+    for row in rows:
+        run = row.get("run", {})
+        load = run.get("load_average_start"), run.get("load_average_end")
+        lines.append(f"- {row[key]}: {run.get('date')}, {run.get('threads', '?')} thread(s), load average "
+                     f"{_format_load(load[0])} at start, {_format_load(load[1])} at end, commit "
+                     f"{run.get('git_commit')}: `{run.get('command')}`")
+    return "\n".join(lines) + "\n"

@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
                         help="parent of the run directories")
     parser.add_argument("--quick", action="store_true", help="smoke test: 24 tiny scenes, a few seconds per detector")
     parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the rows of detectors not run this time (default: keep them from detection.json)")
     return parser.parse_args()
 
 
@@ -210,6 +212,7 @@ def main() -> None:
     header = _common.run_header(args.quick)
     scenes = ensure_scenes(Path(args.scenes), args.quick)
     results = [run_one(name, scenes, args) for name in args.models]
+    results = _common.merge_previous(NAME, header, results, "model", list(RECIPES), args.results_dir, args.fresh)
     rows = []
     for r in results:
         target = r["target_map50"]
@@ -219,9 +222,10 @@ def main() -> None:
                      f"{r['inference_images_per_second_batch32']:.1f}",
                      f"{r['inference_images_per_second_batch1']:.1f}", f"{r['parameters'] / 1e6:.2f}M",
                      "-" if target is None else f">= {target:.2f}: {'PASS' if passed else 'FAIL'}"])
-    data = "24 train / 8 val / 8 test canvases of 64x64" if args.quick else \
-        "3 000 train / 500 val / 500 test canvases of 128x128"
-    body = (f"Scenes benchmark ({scenes}, seed 0): {data} with 1-4 Fashion-MNIST garments each. "
+    counts = " / ".join(f"{sum(1 for _ in (scenes / split / 'images').iterdir())} {split}"
+                        for split in ("train", "val", "test"))
+    data = f"{counts} canvases of {'64x64' if args.quick else '128x128'}"
+    body = (f"Scenes benchmark ({scenes}, seed 0): {data} with Fashion-MNIST garments. "
             "Trained with `cnnkit.train` within each budget (epochs calibrated "
             "first), best val mAP@.5 checkpoint evaluated on the test split (pycocotools). Inference: model "
             "forward + decoding + NMS on decoded images, images/s.\n\n"
@@ -236,7 +240,7 @@ def main() -> None:
                         + (" (stopped)" if r["stopped_by_budget"] else "") for r in results)
             + "\n\nSettings per detector (besides the model's defaults):\n\n"
             + "\n".join(f"- {r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()) for r in results)
-            + "\n")
+            + "\n\n" + _common.runs_markdown(results, "model"))
     if args.quick:
         body += _common.QUICK_NOTE + "\n"
     _common.finish(NAME, "Detectors on the scenes benchmark: mAP within a CPU time budget", header,

@@ -69,6 +69,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="parent of the run directories (default: a temporary folder)")
     parser.add_argument("--results-dir", default=None, help="where the .json/.md go (default benchmarks/results)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny scenes, a few seconds per model")
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the rows of models not run this time (default: keep them from segmentation.json)")
     return parser.parse_args()
 
 
@@ -222,7 +224,7 @@ def run_model(name: str, args, out: Path) -> dict:
     speed = inference_speed(predictor, settings, task)
     key, goal = MODELS[name]["goal"]
     row = {"name": name, "model": settings["model"], "task": task, "settings": settings, "epochs": epochs,
-           "epochs_run": len(metrics), "stopped_by_budget": guard.stopped,
+           "epochs_run": len(metrics), "stopped_by_budget": guard.stopped, "budget_minutes": args.minutes,
            "calibrated_images_per_second": rate, "train_seconds": train_seconds,
            "epoch_seconds": sum(m["epoch_seconds"] for m in metrics), "best_epoch": predictor.record.get("epoch"),
            "val_history": [{k: v for k, v in m.items() if k.startswith("val_") or k == "epoch"} for m in metrics],
@@ -240,16 +242,17 @@ def run_model(name: str, args, out: Path) -> dict:
 
 
 def markdown(rows: list[dict], args) -> str:
-    headers = ["model", "task", "epochs", "train min", "test metric", "value", "goal", "met", "infer img/s"]
+    headers = ["model", "task", "epochs", "budget min", "train min", "test metric", "value", "goal", "met", "infer img/s"]
     table = []
     for row in rows:
         key, goal = row["goal"]["metric"], row["goal"]["value"]
         epochs = f"{row['epochs_run']}/{row['epochs']}" + (" (budget)" if row["stopped_by_budget"] else "")
-        table.append([f"{row['name']} ({row['model']})", row["task"], epochs, f"{row['train_seconds'] / 60:.1f}",
+        table.append([f"{row['name']} ({row['model']})", row["task"], epochs, f"{row.get('budget_minutes', args.minutes):g}",
+                      f"{row['train_seconds'] / 60:.1f}",
                       key.removeprefix("test_"), f"{row[key]:.4f}", goal, "yes" if row["goal_met"] else "NO",
                       f"{row['inference_images_per_second']:.1f}"])
-    lines = [f"Budget: {args.minutes:g} minutes of training per model (train + per-epoch validation), "
-             "evaluated on the test split.", "", _common.markdown_table(headers, table), ""]
+    lines = ["Each model trained within its budget (train + per-epoch validation; the number of epochs calibrated "
+             "first), its best validation checkpoint evaluated on the test split.", "", _common.markdown_table(headers, table), ""]
     for row in rows:
         if row["task"] == "segment":
             per_class = ", ".join(f"{k} {v:.3f}" for k, v in row["test_per_class_iou"].items() if v is not None)
@@ -263,7 +266,7 @@ def markdown(rows: list[dict], args) -> str:
         shown = {k: v for k, v in row["settings"].items() if k not in ("data", "out", "name", "progress", "report")}
         lines.append(f"- {row['name']}: `{' '.join(f'{k}={json.dumps(v) if isinstance(v, dict) else v}' for k, v in shown.items())}`"
                      f" epochs={row['epochs']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + _common.runs_markdown(rows, "name")
 
 
 def main() -> None:
@@ -277,6 +280,7 @@ def main() -> None:
         make_scenes(Path(args.data), args.quick)
         out = Path(args.out) if args.out else Path(temporary) / "runs"
         rows = [run_model(name, args, out) for name in args.models]
+    rows = _common.merge_previous(NAME, header, rows, "name", list(MODELS), args.results_dir, args.fresh)
     title = "Segmentation on the scenes benchmark (U-Net, DeepLabV3, FCN, Mask R-CNN)"
     _common.finish(NAME, title, header, {"minutes": args.minutes, "results": rows}, markdown(rows, args),
                    args.results_dir)
