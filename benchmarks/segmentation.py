@@ -271,8 +271,8 @@ def markdown(rows: list[dict], args) -> str:
 
 def main() -> None:
     args = parse_args()
+    _common.set_threads(args.threads)  # before the header, which records torch's thread count
     header = _common.run_header(args.quick)
-    _common.set_threads(args.threads)
     with tempfile.TemporaryDirectory() as temporary:
         if args.quick:
             args.data = str(Path(temporary) / "scenes")
