@@ -221,13 +221,15 @@ def resolve_architecture(config: TrainConfig, num_classes: int, preprocessing: P
         args["drop_rate"] = config.drop_rate
     if config.drop_path_rate is not None:
         args["drop_path_rate"] = config.drop_path_rate
+    # create_model wraps the model in a multi-level head (cnnkit.models.multilevel)
+    head = {"head_levels": config.head_levels, "head_grid": config.head_grid} if config.head_levels else {}
     from cnnkit.models.custom import check_spec_file, is_spec_file
 
     if is_spec_file(config.model):
         # A YAML network spec: the checkpoint stores the spec itself, so the run needs no file later.
         # Its shapes are checked now (on the meta device) so errors name the file and line.
-        return {"name": "custom_cnn", "args": {**args, "spec": check_spec_file(config.model, **args)}}
-    return {"name": config.model, "args": args}
+        return {"name": "custom_cnn", "args": {**args, "spec": check_spec_file(config.model, **args), **head}}
+    return {"name": config.model, "args": {**args, **head}}
 
 
 def _train(config, device, dist_info, resume, stop_after_epoch, callbacks) -> Run:

@@ -66,6 +66,8 @@ class TrainConfig:
     backbone_lr_ratio: float = 0.1  # with pretrained: the backbone's LR as a fraction of the head's
     unfreeze_every: int = 1  # finetune=gradual: release one more backbone block every this many epochs
     head_init: str = "random"  # with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)
+    head_levels: int = 0  # 0: the model's own head; N: a new linear head over the last N resolution levels' pooled features (CNNs; helps feature extraction)
+    head_grid: int = 1  # with head_levels: each level average-pooled to head_grid x head_grid (1: global average)
 
     # --- optimization ---
     epochs: int = 10  # passes over the training split
@@ -144,10 +146,12 @@ class TrainConfig:
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be greater than 0 (or unset for the batch-size-scaled default)")
         positive = ("batch_size", "epochs", "accumulate_steps", "backbone_lr_ratio", "unfreeze_every",
-                    "step_epochs", "restart_epochs", "restart_mult")
+                    "step_epochs", "restart_epochs", "restart_mult", "head_grid")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0")
+        if not isinstance(self.head_levels, int) or self.head_levels < 0:
+            raise ConfigError(f"head_levels={self.head_levels!r} must be 0 (the model's own head) or a positive integer")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:

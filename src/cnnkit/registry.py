@@ -98,12 +98,16 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, head_levels: int = 0, head_grid: int = 1, **kwargs) -> nn.Module:
     """Build a registered architecture.
 
     Args:
         name: Registered name, e.g. "simple_cnn", "lenet5", "resnet20"; or a YAML network spec file,
             e.g. "my_net.yaml", built as `custom_cnn(spec=<the file's content>, **kwargs)`.
+        head_levels: 0 keeps the model's own classifier; N > 0 replaces it by a linear head over features
+            average-pooled from the backbone's last N resolution levels (cnnkit.models.multilevel; for
+            feature extraction).
+        head_grid: With head_levels, each level is pooled to head_grid x head_grid.
         **kwargs: Passed to the builder: `num_classes`, `in_chans`, `input_size`, `drop_rate` ...
 
     Returns:
@@ -116,6 +120,11 @@ def create_model(name: str, **kwargs) -> nn.Module:
     else:
         builder = get_entry(name).builder
     try:
-        return builder(**kwargs)
+        model = builder(**kwargs)
     except TypeError as error:
         raise ModelError(f"model {name!r} does not accept these arguments {sorted(kwargs)}: {error}") from None
+    if head_levels:
+        from cnnkit.models.multilevel import multilevel
+
+        model = multilevel(model, head_levels, head_grid, kwargs.get("in_chans"), kwargs.get("input_size"))
+    return model

@@ -62,6 +62,7 @@ import torch.nn as nn
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.engine.linear_probe import ProbeFit, fit_linear_probe, head_features
 from cnnkit.errors import CheckpointError, ModelError
+from cnnkit.models.anatomy import backbone_blocks, classifier_module  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -84,22 +85,6 @@ class PretrainedReport:
         if self.unused:
             parts.append(f"{len(self.unused)} unused")
         return "; ".join(parts)
-
-
-def classifier_module(model: nn.Module) -> nn.Module:
-    """The model's final classification layer (its "head").
-
-    timm models say so themselves (`get_classifier`); otherwise the last nn.Linear registered in the
-    model, which is the head of every torchvision classifier and of cnnkit's own models.
-    """
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return head
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ModelError(f"{type(model).__name__} has no nn.Linear classifier to reset or train on its own")
-    return linears[-1]
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
@@ -255,37 +240,6 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 FINETUNE_MODES = ("full", "linear", "gradual")
-
-
-def backbone_blocks(model: nn.Module) -> list[list[nn.Module]]:
-    """The backbone as blocks from the input to the top: what gradual unfreezing releases one by one.
-
-    Walks down through wrappers with a single parametrised child, then takes the children that hold
-    parameters (the items of Sequential/ModuleList containers count as blocks of their own), leaving
-    out the head.
-    """
-    head = classifier_module(model)
-    module = model
-    while True:
-        children = [child for child in module.children() if any(True for _ in child.parameters())]
-        if len(children) == 1 and children[0] is not head and not isinstance(children[0], (nn.Conv2d, nn.Linear)):
-            module = children[0]
-            continue
-        break
-    blocks = []
-    for child in children:
-        if child is head:
-            continue
-        # A container of composite blocks (ResNet's layer1 = [BasicBlock, ...]) yields its blocks; a
-        # container of plain layers (a conv-bn-act stem) is one block.
-        parts = list(child.children()) if isinstance(child, (nn.Sequential, nn.ModuleList)) else []
-        composite = parts and all(any(True for _ in part.children()) for part in parts
-                                  if any(True for _ in part.parameters()))
-        items = parts if composite else [child]
-        for item in items:
-            if any(True for _ in item.parameters()) and not any(m is head for m in item.modules()):
-                blocks.append([item])
-    return blocks
 
 
 HEAD_INITS = ("random", "probe")
