@@ -5,11 +5,12 @@ training on only 50 labelled images per class (20% of them held out for validati
 
   scratch        the model from random initialisation
   linear         feature extraction: the backbone pretrained on classes 0-4 (T-shirt, Trouser, Pullover,
-                 Dress, Coat) is frozen; the new 5-class head is fitted as a linear probe (L-BFGS logistic
-                 regression, L2 picked on the validation images), then trained on (finetune=linear,
-                 head_init=probe)
-  linear_sgd     feature extraction with the head trained by SGD alone from a random start, at 10x the
-                 LR (finetune=linear, head_init=random, lr 0.5): the previous recipe, for comparison
+                 Dress, Coat) is frozen; a new 5-class head reads the last three resolution levels'
+                 features, each average-pooled to 2x2 (head_levels=3, head_grid=2: cnnkit.models.multilevel),
+                 fitted as a linear probe (L-BFGS logistic regression, L2 picked on the validation images),
+                 then trained on (finetune=linear, head_init=probe)
+  linear_last    the same with the model's own head: the last stage's global-average-pooled features
+                 (the previous recipe, for comparison)
   finetune       every layer trains from the pretrained weights, the backbone at 0.1x the head's LR
                  (finetune=full, backbone_lr_ratio=0.1)
   finetune_lpft  the same from a head fitted as a linear probe first (LP-FT, Kumar et al. 2022)
@@ -58,15 +59,18 @@ PRETRAIN = {"label_smoothing": 0.0}
 # Per-mode settings beyond the shared ones (same data, epochs and LR for all unless said here).
 MODES = {
     "scratch": {},
-    "linear": {"finetune": "linear", "head_init": "probe"},
-    # A randomly started head trained by SGD alone needs a 10x LR (measured on seed 0 with fastnet:
-    # 84.4% at LR 0.5 against 78.7% at 0.05).
-    "linear_sgd": {"finetune": "linear", "head_init": "random", "lr": 0.5},
+    # Which features the head reads, measured with a linear probe on 40 images per class 5-9, accuracy on
+    # 1,000 other *training* images per class (seeds 0 / 1): the last stage's global average (the model's own
+    # head) 87.4 / 86.9%; all stages' global averages 90.7 / 89.6%; the last stage at 2x2 91.5 / 90.5%;
+    # the last two stages at 2x2 92.6 / 92.7%; the last three at 2x2 (chosen) 93.4 / 93.3%; the stem and all
+    # stages at 2x2 93.4 / 93.6%.
+    "linear": {"finetune": "linear", "head_init": "probe", "head_levels": 3, "head_grid": 2},
+    "linear_last": {"finetune": "linear", "head_init": "probe"},
     "finetune": {"finetune": "full", "backbone_lr_ratio": 0.1},
     "finetune_lpft": {"finetune": "full", "backbone_lr_ratio": 0.1, "head_init": "probe"},
     "gradual": {"finetune": "gradual", "unfreeze_every": 5, "backbone_lr_ratio": 0.1},
 }
-LABELS = {"scratch": "scratch %", "linear": "linear (probe head) %", "linear_sgd": "linear (SGD head) %",
+LABELS = {"scratch": "scratch %", "linear": "linear (3 levels) %", "linear_last": "linear (last stage) %",
           "finetune": "finetune %", "finetune_lpft": "finetune LP-FT %", "gradual": "gradual %"}
 VERDICT_MODES = ("linear", "finetune")  # the issue's bar: feature extraction and fine-tuning beat scratch
 
@@ -143,7 +147,7 @@ def main() -> None:
     body = (f"{args.model}; pretrained on Fashion-MNIST classes 0-4 ({args.pretrain_epochs} epochs, all their "
             f"training images, label smoothing {PRETRAIN['label_smoothing']}); target: classes 5-9 from "
             f"{args.per_class} images per class (80% train / 20% val), {args.target_epochs} epochs, batch 32, "
-            f"peak LR {args.target_lr} (linear_sgd: 0.5); test: the 5,000 official test images of classes 5-9.\n\n"
+            f"peak LR {args.target_lr}; test: the 5,000 official test images of classes 5-9.\n\n"
             + _common.markdown_table(["seed", *(LABELS[mode] for mode in MODES), "seconds"], rows)
             + "\n\nBeats scratch (mean): " + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in beats_scratch.items())
             + f"\n\n**Feature extraction (linear) and fine-tuning both beat scratch (mean over seeds): "

@@ -44,9 +44,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -105,6 +107,9 @@ def parse_args() -> argparse.Namespace:
                         help=f"smoke test: {', '.join(QUICK_MODELS)} (or --family/--models), 1 round, "
                              "1 warm-up step, 0.2 s budget")
     parser.add_argument("--results-dir", default=None, help="where the .json/.md go (default: benchmarks/results)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the rows of models not measured now (default: keep them when the input, batch, "
+                             "precisions and modes are the same, so the table can be filled in over several runs)")
     args = parser.parse_args()
     try:
         args.input_shape = parse_input_size(args.input)
@@ -299,6 +304,17 @@ def table(records: list[dict], args) -> str:
     return _common.markdown_table(headers, rows)
 
 
+def same_settings(args) -> bool:
+    """Whether the existing results were measured with this run's input, batch, precisions and modes."""
+    previous_path = Path(args.results_dir or _common.RESULTS_DIR) / f"{NAME}{'-quick' if args.quick else ''}.json"
+    try:
+        settings = json.loads(previous_path.read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (settings.get("input_shape") == list(args.input_shape) and settings.get("batch_size") == args.batch_size
+            and list(settings.get("precisions", {})) == args.precision_names and settings.get("modes") == args.mode_names)
+
+
 def failures_markdown(records: list[dict]) -> str:
     lines = [f"- {record['model']}: {record['error']}" for record in records if record["error"]]
     lines += [f"- {record['model']} {key}: {text}" for record in records for key, text in record["errors"].items()]
@@ -330,6 +346,10 @@ def main() -> None:
             print(f"interrupted during {name}: writing the {len(records)} models measured so far", flush=True)
             break
     total_seconds = time.perf_counter() - started
+    measured_now = len(records)
+    records = sorted(_common.merge_previous(NAME, header, records, "model", names, args.results_dir,
+                                            args.fresh or not same_settings(args)),
+                     key=lambda record: record["params"] if record["params"] is not None else float("inf"))
 
     payload = {
         "settings": {
@@ -350,16 +370,16 @@ def main() -> None:
     default_note = ("cnnkit's CPU default on this machine, which has native bf16" if cnnkit_default == torch.bfloat16 else
                     "this CPU lacks native bf16: cnnkit's default here is fp32, and the bf16 column is emulated")
     body = (
-        f"{len(records)} models{' (INTERRUPTED)' if interrupted else ''}, built with num_classes={NUM_CLASSES}, input "
+        f"{len(records)} models ({measured_now} measured by the latest run{', INTERRUPTED' if interrupted else ''}), built with num_classes={NUM_CLASSES}, input "
         f"{args.input}, batch {args.batch_size} (one fixed random batch). train = forward + cross-entropy + backward + "
         f"SGD step; infer = eval mode, torch.inference_mode(). "
         + "; ".join(f"{name} = {PRECISIONS[name].description}" for name in args.precision_names)
         + f" ({default_note}). Best of {args.rounds} rounds, variants in alternating order; each measurement "
         f"{args.warmup} warm-up steps then steps for >= {args.budget:g} s; torch threads {torch.get_num_threads()}; "
-        f"total {total_seconds:.0f} s. MACs: multiply-accumulates of one image's forward pass (count_macs). "
+        f"latest run {total_seconds:.0f} s. MACs: multiply-accumulates of one image's forward pass (count_macs). "
         f"Speed-up = best bf16 img/s / best fp32 img/s.\n\n"
         + table(records, args) + failures_markdown(records)
-        + "\n"
+        + "\n\n" + _common.runs_markdown(records, "model")
     )
     _common.finish(NAME, "Zoo throughput: training and inference images/s per model on the CPU", header, payload, body,
                    args.results_dir)
