@@ -219,6 +219,7 @@ def merge_previous(name: str, header: dict[str, Any], rows: list[dict[str, Any]]
     """
     run = {k: header[k] for k in ("date", "command", "git_commit", "src_uncommitted_changes")}
     run["threads"] = header["machine"]["torch_num_threads"]
+    run["cpu"] = f"{header['machine']['cpu_model']} ({header['machine']['cpu_family_model']})"
     run["load_average_start"] = header["machine"].get("load_average_start")
     run["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     for row in rows:
@@ -235,6 +236,9 @@ def merge_previous(name: str, header: dict[str, Any], rows: list[dict[str, Any]]
         for row in previous.get("results", []):
             if row.get(key) not in measured:
                 row.setdefault("run", {k: previous.get(k) for k in ("date", "command", "git_commit")})
+                machine = previous.get("machine") or {}
+                if "cpu" not in row["run"] and machine.get("cpu_model"):  # rows from before "cpu" was recorded
+                    row["run"]["cpu"] = f"{machine['cpu_model']} ({machine.get('cpu_family_model', '?')})"
                 kept.append(row)
     position = {model: index for index, model in enumerate(order)}
     return sorted(kept + rows, key=lambda row: position.get(row[key], len(position)))
@@ -246,7 +250,8 @@ def runs_markdown(rows: Sequence[dict[str, Any]], key: str) -> str:
     for row in rows:
         run = row.get("run", {})
         load = run.get("load_average_start"), run.get("load_average_end")
-        lines.append(f"- {row[key]}: {run.get('date')}, {run.get('threads', '?')} thread(s), load average "
+        lines.append(f"- {row[key]}: {run.get('date')}, {run.get('cpu', 'CPU not recorded')}, "
+                     f"{run.get('threads', '?')} thread(s), load average "
                      f"{_format_load(load[0])} at start, {_format_load(load[1])} at end, commit "
                      f"{run.get('git_commit')}: `{run.get('command')}`")
     return "\n".join(lines) + "\n"
