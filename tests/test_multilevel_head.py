@@ -1,6 +1,8 @@
 """The multi-level head: features pooled from several depths, for feature extraction (cnnkit.models.multilevel)."""
 
+import copy
 import shutil
+import threading
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.linear_probe import head_features
 from cnnkit.engine.transfer import adapt_state_dict, backbone_blocks, classifier_module
 from cnnkit.errors import ConfigError, ModelError
+from cnnkit.export import export_run
 from cnnkit.registry import create_model
 
 
@@ -87,3 +90,31 @@ def test_feature_extraction_run_with_a_multilevel_head_saves_and_reloads(trained
     # What the probe fitted on is what the head sees: the multi-level features.
     features, _ = head_features(classifier.model, classifier.model.head, [(torch.zeros(2, 1, 28, 28), torch.zeros(2))])
     assert features.shape == (2, classifier.model.head.in_features)
+    # Export traces through the hooks: the parity check inside export_run compares with PyTorch (batch 1 and 4).
+    for export_format in ("onnx", "torchscript"):
+        result = export_run(run.run_dir, export_format, out=tmp_path / "export" / f"model-{export_format}",
+                            dynamic_batch=True)
+        assert max(result.parity["max_abs_diff"].values()) <= 1e-4
+
+
+def test_multilevel_model_deep_copies_and_runs_in_threads():
+    """EMA deep-copies the model; a server runs one model in several threads at once."""
+    torch.manual_seed(0)
+    model = create_model("fastnet", num_classes=4, in_chans=1, input_size=28, head_levels=2).eval()
+    clone = copy.deepcopy(model)
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(images)
+        assert torch.equal(clone(images), expected)
+        clone.head.bias.add_(1.0)  # the copy's hooks feed the copy's head, not the original's
+        assert torch.allclose(clone(images), expected + 1.0, atol=1e-5)
+        outputs = []
+        threads = [threading.Thread(target=lambda index=index: outputs.append(model(images[index:index + 1])))
+                   for index in range(3) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(outputs) == 12 and all(output.shape == (1, 4) for output in outputs)
+    assert sorted(round(o.sum().item(), 4) for o in outputs) == sorted(
+        round(expected[index].sum().item(), 4) for index in range(3) for _ in range(4))

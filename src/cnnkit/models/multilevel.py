@@ -60,7 +60,9 @@ class MultiLevelClassifier(nn.Module):
         self._blocks = blocks  # registered under backbone; a plain list keeps them out of state_dict twice
         taps, shapes = self._find_levels(levels, in_chans, input_size)
         self.level_shapes = shapes  # (C, H, W) of each level at input_size, from the bottom
-        self._local = threading.local()  # the maps of the forward pass running in this thread
+        # The maps of the forward pass running in each thread (servers run one model in several threads);
+        # a plain dict, so the model still deep-copies (EMA) and pickles.
+        self._maps_by_thread: dict[int, list[torch.Tensor]] = {}
         for block in taps:
             block.register_forward_hook(self._keep)
         self.grid = grid
@@ -110,7 +112,7 @@ class MultiLevelClassifier(nn.Module):
         return [module for module, _ in chosen], [shape for _, shape in chosen]
 
     def _keep(self, module, inputs, output) -> None:
-        maps = getattr(self._local, "maps", None)  # None: the block ran outside this model's forward
+        maps = self._maps_by_thread.get(threading.get_ident())  # None: the block ran outside this model's forward
         if maps is not None:
             maps.append(output)
 
@@ -123,9 +125,12 @@ class MultiLevelClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, D) concatenated pooled features, D = sum C_i * grid^2."""
-        self._local.maps = []
-        self.backbone(x)
-        maps, self._local.maps = self._local.maps, None
+        thread = threading.get_ident()
+        self._maps_by_thread[thread] = []
+        try:
+            self.backbone(x)
+        finally:
+            maps = self._maps_by_thread.pop(thread)
         return torch.cat([self.pool(feature_map).flatten(1) for feature_map in maps], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
