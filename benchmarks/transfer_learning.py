@@ -7,17 +7,16 @@ training on only 50 labelled images per class (20% of them held out for validati
   linear         feature extraction: the backbone pretrained on classes 0-4 (T-shirt, Trouser, Pullover,
                  Dress, Coat) is frozen; a new 5-class head reads the last three resolution levels'
                  features, each average-pooled to 2x2 (head_levels=3, head_grid=2: cnnkit.models.multilevel),
-                 fitted as a linear probe (L-BFGS logistic regression, L2 picked on the validation images),
-                 then trained on (finetune=linear, head_init=probe)
+                 trained as a linear probe (L-BFGS logistic regression, L2 picked on the validation images)
+                 and nothing else (finetune=linear, head_init=probe, epochs=0)
   linear_last    the same with the model's own head: the last stage's global-average-pooled features
-                 (the previous recipe, for comparison)
   finetune       every layer trains from the pretrained weights, the backbone at 0.1x the head's LR
                  (finetune=full, backbone_lr_ratio=0.1)
   finetune_lpft  the same from a head fitted as a linear probe first (LP-FT, Kumar et al. 2022)
   gradual        gradual unfreezing: the head first, one more backbone block every 5 epochs (finetune=gradual)
 
 Per seed: one pretraining run (all ~30,000 training images of classes 0-4), then the target runs with the
-same seed, settings, data and epochs. Everything goes through cnnkit's Python API (`cnnkit.train`,
+same seed, settings, data and epochs (the linear modes: no SGD epochs, the probe is their training). Everything goes through cnnkit's Python API (`cnnkit.train`,
 `cnnkit.load(...).evaluate("test")`); the data are image folders written from the IDX files. Transfer runs
 normalise inputs with the pretrained run's mean/std (cnnkit does so for run directories); scratch with
 its own training images'.
@@ -64,8 +63,11 @@ MODES = {
     # head) 87.4 / 86.9%; all stages' global averages 90.7 / 89.6%; the last stage at 2x2 91.5 / 90.5%;
     # the last two stages at 2x2 92.6 / 92.7%; the last three at 2x2 (chosen) 93.4 / 93.3%; the stem and all
     # stages at 2x2 93.4 / 93.6%.
-    "linear": {"finetune": "linear", "head_init": "probe", "head_levels": 3, "head_grid": 2},
-    "linear_last": {"finetune": "linear", "head_init": "probe"},
+    # epochs=0: the probe is the head's training. 40 SGD epochs after it (the previous protocol, LR 0.05) lost
+    # what the probe found (seed 0, accuracy on the held-out training images above): 93.0% -> 88.2% with 3 levels;
+    # at LR 0.005, 91.0%; on test, 86.6% for the last stage where its probe had 87.4% on held-out images.
+    "linear": {"finetune": "linear", "head_init": "probe", "head_levels": 3, "head_grid": 2, "epochs": 0},
+    "linear_last": {"finetune": "linear", "head_init": "probe", "epochs": 0},
     "finetune": {"finetune": "full", "backbone_lr_ratio": 0.1},
     "finetune_lpft": {"finetune": "full", "backbone_lr_ratio": 0.1, "head_init": "probe"},
     "gradual": {"finetune": "gradual", "unfreeze_every": 5, "backbone_lr_ratio": 0.1},
@@ -130,9 +132,10 @@ def main() -> None:
                                      "name": f"pretrain-s{seed}", **PRETRAIN})
             row = {"seed": seed, "pretrain_val_accuracy": pretrain.best.get("val_accuracy")}
             for mode, settings in MODES.items():
-                extra = {"pretrained": str(pretrain.run_dir), **settings} if "finetune" in settings else {}
+                extra = {"pretrained": str(pretrain.run_dir)} if "finetune" in settings else {}
                 run = cnnkit.train({**common, "data": str(target), "epochs": args.target_epochs, "batch_size": 32,
-                                    "lr": args.target_lr, "val_fraction": 0.2, "name": f"{mode}-s{seed}", **extra})
+                                    "lr": args.target_lr, "val_fraction": 0.2, "name": f"{mode}-s{seed}", **extra,
+                                    **settings})
                 row[mode] = cnnkit.load(run.run_dir).evaluate("test")["accuracy"]
                 print(f"seed {seed}: {mode} test accuracy {row[mode]:.4f}", flush=True)
             row["seconds"] = time.perf_counter() - started
@@ -146,7 +149,8 @@ def main() -> None:
     rows.append(["**std**", *(f"{100 * summary[m]['std']:.2f}" for m in MODES), ""])
     body = (f"{args.model}; pretrained on Fashion-MNIST classes 0-4 ({args.pretrain_epochs} epochs, all their "
             f"training images, label smoothing {PRETRAIN['label_smoothing']}); target: classes 5-9 from "
-            f"{args.per_class} images per class (80% train / 20% val), {args.target_epochs} epochs, batch 32, "
+            f"{args.per_class} images per class (80% train / 20% val), {args.target_epochs} epochs (the linear modes: "
+            f"the probe only), batch 32, "
             f"peak LR {args.target_lr}; test: the 5,000 official test images of classes 5-9.\n\n"
             + _common.markdown_table(["seed", *(LABELS[mode] for mode in MODES), "seconds"], rows)
             + "\n\nBeats scratch (mean): " + ", ".join(f"{m} {'yes' if v else 'no'}" for m, v in beats_scratch.items())

@@ -118,3 +118,29 @@ def test_multilevel_model_deep_copies_and_runs_in_threads():
     assert len(outputs) == 12 and all(output.shape == (1, 4) for output in outputs)
     assert sorted(round(o.sum().item(), 4) for o in outputs) == sorted(
         round(expected[index].sum().item(), 4) for index in range(3) for _ in range(4))
+
+
+def test_epochs_zero_is_a_probe_fitted_head_and_nothing_else(trained_run, image_folder, tmp_path):
+    """Feature extraction whose head is trained by the probe alone: validated and saved as epoch 0."""
+    data = tmp_path / "two"
+    for split in ("train", "test"):
+        for name in ("Bag", "Trouser"):
+            shutil.copytree(image_folder / split / name, data / split / name)
+    settings = {"data": str(data), "model": "fastnet", "num_threads": 1, "pretrained": str(trained_run[0]),
+                "finetune": "linear", "head_init": "probe", "epochs": 0, "head_levels": 2, "progress": False,
+                "report": False, "ema_decay": 0.99, "out": str(tmp_path / "runs")}
+    run = cnnkit.train({**settings, "name": "probe-only"})
+    source, _ = load_checkpoint(trained_run[0] / "best.safetensors")
+    best, record = load_checkpoint(run.run_dir / "best.safetensors")
+    assert run.best["epoch"] == 0 and run.best["val_accuracy"] >= 0.9
+    assert record["metrics"]["epoch"] == 0
+    assert torch.equal(best["backbone.stem.0.weight"], source["stem.0.weight"])
+    # The saved head is the fitted probe (best is written from the EMA copy, which must follow it), not the
+    # random head a new 2-class model starts with.
+    assert cnnkit.load(run.run_dir).evaluate("test")["accuracy"] >= 0.9
+    lines = (run.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and '"epoch": 0' in lines[0]
+    with pytest.raises(ConfigError, match="epochs=0 trains nothing"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="epochs=0 trains nothing"):
+        TrainConfig(epochs=0, pretrained="x", finetune="full", head_init="probe")

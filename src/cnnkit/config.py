@@ -70,7 +70,7 @@ class TrainConfig:
     head_grid: int = 1  # with head_levels: each level average-pooled to head_grid x head_grid (1: global average)
 
     # --- optimization ---
-    epochs: int = 10  # passes over the training split
+    epochs: int = 10  # passes over the training split (0: none, for feature extraction whose probe head is the training)
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
     lr: float | None = None  # peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly
     momentum: float = 0.9  # SGD momentum, or AdamW's beta1
@@ -145,9 +145,14 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr={self.lr!r} must be greater than 0 (or unset for the batch-size-scaled default)")
+        if self.epochs == 0 and not (self.pretrained and self.finetune == "linear" and self.head_init == "probe"):
+            raise ConfigError("epochs=0 trains nothing; it is only for feature extraction with a probe head "
+                              "(pretrained=... finetune=linear head_init=probe), where the probe fit is the training")
         positive = ("batch_size", "epochs", "accumulate_steps", "backbone_lr_ratio", "unfreeze_every",
                     "step_epochs", "restart_epochs", "restart_mult", "head_grid")
         for name in positive:
+            if name == "epochs" and self.epochs == 0:
+                continue
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0")
         if not isinstance(self.head_levels, int) or self.head_levels < 0:

@@ -124,6 +124,8 @@ class Trainer:
             stop_after_epoch: Stop once this many epochs are complete (the run stays resumable).
         """
         config, history = self.config, []
+        if config.epochs == 0:
+            return self._fit_head_only()
         last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
         for epoch in range(self.state.epoch, last_epoch):
             started = time.perf_counter()
@@ -151,6 +153,27 @@ class Trainer:
                 break
         best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else {})
         return best
+
+    def _fit_head_only(self) -> dict[str, Any]:
+        """epochs=0 (feature extraction with a probe head): the epoch-start callbacks fit the head, no SGD step
+        follows; the model is validated and saved as epoch 0, both `best` and `last`."""
+        started = time.perf_counter()
+        self.model.train()
+        for callback in self.callbacks:
+            if hasattr(callback, "on_epoch_start"):
+                callback.on_epoch_start(self, 0)  # TransferSchedule fits the linear probe here
+        if self.ema is not None:  # the EMA copy was taken before the head was fitted
+            self.ema.module.load_state_dict(self.model.state_dict())
+        metrics = {"epoch": 0, "lr": 0.0}
+        if self.val_loader is not None:
+            metrics.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        improved = self._update_best(metrics) if self.monitor in metrics else False
+        if self.dist.is_main:
+            self._log(metrics, improved)
+            self.save("last")
+            self.save("best", metrics)
+        return metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         config, model, task = self.config, self.train_model, self.task
