@@ -126,5 +126,6 @@ def create_model(name: str, head_levels: int = 0, head_grid: int = 1, **kwargs) 
     if head_levels:
         from cnnkit.models.multilevel import multilevel
 
-        model = multilevel(model, head_levels, head_grid, kwargs.get("in_chans"), kwargs.get("input_size"))
+        model = multilevel(model, head_levels, head_grid, kwargs.get("in_chans"), kwargs.get("input_size"),
+                           kwargs.get("drop_rate", 0.0))
     return model
