@@ -221,3 +221,34 @@ def test_export_refuses_tasks_it_cannot_describe_yet(tmp_path):
     with pytest.raises(ExportError, match="exporting detect runs is not supported yet"):
         export_model(nn.Identity(), record, "onnx", tmp_path / "x.onnx")
     assert not os.listdir(tmp_path)
+
+
+def test_onnxruntime_spinning_is_off_unless_asked(exported):
+    from cnnkit.export.runtimes import onnxruntime_model
+
+    path, inputs = exported("onnx", True).path, torch.randn(2, 1, 28, 28)
+    quiet, spinning = onnxruntime_model(path), onnxruntime_model(path, spinning=True)
+    setting = "session.intra_op.allow_spinning"
+    assert quiet.engine.get_session_options().get_session_config_entry(setting) == "0"
+    assert spinning.engine.get_session_options().get_session_config_entry(setting) == "1"
+    assert torch.equal(quiet(inputs), spinning(inputs))
+
+
+def test_openvino_compiles_a_static_shape_per_batch_size_then_a_dynamic_one(run_dir, exported):
+    from cnnkit.export.runtimes import OPENVINO_STATIC_BATCHES, openvino_model
+
+    reference = load_predictor(run_dir, backend="torch").model
+    model = openvino_model(exported("onnx", True).path)
+    assert list(model.engine.compiled) == [1], "batch 1 is compiled when the model is loaded"
+    sizes = [1, 3, 2, 5, 7, 3]
+    for size in sizes:
+        inputs = torch.randn(size, 1, 28, 28)
+        with torch.no_grad():
+            assert (model(inputs) - reference(inputs)).abs().max() <= TOLERANCE
+    static = list(dict.fromkeys(sizes))[:OPENVINO_STATIC_BATCHES]  # 1, 3, 2, 5: then 7 goes to the dynamic one
+    assert set(model.engine.compiled) == {*static, None}
+    assert str(model.engine.compiled[3].input(0).get_partial_shape()) == "[3,1,28,28]"
+    assert model.engine.compiled[None].input(0).get_partial_shape()[0].is_dynamic
+
+    fixed = openvino_model(exported("onnx", False).path)  # a batch-1 file keeps its own shape
+    assert fixed.fixed_batch == 1 and list(fixed.engine.compiled) == [None]
