@@ -252,3 +252,35 @@ def test_openvino_compiles_a_static_shape_per_batch_size_then_a_dynamic_one(run_
 
     fixed = openvino_model(exported("onnx", False).path)  # a batch-1 file keeps its own shape
     assert fixed.fixed_batch == 1 and list(fixed.engine.compiled) == [None]
+
+
+@pytest.mark.parametrize("slow", ["onnxruntime", "openvino"])
+def test_auto_times_the_runtimes_once_and_takes_the_faster(run_dir, tmp_path, monkeypatch, slow):
+    import time
+
+    from cnnkit.export import backends
+
+    real_runtime_model = backends.runtime_model
+
+    def runtime_model(runtime, path):  # the real engine, made 3 ms slower for one of them
+        model = real_runtime_model(runtime, path)
+        if runtime == slow:
+            run = model.run
+            model.run = lambda array: (time.sleep(0.003), run(array))[1]
+        return model
+
+    monkeypatch.setattr(backends, "runtime_model", runtime_model)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    classifier = load_predictor(run, backend="auto")
+    fast = ({"onnxruntime", "openvino"} - {slow}).pop()
+    assert classifier.model.runtime == fast
+    record = json.loads((run / "export" / "cache" / "best.onnx.runtimes.json").read_text())
+    assert record["result"]["order"] == [fast, slow]
+    assert record["result"]["p50_ms"][slow] > record["result"]["p50_ms"][fast] + 2
+    assert torch.allclose(classifier.predict_proba(sample_images()), load_predictor(run_dir, backend="torch")
+                          .predict_proba(sample_images()), atol=TOLERANCE)
+
+    monkeypatch.setattr(backends, "runtime_model", real_runtime_model)  # remembered: no second measurement
+    again = backends.runtime_order(run / "export" / "cache" / "best.onnx", backends.AUTO_RUNTIMES)
+    assert again["measured"] is False and again["order"] == [fast, slow]
