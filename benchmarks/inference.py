@@ -14,10 +14,14 @@ and these paths (--paths selects some):
   eager_bf16_cl    + torch.autocast("cpu", bfloat16) and channels_last model and input (cnnkit's training default)
   compile_fp32     torch.compile(model) (inductor, default mode), fp32; compile time reported, not timed
   onnxruntime      the model exported by cnnkit.export (ONNX, dynamic batch, parity-checked to 1e-4), ONNX Runtime CPU
-  openvino         the same ONNX file compiled by OpenVINO for the CPU with INFERENCE_PRECISION_HINT f32
+  openvino         the same ONNX file compiled by OpenVINO for the CPU with INFERENCE_PRECISION_HINT f32 (at a
+                   static shape per batch size, as cnnkit.export.runtimes does for predict and serve)
   openvino_bf16    the same with OpenVINO's default on this CPU, bf16 (shown because OpenVINO picks it silently)
 
-Every path gets torch.get_num_threads() threads (default: one per core; --threads N).
+Every path gets torch.get_num_threads() threads (default: one per core; --threads N). On a machine shared with
+another job, use fewer threads than cores: PyTorch's OpenMP threads wait for each other at every operator, and
+with one of two cores busy eager mobilenet_v3_large at 2 threads took 20 ms to 1.6 s per image instead of 11 ms.
+Each measurement records the CPU time other processes used meanwhile ("others' load", in cores).
 
 Timing: --rounds rounds (default 3) after one warm-up round that is not recorded (oneDNN primitive creation,
 torch.compile's compilation, OpenVINO's first-inference setup). In each round every (model, path) pair is
@@ -26,13 +30,16 @@ machine may be shared, so the best round is kept. Latency: batch 1, calls for --
 --min-calls), p50 and p99 of the per-call times. Throughput: batch 32 for the same budget, images/s.
 
 Fraction of peak: achieved FLOP/s = 2 x MACs per image (cnnkit.inspect.count_macs) x images/s, divided by the
-CPU's peak: usable cores x FLOPs/cycle x clock. FLOPs/cycle by the CPU family in /proc/cpuinfo (--flops-per-cycle
-overrides): Zen 4 (family 25) executes AVX-512 as two 256-bit halves on two FMA pipes, 32 fp32 FLOPs/cycle/core;
-Zen 5 (family 26) has two full 512-bit FMA pipes, 64. The development machine reports family 26, and a single
-direct convolution of fastnet measured 204 GFLOP/s (oneDNN verbose), above a Zen 4 peak at its 2.6 GHz (166),
-so the Zen 5 figure is used there. bf16 peak: twice fp32 (AVX512_BF16 dot products). Clock: --ghz, default the
-"cpu MHz" of /proc/cpuinfo (nominal: if the CPU boosts higher, the fractions are overstated). bf16 paths are
-compared with the bf16 peak.
+CPU's peak: threads used (at most the usable cores) x FLOPs/cycle x clock. fp32 FLOPs/cycle by the CPU in
+/proc/cpuinfo (--flops-per-cycle overrides): AMD Zen 4 (family 25) executes AVX-512 as two 256-bit halves on two
+FMA pipes, 32 fp32 FLOPs/cycle/core; Zen 5 (family 26) has two full 512-bit FMA pipes, 64 (a single direct
+convolution of fastnet measured 204 GFLOP/s on one such machine, above a Zen 4 peak at its 2.6 GHz); an Intel CPU
+with AVX-512 two 512-bit FMA ports, 64 (Xeon Scalable Gold/Platinum; one-port parts have half), else 32 (AVX2).
+bf16 peak: with AMX (amx_bf16), 1024 FLOPs/cycle/core (the tile unit's 512 bf16 multiply-adds per cycle);
+otherwise twice fp32 (AVX512_BF16 dot products). Clock: --ghz, default the "cpu MHz" of /proc/cpuinfo (nominal:
+if the CPU boosts higher, the fractions are overstated). bf16 paths are compared with the bf16 peak. As a check
+of those numbers, the run also measures torch.mm on 4096x4096 matrices (fp32 and bf16, same threads), a rate
+close to what the CPU can reach.
 
 Correctness: each path's top-1 class vs eager fp32 on the agreement images (Fashion-MNIST test with
 --fastnet-run; otherwise --agreement-images random images), and the max abs difference of the logits. An fp32
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -73,7 +81,8 @@ THROUGHPUT_BATCH = 32
 FP32_TOLERANCE = 1e-4
 BF16_MIN_AGREEMENT = 0.995
 # fp32 FLOPs per cycle per core by x86 CPU family (/proc/cpuinfo), see the module docstring; bf16 is twice that.
-FP32_FLOPS_PER_CYCLE = {25: 32, 26: 64}  # 0x19 Zen 3/4: two 256-bit FMA pipes; 0x1A Zen 5: two 512-bit FMA pipes
+AMD_FP32_FLOPS_PER_CYCLE = {25: 32, 26: 64}  # 0x19 Zen 3/4: two 256-bit FMA pipes; 0x1A Zen 5: two 512-bit pipes
+AMX_BF16_FLOPS_PER_CYCLE = 1024  # Intel AMX: 512 bf16 multiply-adds per cycle per core
 # The floor the issue set (measured elsewhere on this machine): batch-1 speed-up over eager fp32.
 FLOOR = {("resnet50", "onnxruntime"): 1.4, ("mobilenet_v3_large", "onnxruntime"): 4.4,
          ("resnet50", "openvino"): 2.7, ("mobilenet_v3_large", "openvino"): 5.7}
@@ -239,14 +248,33 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy clock ticks of the whole machine, ticks of this process) from /proc, or None off Linux."""
+    try:
+        machine = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    return sum(machine) - machine[3] - machine[4], int(own[11]) + int(own[12])  # minus idle, iowait; utime + stime
+
+
+def others_load(before: tuple[int, int] | None, after: tuple[int, int] | None, seconds: float) -> float | None:
+    """CPU cores that other processes used on average between two cpu_ticks() readings."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / os.sysconf("SC_CLK_TCK") / seconds)
+
+
 def measure(infer, spec: ModelSpec, args) -> dict:
     one = torch.randn(1, spec.channels, spec.size, spec.size)
     batch = torch.randn(THROUGHPUT_BATCH, spec.channels, spec.size, spec.size)
+    started, ticks = time.perf_counter(), cpu_ticks()
     latencies = timed_calls(infer, one, args.budget, args.min_calls)
     batch_times = timed_calls(infer, batch, args.budget, max(2, args.min_calls // 2))
     return {"p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 0.99),
             "latency_calls": len(latencies), "images_per_s": THROUGHPUT_BATCH / statistics.median(batch_times),
-            "throughput_calls": len(batch_times)}
+            "throughput_calls": len(batch_times),
+            "others_load": others_load(ticks, cpu_ticks(), time.perf_counter() - started)}
 
 
 def logits_of(infer, inputs: torch.Tensor) -> torch.Tensor:
@@ -264,14 +292,35 @@ def agreement(infer, reference_logits: torch.Tensor, inputs: torch.Tensor) -> di
 
 # ---------------------------------------------------------------- the run
 def peak_flops(args, machine: dict) -> dict:
+    """The nominal fp32 and bf16 peak of the threads used (see the module docstring), and torch.mm's rate."""
     info = _common._cpuinfo()
+    flags = set(info.get("flags", "").split())
     ghz = args.ghz or float(info.get("cpu MHz", 0)) / 1000 or 2.6
     family = int(info.get("cpu family", 0) or 0)
-    per_cycle = args.flops_per_cycle or FP32_FLOPS_PER_CYCLE.get(family, 32)
-    cores = machine["usable_cpus"]
-    fp32 = cores * per_cycle * ghz * 1e9
-    return {"ghz": ghz, "cores": cores, "cpu_family": family, "fp32_flops_per_cycle": per_cycle,
-            "fp32": fp32, "bf16": 2 * fp32}
+    if args.flops_per_cycle:
+        per_cycle = args.flops_per_cycle
+    elif info.get("vendor_id") == "AuthenticAMD":
+        per_cycle = AMD_FP32_FLOPS_PER_CYCLE.get(family, 32)
+    else:
+        per_cycle = 64 if "avx512f" in flags else 32
+    bf16_per_cycle = AMX_BF16_FLOPS_PER_CYCLE if "amx_bf16" in flags else 2 * per_cycle
+    cores = min(machine["usable_cpus"], torch.get_num_threads())
+    return {"ghz": ghz, "cores": cores, "cpu_vendor": info.get("vendor_id"), "cpu_family": family,
+            "fp32_flops_per_cycle": per_cycle, "bf16_flops_per_cycle": bf16_per_cycle,
+            "fp32": cores * per_cycle * ghz * 1e9, "bf16": cores * bf16_per_cycle * ghz * 1e9,
+            "matmul": {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}}
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+    """The best FLOP/s of torch.mm on two size x size matrices in `dtype` (one warm-up call not counted)."""
+    left, right = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(left, right)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(left, right)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best
 
 
 def prepare(spec: ModelSpec, args, workdir: Path) -> dict:
@@ -335,6 +384,7 @@ def best_of(rounds: list, key: tuple) -> dict | None:
     return {"p50_ms": fastest["p50_ms"], "p99_ms": fastest["p99_ms"],
             "images_per_s": max(result["images_per_s"] for result in measured),
             "p50_ms_all_rounds": [result["p50_ms"] for result in measured],
+            "others_load_all_rounds": [result.get("others_load") for result in measured],
             "images_per_s_all_rounds": [result["images_per_s"] for result in measured]}
 
 
@@ -354,6 +404,9 @@ def fastest(entries: dict) -> tuple[str | None, str | None]:
 
 def summarize(states: dict, rounds: list, peak: dict) -> tuple[dict, str]:
     payload, sections, verdicts = {}, [], []
+    loads = [result["others_load"] for results in rounds for result in results.values()
+             if result.get("others_load") is not None]
+    others_load = statistics.mean(loads) if loads else float("nan")
     for model_name, state in states.items():
         base = best_of(rounds, (model_name, "eager_fp32"))
         rows, entries = [], {}
@@ -396,11 +449,16 @@ def summarize(states: dict, rounds: list, peak: dict) -> tuple[dict, str]:
                 reached = entries[floor_path]["speedup_batch1"]
                 verdicts.append(f"- {model_name} {floor_path}: {reached:.2f}x eager fp32 at batch 1 (floor {floor}x): "
                                 f"{'met' if reached >= floor else '**not met**'}")
-    body = (f"Peak assumed: {peak['cores']} cores x {peak['fp32_flops_per_cycle']} fp32 FLOPs/cycle (CPU family "
-            f"{peak['cpu_family']}) x {peak['ghz']:.2f} GHz "
-            f"= {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16 (bf16 paths are compared "
-            "with the bf16 peak). Correct: fp32 paths within 1e-4 of eager fp32's logits, bf16 paths >= 99.5% top-1 "
-            "agreement.\n\n" + "\n".join(sections))
+    matmul = peak["matmul"]
+    body = (f"Peak assumed: {peak['cores']} cores (the threads used) x {peak['fp32_flops_per_cycle']} fp32 / "
+            f"{peak['bf16_flops_per_cycle']} bf16 FLOPs/cycle ({peak['cpu_vendor']} family {peak['cpu_family']}) x "
+            f"{peak['ghz']:.2f} GHz = {peak['fp32'] / 1e9:.0f} GFLOP/s fp32, {peak['bf16'] / 1e9:.0f} GFLOP/s bf16 "
+            f"(bf16 paths are compared with the bf16 peak). torch.mm 4096x4096 on the same threads reached "
+            f"{matmul['fp32'] / 1e9:.0f} GFLOP/s fp32 ({100 * matmul['fp32'] / peak['fp32']:.0f}% of that peak) and "
+            f"{matmul['bf16'] / 1e9:.0f} GFLOP/s bf16 ({100 * matmul['bf16'] / peak['bf16']:.0f}%). "
+            f"Others' load (CPU cores used by other processes while a path was measured, mean over all "
+            f"measurements): {others_load:.2f}. Correct: fp32 paths within 1e-4 of eager fp32's logits, bf16 paths "
+            ">= 99.5% top-1 agreement.\n\n" + "\n".join(sections))
     if verdicts:
         body += "\n### The issue's floor (batch-1 speed-up over eager fp32)\n\n" + "\n".join(verdicts) + "\n"
     return payload, body
