@@ -47,7 +47,7 @@ path is correct when its logits match eager fp32 within 1e-4 (the export parity 
 top-1 agreement is at least 99.5%. With random weights, logits of different classes are nearly tied, so a
 bf16 path's agreement there says little: the bf16 verdict rests on the trained fastnet.
 
-    .venv/bin/python benchmarks/inference.py --fastnet-run runs/RUN         # full: ~15 min on 2 cores
+    .venv/bin/python benchmarks/inference.py --fastnet-run runs/RUN         # full: 13 min at --threads 1
     .venv/bin/python benchmarks/inference.py --models resnet50 --paths eager_fp32,openvino
     .venv/bin/python benchmarks/inference.py --quick                         # smoke test: fastnet, 1 round
 
