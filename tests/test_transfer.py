@@ -193,3 +193,20 @@ def test_pretrained_runs_lend_their_normalisation(trained_run, tmp_path):
     rgb = Preprocessing(3, (28, 28), (0.2,) * 3, (0.3,) * 3)
     assert pretrained_preprocessing(str(trained_run[0]), rgb) == rgb  # another channel count: kept
     assert pretrained_preprocessing(str(tmp_path / "weights.safetensors"), target) == target  # plain file: kept
+
+
+def test_freeze_bn_keeps_pretrained_statistics_while_layers_train():
+    model = create_model("fastnet", num_classes=2)
+    schedule = TransferSchedule(model, "full", freeze_bn=True)
+    assert "BatchNorm statistics kept as pretrained" in schedule.describe()
+    model.train()
+    schedule.on_epoch_start(None, 0)
+    before = model.stem[1].running_mean.clone()
+    model(torch.randn(8, 1, 28, 28) * 3 + 2)
+    assert torch.equal(model.stem[1].running_mean, before)  # eval-mode BatchNorm: statistics unchanged
+    assert all(p.requires_grad for p in model.parameters())  # ... while every layer still trains
+    plain = TransferSchedule(model, "full")
+    model.train()
+    plain.on_epoch_start(None, 0)
+    model(torch.randn(8, 1, 28, 28) * 3 + 2)
+    assert not torch.equal(model.stem[1].running_mean, before)

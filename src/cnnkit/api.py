@@ -298,7 +298,8 @@ def setup_classification(config: TrainConfig, device: torch.device, dist_info: D
         if config.head_init == "probe":
             probe_loaders = tuple(make_loader(split, data.preprocessing, config, device, train=False)
                                   if split is not None else None for split in (data.train, data.val))
-        schedule = TransferSchedule(model, config.finetune, config.unfreeze_every, config.head_init, probe_loaders)
+        schedule = TransferSchedule(model, config.finetune, config.unfreeze_every, config.head_init, probe_loaders,
+                                    config.freeze_bn)
         callbacks.append(schedule)
         if dist_info.is_main:
             print(f"transfer learning: {schedule.describe()}", flush=True)

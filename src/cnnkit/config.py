@@ -68,6 +68,7 @@ class TrainConfig:
     head_init: str = "random"  # with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)
     head_levels: int = 0  # 0: the model's own head; N: a new linear head over the last N resolution levels' pooled features (CNNs; helps feature extraction)
     head_grid: int = 1  # with head_levels: each level average-pooled to head_grid x head_grid (1: global average)
+    freeze_bn: bool = False  # with pretrained: BatchNorm keeps the pretrained statistics in the layers that train (few images)
 
     # --- optimization ---
     epochs: int = 10  # passes over the training split (0: none, for feature extraction whose probe head is the training)

@@ -255,7 +255,7 @@ class TransferSchedule:
     """
 
     def __init__(self, model: nn.Module, mode: str, unfreeze_every: int = 1, head_init: str = "random",
-                 probe_loaders: tuple | None = None):
+                 probe_loaders: tuple | None = None, freeze_bn: bool = False):
         if mode not in FINETUNE_MODES:
             raise ModelError(f"finetune={mode!r} is not one of {', '.join(FINETUNE_MODES)}")
         if head_init not in HEAD_INITS:
@@ -264,6 +264,7 @@ class TransferSchedule:
             raise ModelError("head_init=probe needs the training images to fit the head on (probe_loaders)")
         self.model, self.mode, self.unfreeze_every = model, mode, unfreeze_every
         self.head_init, self.probe_loaders, self.probe = head_init, probe_loaders, None
+        self.freeze_bn = freeze_bn
         self.head = classifier_module(model)
         self.blocks = backbone_blocks(model)
 
@@ -287,6 +288,10 @@ class TransferSchedule:
             parameter.requires_grad_(id(parameter) not in frozen_ids)
         for module in frozen:
             module.eval()
+        if self.freeze_bn:  # BatchNorm of the layers that train keeps the pretrained statistics too
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def fit_head(self) -> ProbeFit:
         """Set the head to the linear probe fitted on the (frozen, eval-mode) backbone's features."""
@@ -304,6 +309,7 @@ class TransferSchedule:
 
     def describe(self) -> str:
         start = ", head fitted as a linear probe first" if self.head_init == "probe" else ""
+        start += ", BatchNorm statistics kept as pretrained" if self.freeze_bn and self.mode != "linear" else ""
         if self.mode == "full":
             return "fine-tuning all layers" + start
         if self.mode == "linear":
