@@ -235,8 +235,10 @@ def merge_previous(name: str, header: dict[str, Any], rows: list[dict[str, Any]]
         measured = {row[key] for row in rows}
         for row in previous.get("results", []):
             if row.get(key) not in measured:
-                row.setdefault("run", {k: previous.get(k) for k in ("date", "command", "git_commit")})
                 machine = previous.get("machine") or {}
+                row.setdefault("run", {**{k: previous.get(k) for k in ("date", "command", "git_commit")},
+                                       "threads": machine.get("torch_num_threads"),
+                                       "load_average_start": machine.get("load_average_start")})
                 if "cpu" not in row["run"] and machine.get("cpu_model"):  # rows from before "cpu" was recorded
                     row["run"]["cpu"] = f"{machine['cpu_model']} ({machine.get('cpu_family_model', '?')})"
                 kept.append(row)
