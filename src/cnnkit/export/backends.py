@@ -8,16 +8,11 @@
   and cached in RUN_DIR/export/cache/<checkpoint>.onnx. The cache is reused while the SHA-256 of the
   checkpoint matches the one recorded beside it, and rebuilt otherwise (a resumed run, a new best epoch).
   An exported .onnx file can be given instead of a run directory.
-- `auto`: the faster of ONNX Runtime and OpenVINO for this model on this machine, else PyTorch. Which one is
-  faster depends on the model (benchmarks/results/inference.md, 1 thread: fastnet 0.30 vs 0.35 ms at batch 1 for
-  ONNX Runtime, resnet50 and mobilenet_v3_large within a few percent either way, OpenVINO ahead at batch 32),
-  so `auto` times both at batch 1 on the ONNX file (`runtime_order`: interleaved rounds, best median) the first
-  time and remembers the order beside the file (<file>.runtimes.json, per thread count). Both paths are much
-  faster than eager PyTorch on every benchmark model (1.7x to 4x at batch 1). Every path `auto` may take is
-  fp32 and parity-checked to 1e-4; bf16 paths are faster still for large models, but whether they keep top-1
-  agreement >= 99.5% depends on the model and data, which only a measurement on that run's data can tell, so
-  `auto` does not pick them. On a GPU (`--device cuda`) `auto` is PyTorch: these ONNX runtimes are set up for
-  the CPU here.
+- `auto`: the fastest correct path measured by benchmarks/inference.py on this CPU (2 Zen 4 cores):
+  `AUTO_RUNTIMES`, the first that works, else PyTorch. Every path `auto` may take is fp32 and parity-checked to 1e-4;
+  bf16 paths are faster still for large models, but whether they keep top-1 agreement >= 99.5% depends
+  on the model and data, which only a measurement on that run's data can tell, so `auto` does not pick them.
+  On a GPU (`--device cuda`) `auto` is PyTorch: these ONNX runtimes are set up for the CPU here.
 
 Exported TorchScript (.torchscript.pt) and torch.export (.pt2) files run with the `torch` backend.
 Every backend returns a `cnnkit.api.Classifier`, whose `model` is an nn.Module (a RuntimeModel for the ONNX
@@ -31,17 +26,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from cnnkit.engine.checkpoint import atomic_write_text
 from cnnkit.errors import CheckpointError, ConfigError
 from cnnkit.export.errors import ExportError
 from cnnkit.export.runtimes import RUNTIMES, SingleImageModel, runtime_model
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-# The runtimes `auto` chooses from, in `runtime_order`'s measured order; PyTorch when none works.
-AUTO_RUNTIMES = ["onnxruntime", "openvino"]
-# Timing for runtime_order: per round each runtime runs batch 1 for at least this many calls and seconds.
-# 3 rounds of 5 calls: ~1.5 s in all for resnet50 (50 ms per call on one thread), 0.1 s for fastnet.
-ORDER_ROUNDS, ORDER_CALLS, ORDER_SECONDS = 3, 5, 0.05
+# Fastest first, from benchmarks/results/inference.md; PyTorch when no ONNX path works.
+AUTO_RUNTIMES = ["openvino", "onnxruntime"]
 
 
 def _note(message: str) -> None:
@@ -83,82 +74,14 @@ def _classifier(model, record: dict, run_dir: Path | None):
     return Classifier(model, record, run_dir, torch.device("cpu"))
 
 
-def _order_file(onnx_file: Path) -> Path:
-    return onnx_file.with_name(onnx_file.name + ".runtimes.json")
-
-
-def runtime_order(onnx_file: Path, runtimes: list[str], models: dict | None = None) -> dict:
-    """`runtimes` fastest first by their batch-1 latency on `onnx_file`, measured here or remembered.
-
-    The measurement (interleaved rounds, the best of the rounds' medians) is kept in <file>.runtimes.json with
-    the file's size and modification time and the thread count, and reused while they match. Runtimes that
-    fail to load are left out. `models`, when given, receives the loaded RuntimeModels by name (so the
-    caller need not load the winner again).
-
-    Returns:
-        {"order": [names], "p50_ms": {name: ms}, "threads": n, "measured": bool}.
-    """
-    import time
-
-    import torch
-
-    from cnnkit.data.preprocess import Preprocessing
-    from cnnkit.export.exporter import read_metadata
-    from cnnkit.export.parity import parity_inputs
-
-    stat, threads = onnx_file.stat(), torch.get_num_threads()
-    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "threads": threads, "candidates": list(runtimes)}
-    try:
-        remembered = json.loads(_order_file(onnx_file).read_text())
-        if remembered["key"] == key:
-            return {**remembered["result"], "measured": False}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # never measured, or an unreadable record: measure
-    loaded = {} if models is None else models
-    for runtime in runtimes:
-        try:
-            loaded[runtime] = runtime_model(runtime, onnx_file)
-        except (ExportError, ImportError) as error:
-            _note(f"backend {runtime} unavailable ({error})")
-    inputs = parity_inputs(Preprocessing.from_dict(read_metadata(onnx_file)["preprocessing"]), 1)
-    medians: dict[str, list[float]] = {name: [] for name in loaded}
-    with torch.inference_mode():
-        for name in loaded:
-            loaded[name](inputs)  # warm-up: first-call allocations
-        for round_index in range(ORDER_ROUNDS):
-            for name in loaded if round_index % 2 == 0 else reversed(list(loaded)):
-                times, started = [], time.perf_counter()
-                while len(times) < ORDER_CALLS or time.perf_counter() - started < ORDER_SECONDS:
-                    begin = time.perf_counter()
-                    loaded[name](inputs)
-                    times.append(time.perf_counter() - begin)
-                medians[name].append(sorted(times)[len(times) // 2])
-    p50_ms = {name: 1000 * min(values) for name, values in medians.items()}
-    result = {"order": sorted(p50_ms, key=p50_ms.get), "p50_ms": p50_ms, "threads": threads}
-    try:
-        atomic_write_text(_order_file(onnx_file), json.dumps({"key": key, "result": result}, indent=2) + "\n")
-    except OSError:
-        pass  # a read-only folder: measure again next time
-    return {**result, "measured": True}
-
-
 def _runtime_classifier(onnx_file: Path, runtimes: list[str], run_dir: Path | None):
-    """A Classifier running `onnx_file` on the first of `runtimes` that loads (the others are noted and skipped);
-    with more than one runtime, the fastest here first (`runtime_order`)."""
+    """A Classifier running `onnx_file` on the first of `runtimes` that loads (the others are noted and skipped)."""
     from cnnkit.export.exporter import read_metadata
 
     record = read_metadata(onnx_file)
-    models: dict = {}
-    if len(runtimes) > 1:
-        ordered = runtime_order(onnx_file, runtimes, models)
-        if ordered["measured"] and len(ordered["p50_ms"]) > 1:
-            timings = ", ".join(f"{name} {ordered['p50_ms'][name]:.2f} ms" for name in ordered["order"])
-            _note(f"timed the runtimes on {onnx_file.name} at batch 1 ({timings}); using {ordered['order'][0]}")
-        runtimes = ordered["order"] + [name for name in runtimes if name not in ordered["order"]]
     for index, runtime in enumerate(runtimes):
         try:
-            model = models.get(runtime) or runtime_model(runtime, onnx_file)
-            return _classifier(model, record, run_dir)
+            return _classifier(runtime_model(runtime, onnx_file), record, run_dir)
         except (ExportError, ImportError) as error:
             if index == len(runtimes) - 1:
                 raise

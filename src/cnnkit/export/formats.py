@@ -15,12 +15,8 @@ Which exporter, by trying (torch 2.14): ONNX is written by `torch.onnx.export(dy
 torch.export-based exporter, PyTorch's default since 2.9. It exported fastnet, resnet50,
 mobilenet_v3_large, googlenet, vit_small, swin_t, coatnet_0, efficientnet_b0, ghostnet, densenet121,
 convnext_tiny, lenet5 and a YAML-spec CNN, each matching PyTorch within 3.1e-5 in ONNX Runtime. The older
-TorchScript-based exporter (dynamo=False) also worked on the three benchmark models and is 3-15x faster to
-export (resnet50: 0.5-1.3 s vs 4 s), but it is deprecated (its resnet50 graph: 122 nodes, as the dynamo one).
-The dynamo graph is not slower to run: it keeps HardSwish, HardSigmoid and Conv whole (mobilenet_v3_large:
-140 nodes, 62 Conv, 21 HardSwish, 8 HardSigmoid; the legacy graph has the same plus 7 Identity), onnxscript's
-optimizer (`program.optimize()`) leaves it unchanged, and both run equally fast (1 thread, batch 1: OpenVINO
-3.93 vs 3.90 ms, ONNX Runtime 4.07 vs 4.30 ms, dynamo vs legacy).
+TorchScript-based exporter (dynamo=False) also worked on the three benchmark models and is 8x faster to
+export (resnet50: 0.5 s vs 4 s), but it is deprecated and its graphs have more nodes (169 vs 122).
 
 TorchScript uses `torch.jit.trace`, which PyTorch has deprecated in favour of torch.export (its
 FutureWarnings are silenced here); tracing records the one path the example input took through Python
