@@ -14,8 +14,8 @@ and these paths (--paths selects some):
   eager_bf16_cl    + torch.autocast("cpu", bfloat16) and channels_last model and input (cnnkit's training default)
   compile_fp32     torch.compile(model) (inductor, default mode), fp32; compile time reported, not timed
   onnxruntime      the model exported by cnnkit.export (ONNX, dynamic batch, parity-checked to 1e-4), ONNX Runtime CPU
-  openvino         the same ONNX file compiled by OpenVINO for the CPU with INFERENCE_PRECISION_HINT f32 (at a
-                   static shape per batch size, as cnnkit.export.runtimes does for predict and serve)
+  openvino         the same ONNX file compiled by OpenVINO for the CPU with INFERENCE_PRECISION_HINT f32 (the
+                   2026-12-05 results were measured with a per-batch static-shape compilation since reverted)
   openvino_bf16    the same with OpenVINO's default on this CPU, bf16 (shown because OpenVINO picks it silently)
 
 Every path gets torch.get_num_threads() threads (default: one per core; --threads N). On a machine shared with
