@@ -69,7 +69,7 @@ import torch.nn as nn
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.engine.linear_probe import ProbeFit, fit_linear_probe, head_features
 from cnnkit.errors import CheckpointError, ModelError
-from cnnkit.models.anatomy import backbone_blocks, classifier_module  # noqa: F401 (re-exported)
+from cnnkit.models.anatomy import backbone_blocks, classifier_module
 
 
 @dataclass

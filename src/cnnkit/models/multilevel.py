@@ -67,7 +67,6 @@ class MultiLevelClassifier(nn.Module):
         self._maps_by_thread: dict[int, list[torch.Tensor]] = {}
         for block in taps:
             block.register_forward_hook(self._keep)
-        self.grid = grid
         self.pool = nn.AdaptiveAvgPool2d(grid)  # (B, C, H, W) -> (B, C, grid, grid)
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(sum(channels for channels, _, _ in shapes) * grid * grid, num_classes)
