@@ -45,7 +45,10 @@ RECIPES = {
     # without, 0.911 / 0.902 with).
     "yolo_fastnet": (20, {"batch_size": 32, "lr": 3e-3, "detect_augment": "default",
                           "model_args": {"flip_test": True}}),
-    "fasterrcnn_resnet18_fpn": (30, {"batch_size": 16, "lr": 1e-3, "detect_augment": "light"}),
+    # Faster R-CNN with detect_augment=light and lr 1e-3 (2 threads, Intel Xeon): test mAP@.5 0.769; its train loss
+    # kept falling (0.38 -> 0.25 over the last 3 epochs) while val mAP@.5 stalled at 0.77-0.78, so: the default
+    # augmentation (scale jitter and shifts as YOLO and SSDlite use) and a higher peak LR.
+    "fasterrcnn_resnet18_fpn": (30, {"batch_size": 16, "lr": 2e-3, "detect_augment": "default"}),
     "ssdlite_mobilenet_v3_large": (30, {"batch_size": 32, "lr": 3e-3, "detect_augment": "default"}),
     "ssd_vgg16_bn": (30, {"batch_size": 16, "lr": 1e-3, "detect_augment": "light"}),
     "fast_rcnn_fastnet": (10, {"batch_size": 16, "lr": 2e-3, "detect_augment": "light"}),
