@@ -271,3 +271,39 @@ def test_sliding_windows_tile_the_image() -> None:
     assert torch.allclose(tall[0], torch.tensor([0.0, 0.0, 8.0, 32.0]))  # 16/2 wide, 16*2 high
     with pytest.raises(ModelError, match="no proposal window"):
         sliding_window_proposals(8, 8, sizes=(16,))
+
+
+@pytest.mark.parametrize("output_size, sampling_ratio", [((7, 7), 1), ((14, 14), 1), ((5, 3), 2)])
+def test_matmul_roi_align_matches_torchvision_values_and_gradients(output_size, sampling_ratio) -> None:
+    from torchvision.ops import roi_align
+
+    from cnnkit.layers.roi_align import matmul_roi_align
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 4, 16, 12, generator=generator, dtype=torch.float64)
+    # Boxes inside, straddling the border, far outside, thinner than a pixel, and images in any order.
+    corners = torch.rand(40, 2, generator=generator) * 90 - 15
+    sizes = torch.rand(40, 2, generator=generator) * 40 + 0.2
+    rois = torch.cat([torch.randint(0, 3, (40, 1), generator=generator), corners, corners + sizes], 1).double()
+    ours, theirs = features.clone().requires_grad_(), features.clone().requires_grad_()
+    expected = roi_align(theirs, rois, output_size, 0.25, sampling_ratio, aligned=False)
+    got = matmul_roi_align(ours, rois, output_size, 0.25, sampling_ratio)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    weights = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_matmul_roi_align_pools_like_torchvision_multiscale_roi_align() -> None:
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from cnnkit.layers.roi_align import MatmulRoIAlign
+
+    generator = torch.Generator().manual_seed(1)
+    features = {"0": torch.randn(2, 8, 32, 32, generator=generator), "pool": torch.randn(2, 8, 4, 4)}
+    boxes = [torch.tensor([[3.0, 5.0, 60.0, 40.0], [100.0, 90.0, 127.0, 127.0]]), torch.tensor([[0.0, 0.0, 128.0, 20.0]])]
+    shapes = [(128, 128), (120, 128)]
+    expected = MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=1)(features, boxes, shapes)
+    torch.testing.assert_close(MatmulRoIAlign(["0"], output_size=7, sampling_ratio=1)(features, boxes, shapes), expected,
+                               atol=1e-4, rtol=1e-4)

@@ -4,7 +4,8 @@ Papers: Ren, He, Girshick and Sun 2015, "Faster R-CNN: Towards Real-Time Object 
 Networks", NeurIPS (a region proposal network (RPN) shares the backbone's features with the Fast R-CNN head
 that classifies and refines its proposals); Lin et al. 2017, "Feature Pyramid Networks for Object Detection",
 CVPR (a top-down pathway gives every scale a map with deep semantics; anchors of one size per level).
-The implementation is torchvision's (`FasterRCNN`, `FeaturePyramidNetwork`, `MultiScaleRoIAlign`); this module
+The implementation is torchvision's (`FasterRCNN`, `FeaturePyramidNetwork`, `MultiScaleRoIAlign`, the last
+computed as two matrix products by cnnkit.layers.roi_align: same numbers, faster on CPUs); this module
 chooses its parts and sizes. How it descends from R-CNN and Fast R-CNN: see rcnn.py.
 
 What changes for 128-px scenes, and why:
@@ -31,10 +32,11 @@ import torch.nn as nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cnnkit.errors import ModelError
+from cnnkit.layers.roi_align import MatmulRoIAlign
 from cnnkit.models.detection import TorchvisionDetector, check_detector_args, normalization, zoo_trunk
 from cnnkit.registry import register_model
 
@@ -87,7 +89,7 @@ def _faster_rcnn(backbone: str, num_classes: int = 10, in_chans: int = 3, input_
     # RoIAlign on the finest level only: at stride 8 a 15-60 px object spans 2-8 cells, enough for 7x7 bins,
     # and torchvision's per-level assignment (made for 800-px images) would put every RoI there anyway.
     # One sample per bin: the CPU backward of roi_align costs in proportion to the samples.
-    roi_pool = MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=1)
+    roi_pool = MatmulRoIAlign(["0"], output_size=7, sampling_ratio=1)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     model = FasterRCNN(
         body, min_size=min(size), max_size=max(size), image_mean=mean, image_std=std,

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, roi_align
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, roi_align
 
 from cnnkit.errors import ModelError
+from cnnkit.layers.roi_align import MatmulRoIAlign
 from cnnkit.models.detection import (DetectionModel, batch_images, check_detector_args, float_outputs, normalization,
                                      zoo_trunk)
 from cnnkit.registry import create_model, register_model
@@ -119,7 +120,7 @@ class FastRCNN(ProposalModel):
         self.level = max(i for i, s in enumerate(self.trunk.strides) if s == feature_stride)
         channels = self.trunk.channels[self.level]
         self.roi_heads = RoIHeads(
-            MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=1),
+            MatmulRoIAlign(["0"], output_size=7, sampling_ratio=1),
             TwoMLPHead(channels * 7 * 7, representation_size),
             FastRCNNPredictor(representation_size, num_classes + 1),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=rois_per_image, positive_fraction=0.25,
