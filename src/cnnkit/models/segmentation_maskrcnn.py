@@ -62,6 +62,11 @@ class TorchvisionInstanceSegmenter(TorchvisionDetector):
         return self.model(list(images), shifted)
 
 
+def _decoding_heads(model: MaskRCNN) -> list[torch.nn.Module]:
+    """The heads whose outputs are decoded (boxes, mask probabilities): fp32 outputs under bf16 autocast."""
+    return [model.rpn.head, model.roi_heads.box_predictor, model.roi_heads.mask_predictor]
+
+
 def _anchors(sizes: Sequence[int], aspect_ratios: Sequence[float]) -> AnchorGenerator:
     return AnchorGenerator(tuple((s,) for s in sizes), (tuple(aspect_ratios),) * len(sizes))
 
@@ -95,7 +100,7 @@ def _mask_rcnn(backbone: str, num_classes: int = 10, in_chans: int = 3, input_si
         rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=2 * rpn_post_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_score_thresh=score_threshold, box_detections_per_img=max_detections)
-    return TorchvisionInstanceSegmenter(model, num_classes)
+    return TorchvisionInstanceSegmenter(model, num_classes, heads=_decoding_heads(model))
 
 
 @register_model(family="mask_rcnn", source="torchvision", task="instance")
@@ -117,7 +122,7 @@ def maskrcnn_resnet50_fpn(num_classes: int = 10, in_chans: int = 3, input_size: 
     if in_chans != 3:
         body = model.backbone.body
         body.conv1 = new_conv(body.conv1, in_chans)
-    return TorchvisionInstanceSegmenter(model, num_classes)
+    return TorchvisionInstanceSegmenter(model, num_classes, heads=_decoding_heads(model))
 
 
 @register_model(family="mask_rcnn", source="torchvision", task="instance")
