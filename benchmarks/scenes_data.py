@@ -11,7 +11,10 @@ What it measures, on a scenes set made with the given settings (default: `cnnkit
              --ceiling-epochs) and scored on the test split's crops, both as accuracy and as mAP@.5 with
              the true boxes and fastnet's 10 class probabilities as scores (what a detector with perfect
              localisation would get). A detector's mAP@.5 is bounded by roughly this number, so it says
-             whether the issue's 0.90 target is reachable on this set.
+             whether the issue's 0.90 target is reachable on this set. The same classifier also gives an
+             oracle-mask mIoU: every object's true visible mask painted with fastnet's class for its crop,
+             the background exact (what a semantic segmenter with perfect boundaries and crop-classifier
+             recognition would get; it bounds the U-Net/DeepLabV3/FCN mIoU of issue 7 in the same way).
 
     .venv/bin/python benchmarks/scenes_data.py                       # the defaults: 4000/500/500 canvases, ~10 min
     .venv/bin/python benchmarks/scenes_data.py --train 3000 --min-objects 1 --max-objects 4 --max-scale 0.45
@@ -38,6 +41,7 @@ from cnnkit.data.detection import DetectionDataset, read_split
 from cnnkit.data.detection.transforms import AUGMENT_PRESETS, detection_transforms
 from cnnkit.data.scenes import ScenesConfig, make_scenes
 from cnnkit.metrics.detection import DetectionMeter
+from cnnkit.metrics.segmentation import SegmentationMeter
 
 NAME = "scenes_data"
 CROP_SIZE = 32
@@ -78,12 +82,14 @@ def write_crops(scenes: Path, out: Path) -> dict[str, int]:
     return counts
 
 
-def oracle_box_map(run_dir: Path, scenes: Path) -> tuple[float, float, dict]:
-    """(accuracy, mAP@.5, per-class AP50) of the crop classifier on the test split with the true boxes."""
+def oracle_scores(run_dir: Path, scenes: Path) -> dict:
+    """The crop classifier on the test split with the true boxes and masks: accuracy, mAP@.5 and per-class
+    AP50 (true boxes), oracle-mask mIoU and per-class IoU (true masks painted with the predicted classes)."""
     classifier = cnnkit.load(run_dir, device="cpu")
     folder_class = [int(name) for name in classifier.classes]  # class folders are named by label index
     test = read_split(scenes, "test")
     meter = DetectionMeter(test.classes)
+    pixels = SegmentationMeter(["background", *test.classes])
     correct = total = 0
     for image in test.images:
         if not len(image.labels):
@@ -104,8 +110,19 @@ def oracle_box_map(run_dir: Path, scenes: Path) -> tuple[float, float, dict]:
         # Every object predicted once per class, scored by that class's probability.
         meter.update([{"boxes": boxes.repeat_interleave(len(labels), 0), "scores": probabilities.reshape(-1),
                        "labels": labels.repeat(count)}], [{"boxes": boxes, "labels": truth}])
+        # Oracle masks: each object's visible pixels (they do not overlap) get its predicted class + 1.
+        masks = torch.from_numpy(image.instance_masks()).bool()  # (N, H, W)
+        painted = torch.zeros(masks.shape[1:], dtype=torch.long)
+        for mask, label in zip(masks, labels[probabilities.argmax(1)]):
+            painted[mask] = int(label) + 1
+        semantic = Path(image.file).parent.parent / "masks" / f"{Path(image.file).stem}.png"
+        with Image.open(semantic) as picture:
+            pixels.update(painted[None], torch.from_numpy(numpy.asarray(picture, dtype=numpy.int64))[None])
     result = meter.compute(per_class=True)
-    return correct / max(total, 1), result["map50"], {name: values["ap50"] for name, values in result["per_class"].items()}
+    segmentation = pixels.compute(per_class=True)
+    return {"accuracy": correct / max(total, 1), "map50": result["map50"],
+            "ap50": {name: values["ap50"] for name, values in result["per_class"].items()},
+            "miou": segmentation["miou"], "iou": {name: values["iou"] for name, values in segmentation["per_class"].items()}}
 
 
 def main() -> None:
@@ -148,8 +165,10 @@ def main() -> None:
         run = cnnkit.train({"data": str(crops), "model": "fastnet", "epochs": args.ceiling_epochs,
                             "out": str(Path(workdir) / "runs"), "name": "crops", "progress": False})
         ceiling_seconds = time.perf_counter() - started
-        accuracy, map50, per_class = oracle_box_map(run.run_dir, scenes)
-        print(f"ceiling: crop accuracy {accuracy:.4f}, oracle-box mAP@.5 {map50:.4f}", flush=True)
+        oracle = oracle_scores(run.run_dir, scenes)
+        accuracy, map50, per_class = oracle["accuracy"], oracle["map50"], oracle["ap50"]
+        print(f"ceiling: crop accuracy {accuracy:.4f}, oracle-box mAP@.5 {map50:.4f}, "
+              f"oracle-mask mIoU {oracle['miou']:.4f}", flush=True)
 
     rows = [[split, images, objects, f"{objects / max(images, 1):.2f}"] for split, (images, objects) in counts.items()]
     body = ("Settings: " + ", ".join(f"{key}={value}" for key, value in dataclasses.asdict(config).items()) + "\n\n"
@@ -164,14 +183,18 @@ def main() -> None:
                 [f"fastnet on crops ({args.ceiling_epochs} epochs)", f"{ceiling_seconds:.0f} s"],
                 ["crop test accuracy", f"{accuracy:.4f}"],
                 ["oracle-box mAP@.5 (test)", f"{map50:.4f}"],
+                ["oracle-mask mIoU (test)", f"{oracle['miou']:.4f}"],
             ])
             + "\n\nPer-class AP@.5 with perfect boxes: "
             + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items() if value is not None)
+            + "\n\nPer-class IoU with perfect masks: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in oracle["iou"].items() if value is not None)
             + (_common.QUICK_NOTE if args.quick else "") + "\n")
     payload = {"settings": {**vars(args)}, "counts": counts, "make_seconds": make_seconds, "disk_bytes": disk_bytes,
                "read_seconds": read_seconds, "decode_seconds": decode_seconds, "memory_bytes": memory_bytes,
                "augment_ms_per_item": augment_ms, "crop_counts": crop_counts, "ceiling_seconds": ceiling_seconds,
-               "crop_test_accuracy": accuracy, "oracle_box_map50": map50, "oracle_box_ap50_per_class": per_class}
+               "crop_test_accuracy": accuracy, "oracle_box_map50": map50, "oracle_box_ap50_per_class": per_class,
+               "oracle_mask_miou": oracle["miou"], "oracle_mask_iou_per_class": oracle["iou"]}
     _common.finish(NAME, "Scenes benchmark data: generation, loading, augmentation, difficulty", header, payload, body,
                    args.results_dir)
 
