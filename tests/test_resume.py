@@ -117,3 +117,12 @@ def test_resume_without_a_last_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--epochs", "3"]) == 2  # in-process: fails before any work
     assert capsys.readouterr().err == (f"cnnkit train: error: cannot resume from {tmp_path}: "
                                        "no last.safetensors there\n")
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch(image_folder, tmp_path):
+    run = cnnkit.train(settings(image_folder, tmp_path, epochs=5, val_every=2), name="sparse")
+    lines = metrics(run.run_dir)
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    assert ["val_accuracy" in line for line in lines] == [False, True, False, True, True]
+    best = json.loads((run.run_dir / "best.json").read_text())
+    assert best["metrics"]["epoch"] in (2, 4, 5)

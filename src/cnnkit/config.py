@@ -116,6 +116,7 @@ class TrainConfig:
     monitor: str | None = None  # metric that picks the best checkpoint and stops early; None: the task's own
     #                             (val_accuracy for classify, val_map50 for detect, val_miou for segment ...)
     early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 disables it
+    val_every: int = 1  # validate after every N-th epoch and after the last (the best checkpoint is chosen among those)
     seed: int = 0  # fixes the split, initial weights, batch order and augmentation
     out: str = "runs"  # parent directory of run directories
     name: str | None = None  # run directory name; default: <model>-<data>-<timestamp>
@@ -150,7 +151,7 @@ class TrainConfig:
             raise ConfigError("epochs=0 trains nothing; it is only for feature extraction with a probe head "
                               "(pretrained=... finetune=linear head_init=probe), where the probe fit is the training")
         positive = ("batch_size", "epochs", "accumulate_steps", "backbone_lr_ratio", "unfreeze_every",
-                    "step_epochs", "restart_epochs", "restart_mult", "head_grid")
+                    "step_epochs", "restart_epochs", "restart_mult", "head_grid", "val_every")
         for name in positive:
             if name == "epochs" and self.epochs == 0:
                 continue

@@ -131,11 +131,14 @@ class Trainer:
             started = time.perf_counter()
             metrics = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             metrics.update(self.train_one_epoch(epoch))
-            if self.val_loader is not None:
+            # val_every: validate after every N-th epoch and after the last; epochs between are not candidates
+            # for the best checkpoint (and do not count towards early stopping's patience).
+            validated = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+            if self.val_loader is not None and validated:
                 metrics.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
             metrics["epoch_seconds"] = time.perf_counter() - started
             self.state.epoch = epoch + 1
-            improved = self._update_best(metrics)
+            improved = self._update_best(metrics) if validated or not self.monitor.startswith("val_") else False
             if self.dist.is_main:
                 self._log(metrics, improved)
                 self.save("last")
