@@ -62,8 +62,7 @@ MODELS = {
                  "lr": 2e-3, "weight_decay": 5e-4, "schedule": "onecycle", "onecycle_pct": 0.15,
                  "grad_clip_norm": 10.0, "detect_augment": "default",
                  "model_args": {"fpn_strides": [8, 16, 32], "anchor_sizes": [16, 32, 64, 128]},
-                 # Validation (500 images, ~20 s) after every 3rd epoch and the last only: ~2 more minutes to train.
-                 "val_every": 3, "goal": ("test_mask_map50", 0.75)},
+                 "goal": ("test_mask_map50", 0.75)},
 }
 VALIDATION_COST = {"segment": 1 / 3, "instance": 1.0}  # a val image's time in training images (see run_model)
 CALIBRATION_STEPS = 10  # timed training steps (after 2 warm-up steps); their median sets the number of epochs
