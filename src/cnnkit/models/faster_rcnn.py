@@ -88,7 +88,8 @@ def _faster_rcnn(backbone: str, num_classes: int = 10, in_chans: int = 3, input_
     anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes))
     # RoIAlign on the finest level only: at stride 8 a 15-60 px object spans 2-8 cells, enough for 7x7 bins,
     # and torchvision's per-level assignment (made for 800-px images) would put every RoI there anyway.
-    # One sample per bin: the CPU backward of roi_align costs in proportion to the samples.
+    # One sample per bin (chosen when torchvision's RoIAlign kernel, whose CPU backward costs in proportion to the
+    # samples, ran here; MatmulRoIAlign keeps the same numbers).
     roi_pool = MatmulRoIAlign(["0"], output_size=7, sampling_ratio=1)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     model = FasterRCNN(

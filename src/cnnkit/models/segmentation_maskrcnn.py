@@ -17,8 +17,8 @@ classifier, box, objectness, RPN box and mask losses).
 - maskrcnn_resnet18_fpn / maskrcnn_mobilenet_v3_large_fpn: lighter, for the CPU. The zoo trunk and FPN of
   cnnkit's Faster R-CNN (TrunkWithFPN) at strides 4, 8, 16 and 32 plus a pooled level, 128 channels;
   box and mask RoIs from the stride-4 level only (torchvision's per-level rule would send every object
-  of a 128-px image there anyway), one sample per RoIAlign bin (the CPU backward of RoIAlign costs in
-  proportion to the samples; at stride 4 a 30-60 px object spans 8-15 cells, no more than the bins); a box
+  of a 128-px image there anyway), one sample per RoIAlign bin (torchvision's CPU backward of RoIAlign costs
+  in proportion to the samples; at stride 4 a 30-60 px object spans 8-15 cells, no more than the bins); a box
   head of two 256-wide layers on 64 sampled RoIs per image (torchvision: 1024 wide, 512 RoIs); a mask head
   of `mask_layers` 3x3 convolutions of `mask_channels` (the paper: four of 256) on 14x14 RoIs, upsampled to
   28x28 masks. The mask head and RoIAlign's backward dominated the CPU profile before these cuts; RoIAlign
