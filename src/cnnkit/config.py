@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from cnnkit.errors import ConfigError
+from cnnkit.files import atomic_write_text
+from cnnkit.task_table import TASKS
 
 
 @dataclass
@@ -138,7 +141,7 @@ class TrainConfig:
             "data_mode": ("auto", "memory", "stream"),
             "finetune": ("full", "linear", "gradual"),
             "head_init": ("random", "probe"),
-            "task": ("classify", "detect", "segment", "instance"),
+            "task": tuple(TASKS),
             "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
             "detect_augment": ("none", "light", "default", "strong"),  # cnnkit.data.detection.transforms presets
         }
@@ -193,8 +196,6 @@ class TrainConfig:
 
     def _validate_segmentation(self) -> None:
         if self.seg_loss is not None:
-            from cnnkit.losses.segmentation import parse_loss_spec
-
             parse_loss_spec(self.seg_loss)
         if self.ignore_index < 0:
             raise ConfigError(f"ignore_index={self.ignore_index} must be >= 0 (255 by default)")
@@ -202,13 +203,92 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def augment_config(self):
-        """The training loader's cnnkit.data.AugmentConfig (MixUp/CutMix go to the task, not the loader)."""
-        from cnnkit.data.augment import AugmentConfig
-
+    def augment_config(self) -> AugmentConfig:
+        """The training loader's AugmentConfig (MixUp/CutMix go to the task, not the loader)."""
         names = ("hflip", "vflip", "translate", "rotate", "scale", "shear", "resized_crop", "brightness",
                  "contrast", "saturation", "hue", "auto_augment", "random_erasing")
         return AugmentConfig(**{name: getattr(self, name) for name in names})
+
+
+AUTO_AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
+
+
+@dataclass
+class AugmentConfig:
+    """Which batched augmentations the training loader applies (all off by default).
+
+    Attributes:
+        hflip: Flip each image left-right with probability 1/2.
+        vflip: Flip each image upside down with probability 1/2 (for data without an "up":
+            satellite, microscopy; wrong for clothes or digits).
+        translate: Shift each image by up to this many pixels in each direction (pad by
+            ``translate``, then crop back to the original size at a random offset, as in the
+            standard CIFAR recipe). 0 disables it.
+        translate_padding: "reflect" (default; airbench's CIFAR choice: no artificial black
+            border) or "zeros" (an image with a black background, like Fashion-MNIST, is
+            extended with black either way, so both are fine there).
+        rotate: Rotate by an angle drawn uniformly from [-rotate, rotate] degrees.
+        scale: Zoom by a factor drawn uniformly from [1 - scale, 1 + scale].
+        shear: Shear along x by an angle drawn uniformly from [-shear, shear] degrees.
+        resized_crop: RandomResizedCrop's smallest area fraction (e.g. 0.35): crop a random
+            region of that to 100% of the area, aspect ratio 3/4..4/3, and resize it to the
+            image size. 0 disables it. Rotation, scale, shear and the crop are one resampling.
+        brightness, contrast, saturation: Colour jitter strengths, as torchvision's ColorJitter:
+            a factor drawn from [1 - x, 1 + x] per image (saturation needs RGB).
+        hue: Hue shift drawn from [-hue, hue] (fractions of a turn, at most 0.5; RGB only).
+        auto_augment: "autoaugment" (the ImageNet policy), "randaugment" (2 ops, magnitude 9),
+            "trivialaugment" (TrivialAugmentWide), or "none". Per image, through torchvision.
+        random_erasing: Probability of erasing one random rectangle (2-33% of the area, aspect
+            0.3..3.3) to black: cutout / random erasing (Zhong et al. 2017).
+    """
+
+    hflip: bool = False
+    vflip: bool = False
+    translate: int = 0
+    translate_padding: Literal["reflect", "zeros"] = "reflect"
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    resized_crop: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    auto_augment: str = "none"
+    random_erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("rotate", "scale", "shear", "brightness", "contrast", "saturation", "hue", "random_erasing",
+                     "resized_crop"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 disables it)")
+        limits = {"scale": 1.0, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5,
+                  "random_erasing": 1.0, "resized_crop": 1.0}
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at most {limit}")
+        if self.auto_augment not in AUTO_AUGMENT_POLICIES:
+            raise ConfigError(f"auto_augment={self.auto_augment!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}")
+
+
+# Terms of the segmentation loss spec (seg_loss); cnnkit.losses.segmentation computes them.
+LOSS_NAMES = ("ce", "dice", "focal")
+
+
+def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
+    """"ce+0.5*dice" -> [(1.0, "ce"), (0.5, "dice")].
+
+    Raises:
+        ConfigError: For an unknown term or a malformed weight.
+    """
+    terms = []
+    for part in spec.replace(" ", "").lower().split("+"):
+        match = re.fullmatch(r"(?:([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?([a-z]+)", part)
+        if not match or match.group(2) not in LOSS_NAMES:
+            raise ConfigError(f"seg_loss={spec!r}: cannot read {part!r}; write terms from {', '.join(LOSS_NAMES)} "
+                              "joined by +, each with an optional weight, e.g. ce+dice or ce+0.5*dice")
+        terms.append((float(match.group(1) or 1.0), match.group(2)))
+    return terms
 
 
 def _field_types() -> dict[str, Any]:
@@ -290,6 +370,4 @@ def make_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from cnnkit.engine.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

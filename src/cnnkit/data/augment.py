@@ -39,7 +39,6 @@ training. On CUDA, where every slice is a kernel launch, the gather/where forms 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
@@ -50,65 +49,7 @@ from cnnkit.errors import ConfigError
 __all__ = ["AUTO_AUGMENT_POLICIES", "AugmentConfig", "BatchAugmentation", "RandomFlip", "RandomHorizontalFlip",
            "RandomTranslate", "build_augmentations"]
 
-AUTO_AUGMENT_POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
-
-
-@dataclass
-class AugmentConfig:
-    """Which batched augmentations the training loader applies (all off by default).
-
-    Attributes:
-        hflip: Flip each image left-right with probability 1/2.
-        vflip: Flip each image upside down with probability 1/2 (for data without an "up":
-            satellite, microscopy; wrong for clothes or digits).
-        translate: Shift each image by up to this many pixels in each direction (pad by
-            ``translate``, then crop back to the original size at a random offset, as in the
-            standard CIFAR recipe). 0 disables it.
-        translate_padding: "reflect" (default; airbench's CIFAR choice: no artificial black
-            border) or "zeros" (an image with a black background, like Fashion-MNIST, is
-            extended with black either way, so both are fine there).
-        rotate: Rotate by an angle drawn uniformly from [-rotate, rotate] degrees.
-        scale: Zoom by a factor drawn uniformly from [1 - scale, 1 + scale].
-        shear: Shear along x by an angle drawn uniformly from [-shear, shear] degrees.
-        resized_crop: RandomResizedCrop's smallest area fraction (e.g. 0.35): crop a random
-            region of that to 100% of the area, aspect ratio 3/4..4/3, and resize it to the
-            image size. 0 disables it. Rotation, scale, shear and the crop are one resampling.
-        brightness, contrast, saturation: Colour jitter strengths, as torchvision's ColorJitter:
-            a factor drawn from [1 - x, 1 + x] per image (saturation needs RGB).
-        hue: Hue shift drawn from [-hue, hue] (fractions of a turn, at most 0.5; RGB only).
-        auto_augment: "autoaugment" (the ImageNet policy), "randaugment" (2 ops, magnitude 9),
-            "trivialaugment" (TrivialAugmentWide), or "none". Per image, through torchvision.
-        random_erasing: Probability of erasing one random rectangle (2-33% of the area, aspect
-            0.3..3.3) to black: cutout / random erasing (Zhong et al. 2017).
-    """
-
-    hflip: bool = False
-    vflip: bool = False
-    translate: int = 0
-    translate_padding: Literal["reflect", "zeros"] = "reflect"
-    rotate: float = 0.0
-    scale: float = 0.0
-    shear: float = 0.0
-    resized_crop: float = 0.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    saturation: float = 0.0
-    hue: float = 0.0
-    auto_augment: str = "none"
-    random_erasing: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("rotate", "scale", "shear", "brightness", "contrast", "saturation", "hue", "random_erasing",
-                     "resized_crop"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (0 disables it)")
-        limits = {"scale": 1.0, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5,
-                  "random_erasing": 1.0, "resized_crop": 1.0}
-        for name, limit in limits.items():
-            if getattr(self, name) > limit:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at most {limit}")
-        if self.auto_augment not in AUTO_AUGMENT_POLICIES:
-            raise ConfigError(f"auto_augment={self.auto_augment!r} is not one of {', '.join(AUTO_AUGMENT_POLICIES)}")
+from cnnkit.config import AUTO_AUGMENT_POLICIES, AugmentConfig  # the settings live with the config
 
 
 class BatchAugmentation(Protocol):

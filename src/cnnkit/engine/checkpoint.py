@@ -13,8 +13,6 @@ directory. A crash mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +21,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cnnkit.errors import CheckpointError
+from cnnkit.files import atomic_write as _atomic_write
+from cnnkit.task_table import canonical_task
+from cnnkit.files import atomic_write_text  # noqa: F401 - re-exported for callers of the engine
 
 FORMAT_VERSION = 1
 RECORD_KEY = "cnnkit"
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file, fsync, rename)."""
-    _atomic_write(Path(path), lambda temporary: Path(temporary).write_text(text))
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
@@ -109,7 +86,14 @@ def _parse_record(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     if record.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer cnnkit (format {record['format_version']}); "
                               "upgrade cnnkit to read it")
-    return record
+    return upgrade_record(record)
+
+
+def upgrade_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as this version reads it: the task named as in cnnkit.task_table (older runs say
+    "classification", or nothing). Checkpoints and exported files' metadata both pass through here."""
+    task = canonical_task(record.get("task"))
+    return record if record.get("task") == task else {**record, "task": task}
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from cnnkit.config import TrainConfig
+from cnnkit.device import resolve_precision
 from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
@@ -40,24 +41,6 @@ class TrainState:
     best_value: float | None = None
     best_epoch: int = 0
     epochs_without_improvement: int = 0
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None means fp32, no autocast)."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("precision=fp16 needs a CUDA device; on the CPU use precision=bf16 or fp32")
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    # auto: bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on CUDA).
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 class Trainer:

@@ -162,4 +162,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not an exported model (.onnx, .torchscript.pt or .pt2)")
     if not Path(path).is_file():
         raise ExportError(f"exported model {path} does not exist")
-    return export_format.read_metadata(Path(path))
+    from cnnkit.engine.checkpoint import upgrade_record
+
+    return upgrade_record(export_format.read_metadata(Path(path)))

@@ -23,15 +23,13 @@ Combinations are written as a spec string: "ce", "dice", "focal", "ce+dice", "ce
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import ConfigError
 
-LOSS_NAMES = ("ce", "dice", "focal")
+from cnnkit.config import LOSS_NAMES, parse_loss_spec  # the spec is a setting: parsed with the config
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
@@ -63,22 +61,6 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 
     if class_weights is not None:
         loss = loss * class_weights[targets.where(counted, 0)]
     return loss[counted].sum() / counted.sum().clamp(min=1)
-
-
-def parse_loss_spec(spec: str) -> list[tuple[float, str]]:
-    """"ce+0.5*dice" -> [(1.0, "ce"), (0.5, "dice")].
-
-    Raises:
-        ConfigError: For an unknown term or a malformed weight.
-    """
-    terms = []
-    for part in spec.replace(" ", "").lower().split("+"):
-        match = re.fullmatch(r"(?:([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\*)?([a-z]+)", part)
-        if not match or match.group(2) not in LOSS_NAMES:
-            raise ConfigError(f"seg_loss={spec!r}: cannot read {part!r}; write terms from {', '.join(LOSS_NAMES)} "
-                              "joined by +, each with an optional weight, e.g. ce+dice or ce+0.5*dice")
-        terms.append((float(match.group(1) or 1.0), match.group(2)))
-    return terms
 
 
 class SegmentationLoss(nn.Module):

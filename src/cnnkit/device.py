@@ -1,0 +1,70 @@
+"""Where and in what precision a run computes: device and autocast dtype resolution, library versions.
+
+Ground floor: imports torch and nothing from cnnkit but its errors, so the engine, the tasks, export and
+the API share one answer to "which device" and "which precision".
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from cnnkit.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when there is a GPU, else the CPU; a named device is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but no CUDA GPU is available; use device=cpu or auto")
+    return device
+
+
+def training_device(name: str) -> torch.device:
+    """`resolve_device`, with a bare "cuda" pinned to this process's GPU under torchrun (LOCAL_RANK)."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device` (None means fp32, no autocast)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("precision=fp16 needs a CUDA device; on the CPU use precision=bf16 or fp32")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    # auto: bf16 where the hardware runs it natively (AVX-512 BF16 / AMX on CPU, Ampere+ on CUDA).
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """"bfloat16", "float16" or "fp32", as the training header prints it."""
+    return str(dtype).replace("torch.", "") if dtype else "fp32"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast for `dtype` on `device`, or a no-op context for fp32."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def versions() -> dict[str, str]:
+    """cnnkit's, PyTorch's, torchvision's and Python's versions, as checkpoints record them."""
+    import torchvision
+
+    from cnnkit import __version__
+
+    return {"cnnkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
