@@ -28,106 +28,188 @@ from cnnkit.task_table import TASKS
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Field names are the YAML keys and the `key=value` names."""
+    """Everything that defines a training run. Field names are the YAML keys and the `key=value` names.
+
+    Each field's `metadata["help"]` is the line `cnnkit train --help` prints beside it.
+    """
 
     # --- task ---
-    task: str = "classify"  # "classify", "detect" (boxes), "segment" (a class per pixel) or "instance" (masks)
+    task: str = field(default="classify", metadata={
+        "help": '"classify", "detect" (boxes), "segment" (a class per pixel) or "instance" (masks)'})
 
     # --- data ---
-    data: str = "fashion-mnist"  # "fashion-mnist", a directory of class folders, or a CSV (path,label)
-    val_fraction: float = 0.1  # held out from the training data, seeded; the test split is never used to tune
-    image_size: int | None = None  # resize users' images to this square size; None keeps the dataset's size
-    channels: int | None = None  # 1 (grayscale) or 3 (RGB); None infers it from the data
-    batch_size: int = 256  # images per optimizer step (split across processes under torchrun)
+    data: str = field(default="fashion-mnist", metadata={
+        "help": '"fashion-mnist", a directory of class folders, or a CSV (path,label)'})
+    val_fraction: float = field(default=0.1, metadata={
+        "help": "held out from the training data, seeded; the test split is never used to tune"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "resize users' images to this square size; None keeps the dataset's size"})
+    channels: int | None = field(default=None, metadata={
+        "help": "1 (grayscale) or 3 (RGB); None infers it from the data"})
+    batch_size: int = field(default=256, metadata={
+        "help": "images per optimizer step (split across processes under torchrun)"})
 
     # --- augmentation (training only; `cnnkit augment preview` shows what the model sees) ---
-    hflip: bool = True  # random horizontal flips (batched tensor op)
-    vflip: bool = False  # random vertical flips (only for data without an "up")
-    translate: int = 2  # random translation by up to this many pixels (pad and crop, batched)
-    rotate: float = 0.0  # random rotation within +- this many degrees
-    scale: float = 0.0  # random zoom by a factor in [1 - scale, 1 + scale]
-    shear: float = 0.0  # random x-shear within +- this many degrees
-    resized_crop: float = 0.0  # RandomResizedCrop: smallest area fraction kept (e.g. 0.35); 0 disables
-    brightness: float = 0.0  # colour jitter: brightness factor in [1 - x, 1 + x]
-    contrast: float = 0.0  # colour jitter: contrast factor in [1 - x, 1 + x]
-    saturation: float = 0.0  # colour jitter: saturation factor in [1 - x, 1 + x] (RGB)
-    hue: float = 0.0  # colour jitter: hue shift in [-x, x] turns, x <= 0.5 (RGB)
-    auto_augment: str = "none"  # "autoaugment", "randaugment", "trivialaugment" or "none" (per image)
-    random_erasing: float = 0.0  # probability of blacking out a random rectangle (cutout)
-    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 disables (e.g. 0.2)
-    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 disables (e.g. 1.0); with mixup, half the batches each
-    mix_probability: float = 1.0  # chance a batch is mixed when mixup/cutmix is on
-    data_mode: str = "auto"  # "memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits
-    num_workers: int = -1  # decoding processes for streamed data; -1 picks min(8, cores - 1)
+    hflip: bool = field(default=True, metadata={
+        "help": "random horizontal flips (batched tensor op)"})
+    vflip: bool = field(default=False, metadata={
+        "help": 'random vertical flips (only for data without an "up")'})
+    translate: int = field(default=2, metadata={
+        "help": "random translation by up to this many pixels (pad and crop, batched)"})
+    rotate: float = field(default=0.0, metadata={
+        "help": "random rotation within +- this many degrees"})
+    scale: float = field(default=0.0, metadata={
+        "help": "random zoom by a factor in [1 - scale, 1 + scale]"})
+    shear: float = field(default=0.0, metadata={
+        "help": "random x-shear within +- this many degrees"})
+    resized_crop: float = field(default=0.0, metadata={
+        "help": "RandomResizedCrop: smallest area fraction kept (e.g. 0.35); 0 disables"})
+    brightness: float = field(default=0.0, metadata={
+        "help": "colour jitter: brightness factor in [1 - x, 1 + x]"})
+    contrast: float = field(default=0.0, metadata={
+        "help": "colour jitter: contrast factor in [1 - x, 1 + x]"})
+    saturation: float = field(default=0.0, metadata={
+        "help": "colour jitter: saturation factor in [1 - x, 1 + x] (RGB)"})
+    hue: float = field(default=0.0, metadata={
+        "help": "colour jitter: hue shift in [-x, x] turns, x <= 0.5 (RGB)"})
+    auto_augment: str = field(default="none", metadata={
+        "help": '"autoaugment", "randaugment", "trivialaugment" or "none" (per image)'})
+    random_erasing: float = field(default=0.0, metadata={
+        "help": "probability of blacking out a random rectangle (cutout)"})
+    mixup: float = field(default=0.0, metadata={
+        "help": "MixUp's Beta(alpha, alpha); 0 disables (e.g. 0.2)"})
+    cutmix: float = field(default=0.0, metadata={
+        "help": "CutMix's Beta(alpha, alpha); 0 disables (e.g. 1.0); with mixup, half the batches each"})
+    mix_probability: float = field(default=1.0, metadata={
+        "help": "chance a batch is mixed when mixup/cutmix is on"})
+    data_mode: str = field(default="auto", metadata={
+        "help": '"memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits'})
+    num_workers: int = field(default=-1, metadata={
+        "help": "decoding processes for streamed data; -1 picks min(8, cores - 1)"})
 
     # --- model ---
-    model: str = "fastnet"  # a registered name; `cnnkit models` lists them
-    model_args: dict = field(default_factory=dict)  # extra keyword arguments for the model builder
-    drop_rate: float | None = None  # dropout rate, for models that have dropout; None keeps the model's default
-    pretrained: str | None = None  # "imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir
-    finetune: str = "full"  # with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)
-    backbone_lr_ratio: float = 0.1  # with pretrained: the backbone's LR as a fraction of the head's
-    unfreeze_every: int = 1  # finetune=gradual: release one more backbone block every this many epochs
-    head_init: str = "random"  # with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)
-    head_levels: int = 0  # 0: the model's own head; N: a new linear head over the last N resolution levels' pooled features (CNNs; helps feature extraction)
-    head_grid: int = 1  # with head_levels: each level average-pooled to head_grid x head_grid (1: global average)
-    freeze_bn: bool = False  # with pretrained: BatchNorm keeps the pretrained statistics in the layers that train (few images)
+    model: str = field(default="fastnet", metadata={
+        "help": "a registered name; `cnnkit models` lists them"})
+    model_args: dict = field(default_factory=dict, metadata={
+        "help": "extra keyword arguments for the model builder"})
+    drop_rate: float | None = field(default=None, metadata={
+        "help": "dropout rate, for models that have dropout; None keeps the model's default"})
+    pretrained: str | None = field(default=None, metadata={
+        "help": '"imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir'})
+    finetune: str = field(default="full", metadata={
+        "help": 'with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)'})
+    backbone_lr_ratio: float = field(default=0.1, metadata={
+        "help": "with pretrained: the backbone's LR as a fraction of the head's"})
+    unfreeze_every: int = field(default=1, metadata={
+        "help": "finetune=gradual: release one more backbone block every this many epochs"})
+    head_init: str = field(default="random", metadata={
+        "help": 'with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)'})
+    head_levels: int = field(default=0, metadata={
+        "help": "0: the model's own head; N: a new linear head over the last N resolution levels' pooled features "
+                "(CNNs; helps feature extraction)"})
+    head_grid: int = field(default=1, metadata={
+        "help": "with head_levels: each level average-pooled to head_grid x head_grid (1: global average)"})
+    freeze_bn: bool = field(default=False, metadata={
+        "help": "with pretrained: BatchNorm keeps the pretrained statistics in the layers that train (few images)"})
 
     # --- optimization ---
-    epochs: int = 10  # passes over the training split (0: none, for feature extraction whose probe head is the training)
-    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
-    lr: float | None = None  # peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly
-    momentum: float = 0.9  # SGD momentum, or AdamW's beta1
-    weight_decay: float = 5e-4  # not applied to norm layers and biases
-    schedule: str = "onecycle"  # "constant", "step", "cosine", "cosine_restarts" or "onecycle"
-    warmup_epochs: float = 0.0  # linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)
-    onecycle_pct: float = 0.25  # fraction of training spent ramping up in the one-cycle schedule
-    step_epochs: int = 30  # "step": multiply the LR by `step_gamma` every this many epochs
-    step_gamma: float = 0.1  # "step": the LR factor applied every step_epochs
-    restart_epochs: int = 10  # "cosine_restarts": length of the first cycle (SGDR's T_0)
-    restart_mult: int = 1  # "cosine_restarts": each cycle is this many times longer than the last (T_mult)
-    min_lr_ratio: float = 0.0  # the LR decays to lr * min_lr_ratio
-    label_smoothing: float = 0.1  # cross-entropy targets (1 - s) for the class, s spread over all classes
-    grad_clip_norm: float | None = None  # clip the global gradient norm to this value
-    grad_clip_value: float | None = None  # clip every gradient element to [-value, value]
-    drop_path_rate: float | None = None  # stochastic depth, for models with residual blocks; None: model default
-    grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
-    accumulate_steps: int = 1  # gradient accumulation: optimizer step every this many batches
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)
-    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores
-    ema_decay: float = 0.0  # exponential moving average of the weights; 0 disables it
-    compile: bool = False  # torch.compile the model (measured no gain for CPU training: opt-in)
+    epochs: int = field(default=10, metadata={
+        "help": "passes over the training split (0: none, for feature extraction whose probe head is the training)"})
+    optimizer: str = field(default="sgd", metadata={
+        "help": '"sgd" (Nesterov momentum) or "adamw"'})
+    lr: float | None = field(default=None, metadata={
+        "help": "peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly"})
+    momentum: float = field(default=0.9, metadata={
+        "help": "SGD momentum, or AdamW's beta1"})
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "not applied to norm layers and biases"})
+    schedule: str = field(default="onecycle", metadata={
+        "help": '"constant", "step", "cosine", "cosine_restarts" or "onecycle"'})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)"})
+    onecycle_pct: float = field(default=0.25, metadata={
+        "help": "fraction of training spent ramping up in the one-cycle schedule"})
+    step_epochs: int = field(default=30, metadata={
+        "help": '"step": multiply the LR by `step_gamma` every this many epochs'})
+    step_gamma: float = field(default=0.1, metadata={
+        "help": '"step": the LR factor applied every step_epochs'})
+    restart_epochs: int = field(default=10, metadata={
+        "help": '"cosine_restarts": length of the first cycle (SGDR\'s T_0)'})
+    restart_mult: int = field(default=1, metadata={
+        "help": '"cosine_restarts": each cycle is this many times longer than the last (T_mult)'})
+    min_lr_ratio: float = field(default=0.0, metadata={
+        "help": "the LR decays to lr * min_lr_ratio"})
+    label_smoothing: float = field(default=0.1, metadata={
+        "help": "cross-entropy targets (1 - s) for the class, s spread over all classes"})
+    grad_clip_norm: float | None = field(default=None, metadata={
+        "help": "clip the global gradient norm to this value"})
+    grad_clip_value: float | None = field(default=None, metadata={
+        "help": "clip every gradient element to [-value, value]"})
+    drop_path_rate: float | None = field(default=None, metadata={
+        "help": "stochastic depth, for models with residual blocks; None: model default"})
+    grad_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in backward: less memory, ~30% more compute"})
+    accumulate_steps: int = field(default=1, metadata={
+        "help": "gradient accumulation: optimizer step every this many batches"})
+    precision: str = field(default="auto", metadata={
+        "help": '"auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)'})
+    channels_last: bool = field(default=True, metadata={
+        "help": "NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "exponential moving average of the weights; 0 disables it"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model (measured no gain for CPU training: opt-in)"})
 
     # --- evaluation ---
-    tta: bool = False  # test-time augmentation: average the logits of each image and its mirror image
+    tta: bool = field(default=False, metadata={
+        "help": "test-time augmentation: average the logits of each image and its mirror image"})
 
     # --- class imbalance ---
-    class_weights: str = "none"  # loss weight per class from training counts: "none", "inverse" (1/n) or "effective"
-    class_weights_beta: float = 0.999  # class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)
-    sampler: str = "shuffle"  # "shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement)
-    loss: str = "ce"  # "ce" (cross-entropy) or "focal" (Lin et al. 2017: (1 - p)^gamma down-weights easy images)
-    focal_gamma: float = 2.0  # loss=focal: the focusing exponent gamma; 0 is cross-entropy
+    class_weights: str = field(default="none", metadata={
+        "help": 'loss weight per class from training counts: "none", "inverse" (1/n) or "effective"'})
+    class_weights_beta: float = field(default=0.999, metadata={
+        "help": "class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)"})
+    sampler: str = field(default="shuffle", metadata={
+        "help": '"shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement)'})
+    loss: str = field(default="ce", metadata={
+        "help": '"ce" (cross-entropy) or "focal" (Lin et al. 2017: (1 - p)^gamma down-weights easy images)'})
+    focal_gamma: float = field(default=2.0, metadata={
+        "help": "loss=focal: the focusing exponent gamma; 0 is cross-entropy"})
 
     # --- segmentation ---
-    seg_loss: str | None = None  # task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`
-    ignore_index: int = 255  # task=segment: mask value of unlabelled pixels, left out of the loss and the metrics
+    seg_loss: str | None = field(default=None, metadata={
+        "help": 'task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`'})
+    ignore_index: int = field(default=255, metadata={
+        "help": "task=segment: mask value of unlabelled pixels, left out of the loss and the metrics"})
 
     # --- detection ---
-    detect_augment: str = "default"  # task=detect: box-aware augmentation preset: "none", "light", "default", "strong"
+    detect_augment: str = field(default="default", metadata={
+        "help": 'task=detect: box-aware augmentation preset: "none", "light", "default", "strong"'})
 
     # --- run ---
-    monitor: str | None = None  # metric that picks the best checkpoint and stops early; None: the task's own
-    #                             (val_accuracy for classify, val_map50 for detect, val_miou for segment ...)
-    early_stopping_patience: int = 0  # stop after this many epochs without improvement; 0 disables it
-    val_every: int = 1  # validate after every N-th epoch and after the last (the best checkpoint is chosen among those)
-    seed: int = 0  # fixes the split, initial weights, batch order and augmentation
-    out: str = "runs"  # parent directory of run directories
-    name: str | None = None  # run directory name; default: <model>-<data>-<timestamp>
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" ...
-    num_threads: int = 0  # CPU threads for PyTorch; 0 keeps PyTorch's default (one per core)
-    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under torchrun (DDP)
-    progress: bool = True  # show a progress bar
-    report: bool = True  # write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends
+    monitor: str | None = field(default=None, metadata={
+        "help": "metric that picks the best checkpoint and stops early; None: the task's own (val_accuracy for "
+                "classify, val_map50 for detect, val_miou for segment ...)"})
+    early_stopping_patience: int = field(default=0, metadata={
+        "help": "stop after this many epochs without improvement; 0 disables it"})
+    val_every: int = field(default=1, metadata={
+        "help": "validate after every N-th epoch and after the last (the best checkpoint is chosen among those)"})
+    seed: int = field(default=0, metadata={
+        "help": "fixes the split, initial weights, batch order and augmentation"})
+    out: str = field(default="runs", metadata={
+        "help": "parent directory of run directories"})
+    name: str | None = field(default=None, metadata={
+        "help": "run directory name; default: <model>-<data>-<timestamp>"})
+    device: str = field(default="auto", metadata={
+        "help": '"auto", "cpu", "cuda", "cuda:1" ...'})
+    num_threads: int = field(default=0, metadata={
+        "help": "CPU threads for PyTorch; 0 keeps PyTorch's default (one per core)"})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "convert BatchNorm to SyncBatchNorm under torchrun (DDP)"})
+    progress: bool = field(default=True, metadata={
+        "help": "show a progress bar"})
+    report: bool = field(default=True, metadata={
+        "help": "write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends"})
 
     def __post_init__(self) -> None:
         self.validate()
