@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cnnkit.data.streaming as streaming
+import cnnkit.data.statistics as statistics
 from cnnkit.data import (
     AugmentConfig,
     FileSplit,
@@ -239,7 +239,7 @@ def test_estimate_mean_std_matches_the_exact_statistics(dataset_root, clean_trai
     train = scan_dataset(dataset_root).train  # with the corrupt file, which is skipped
     mean, std = estimate_mean_std(train, 3, SIZE)
     assert mean == pytest.approx(exact_mean, abs=1e-12) and std == pytest.approx(exact_std, abs=1e-12)
-    monkeypatch.setattr(streaming, "_CHUNK", 7)  # several chunks, combined
+    monkeypatch.setattr(statistics, "_CHUNK", 7)  # several chunks, combined
     mean, std = estimate_mean_std(train, 3, SIZE, num_workers=1)
     assert mean == pytest.approx(exact_mean, abs=1e-12) and std == pytest.approx(exact_std, abs=1e-12)
     mean, std = estimate_mean_std(train, 3, SIZE, max_images=20, seed=1)

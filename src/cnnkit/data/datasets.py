@@ -1,8 +1,12 @@
-"""In-memory datasets and the small operations on them: subsets, splits, statistics.
+"""In-memory datasets: one uint8 tensor of images, one int64 tensor of labels.
 
 A dataset that fits in memory is one uint8 tensor of images plus one int64 tensor of labels
 (the airbench habit): indexing, shuffling and augmenting then are batched tensor operations,
 and uint8 keeps Fashion-MNIST's 60 000 training images at 47 MB instead of 188 MB as float32.
+
+The seeded split (``train_val_split``, splits.py) and the statistics (``compute_mean_std``,
+statistics.py) are shared with the file-based tasks and live in their own modules; they are
+re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cnnkit.data.splits import train_val_split
+from cnnkit.data.statistics import compute_mean_std
 from cnnkit.errors import DataError
 
 __all__ = ["ArrayDataset", "train_val_split", "compute_mean_std"]
@@ -68,93 +74,3 @@ class ArrayDataset:
         """
         indices = torch.as_tensor(indices, dtype=torch.int64)
         return ArrayDataset(self.images[indices], self.labels[indices], list(self.classes))
-
-
-def train_val_split(
-    num_samples: int,
-    val_fraction: float,
-    seed: int,
-    labels: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Splits ``range(num_samples)`` into train and validation indices, deterministically.
-
-    The split depends only on (num_samples, val_fraction, seed, labels): the same arguments give
-    the same split on every machine, so a resumed or repeated run validates on the same samples.
-
-    Args:
-        num_samples: Number of samples to split.
-        val_fraction: Fraction in [0, 1) that goes to validation; the validation size is
-            ``round(val_fraction * num_samples)``. 0 gives an empty validation set.
-        seed: Seed of the torch.Generator that draws the permutation.
-        labels: Optional (num_samples,) labels. When given, the split is stratified: each class
-            contributes ``round(val_fraction * class_count)`` samples, so rare classes appear in
-            validation in proportion.
-
-    Returns:
-        (train_indices, val_indices): sorted int64 tensors, disjoint, together covering
-        ``range(num_samples)``. Sorted so that subsets keep the file order, which keeps them
-        readable and memory access sequential.
-
-    Raises:
-        DataError: If val_fraction is outside [0, 1) or labels have the wrong length.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}. Use e.g. 0.1 for 10% validation.")
-    generator = torch.Generator().manual_seed(seed)
-    if labels is None:
-        num_val = round(val_fraction * num_samples)
-        permutation = torch.randperm(num_samples, generator=generator)
-        val_indices = permutation[:num_val]
-    else:
-        labels = torch.as_tensor(labels)
-        if labels.shape != (num_samples,):
-            raise DataError(f"stratified split: labels have shape {tuple(labels.shape)}, expected ({num_samples},).")
-        val_parts = []
-        # Classes in sorted order and one generator: the draw order is fixed, so the split is too.
-        for label in torch.unique(labels).tolist():
-            class_indices = torch.nonzero(labels == label).flatten()
-            num_val = round(val_fraction * class_indices.numel())
-            order = torch.randperm(class_indices.numel(), generator=generator)
-            val_parts.append(class_indices[order[:num_val]])
-        val_indices = torch.cat(val_parts) if val_parts else torch.empty(0, dtype=torch.int64)
-    is_val = torch.zeros(num_samples, dtype=torch.bool)
-    is_val[val_indices] = True
-    # nonzero returns ascending indices: both parts come out sorted.
-    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
-
-
-def compute_mean_std(images: torch.Tensor, chunk_size: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images, in [0, 1] units.
-
-    Works in chunks of ``chunk_size`` images, so memory stays at one float64 chunk instead of a
-    float copy of the whole dataset (188 MB for Fashion-MNIST's training set as float32).
-    Sums are accumulated in float64: summing 47 million squared values in float32 loses
-    about 3 digits.
-
-    Args:
-        images: (N, C, H, W) uint8 tensor.
-        chunk_size: Images per chunk.
-
-    Returns:
-        (mean, std): lists of C floats. std is the population standard deviation (divides by
-        the number of pixels), the convention of torchvision's normalization constants.
-
-    Raises:
-        DataError: If images is not a non-empty (N, C, H, W) uint8 tensor.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[0] == 0:
-        raise DataError(
-            f"compute_mean_std needs a non-empty (N, C, H, W) uint8 tensor, got {images.dtype} of shape {tuple(images.shape)}."
-        )
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_squares = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk_size):
-        chunk = images[start : start + chunk_size].to(torch.float64)  # (n, C, H, W)
-        total += chunk.sum(dim=(0, 2, 3))
-        total_squares += chunk.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    # Clamp: rounding can make E[x^2] - E[x]^2 slightly negative for constant images.
-    variance = (total_squares / count - mean.square()).clamp_min(0.0)
-    return (mean / 255.0).tolist(), (variance.sqrt() / 255.0).tolist()

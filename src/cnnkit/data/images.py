@@ -1,7 +1,11 @@
 """Decoding users' image files, of any size and mode, into the uint8 (C, H, W) tensors models take.
 
 One function, ``decode_image``, is used for training data and at prediction time alike, so a
-picture is turned into pixels the same way in both places.
+picture is turned into pixels the same way in both places. ``decode_image_float`` is the float
+[0, 1] form segmentation uses: 8-bit images are ``decode_image`` / 255, while single-channel
+16-bit images (medical imaging, microscopy) are min-max scaled from their own range in float32,
+keeping every level instead of cutting them to 8 bits (a 12-bit CT slice stored in 16 bits would
+otherwise use 1/16 of the range and lose 4 bits).
 
 Mode handling (what Pillow gives for PNG, JPEG, TIFF, BMP, GIF, WebP ...):
 
@@ -41,7 +45,8 @@ from PIL import Image, ImageOps
 
 from cnnkit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_image", "is_image_file"]
+__all__ = ["IMAGE_EXTENSIONS", "SIXTEEN_BIT_MODES", "decode_image", "decode_image_float", "image_channels",
+           "is_image_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+# Single-channel modes that decode_image_float keeps at full precision ("I": older Pillow's 16-bit PNGs).
+SIXTEEN_BIT_MODES = {*_SIXTEEN_BIT_MODES, "I"}
 # Pillow's Image.thumbnail uses the same factor: let JPEG decode at 1/2, 1/4 or 1/8 scale (much
 # faster for large photos) only down to twice the target, then resize properly from there.
 _DRAFT_MARGIN = 2
@@ -189,3 +196,44 @@ def decode_image(
             f"cannot read image {path}: {reason}. The file is not an image Pillow can decode, or it is truncated/corrupt; "
             "replace or remove it."
         ) from None
+
+
+def image_channels(path: str | Path) -> int:
+    """1 for single-channel files (L, 16-bit, bilevel), 3 otherwise; from the header only."""
+    try:
+        with Image.open(path) as image:
+            return 1 if image.mode in {"L", "LA", "1", "F", *SIXTEEN_BIT_MODES} else 3
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise DataError(f"cannot read image {path}: {error}") from None
+
+
+def decode_image_float(source: str | Path | Image.Image, channels: int) -> torch.Tensor:
+    """Decodes an image into float32 (channels, H, W) in [0, 1]; 16-bit files keep their full range.
+
+    8-bit images (any Pillow mode) are decoded by ``decode_image`` and divided by 255. Single-channel
+    16-bit images (``SIXTEEN_BIT_MODES``) are mapped from their own minimum and maximum to 0 and 1 (a
+    constant image becomes 0), keeping all of their levels, and repeated over ``channels``.
+
+    Raises:
+        DataError: If the file is missing or cannot be decoded (the message names it).
+    """
+    if isinstance(source, Image.Image):
+        return _decode_float(source, channels, getattr(source, "filename", "") or "<PIL image>")
+    try:
+        with Image.open(source) as image:
+            return _decode_float(image, channels, source)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {source}") from None
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
+        raise DataError(f"cannot read image {source}: {error}; replace or remove the file") from None
+
+
+def _decode_float(image: Image.Image, channels: int, name) -> torch.Tensor:
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = torch.from_numpy(numpy.asarray(image).astype(numpy.float32))  # (H, W), any byte order
+        low, high = values.min(), values.max()
+        scaled = (values - low) / (high - low) if high > low else torch.zeros_like(values)
+        return scaled.unsqueeze(0).expand(channels, -1, -1).contiguous()  # (H, W) -> (C, H, W)
+    return decode_image(image, channels=channels).float().div_(255)

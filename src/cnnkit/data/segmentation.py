@@ -19,9 +19,9 @@ benchmark (`cnnkit data make-scenes`) writes the 10 object classes to classes.tx
 k+1 in the masks, 0 being background: so "background" is put first unless the file's first line already
 is "background".
 
-Images: 8-bit files go through `cnnkit.data.images.decode_image` (the same decoding as classification)
-and are scaled by 1/255. Single-channel 16-bit images (PNG/TIFF modes "I;16", "I"; medical imaging,
-microscopy) keep their full precision: each is scaled from its own real range, (value - min) / (max - min),
+Images are decoded by `cnnkit.data.images.decode_image_float` (`read_image` here): 8-bit files go
+through `decode_image` (the same decoding as classification) and are scaled by 1/255. Single-channel
+16-bit images (PNG/TIFF modes "I;16", "I"; medical imaging, microscopy) keep their full precision: each is scaled from its own real range, (value - min) / (max - min),
 to [0, 1] in float32, rather than being cut to 8 bits (a 12-bit CT slice stored in 16 bits would
 otherwise use only 1/16 of the range and lose 4 bits). Model inputs are therefore float images in
 [0, 1], normalized with the training split's per-channel mean and std.
@@ -41,13 +41,15 @@ from typing import Sequence
 import numpy
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cnnkit.data.augment import AugmentConfig
-from cnnkit.data.images import IMAGE_EXTENSIONS, decode_image
-from cnnkit.data.loader import epoch_generator
+from cnnkit.data.images import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, decode_image_float,  # noqa: F401 - re-exported
+                                image_channels)
+from cnnkit.data.sharded_loader import ShardedLoader
+from cnnkit.data.statistics import images_mean_std, sample_indices
 from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 IGNORE_INDEX = 255  # the VOC convention for "no label here"; `ignore_index` changes it
@@ -56,7 +58,6 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 MASK_MODES = {"L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I", "1"}
 
 
@@ -162,42 +163,8 @@ def scan_segmentation(root: str | Path, split: str, classes: Sequence[str] | Non
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-def image_channels(path: str | Path) -> int:
-    """1 for single-channel files (L, 16-bit, bilevel), 3 otherwise; from the header only."""
-    try:
-        with Image.open(path) as image:
-            return 1 if image.mode in {"L", "LA", "1", "F", *SIXTEEN_BIT_MODES} else 3
-    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad files
-        raise DataError(f"cannot read image {path}: {error}") from None
-
-
-def read_image(source: str | Path | Image.Image, channels: int) -> torch.Tensor:
-    """Decode an image into float32 (channels, H, W) in [0, 1]; 16-bit files keep their full range.
-
-    8-bit images (any Pillow mode) are decoded as for classification and divided by 255. Single-channel
-    16-bit images ("I;16", "I") are mapped from their own minimum and maximum to 0 and 1 (a constant
-    image becomes 0), keeping all of their levels.
-    """
-    if isinstance(source, Image.Image):
-        return _decode(source, channels, getattr(source, "filename", "") or "<PIL image>")
-    try:
-        with Image.open(source) as image:
-            return _decode(image, channels, source)
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {source}") from None
-    except DataError:
-        raise
-    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
-        raise DataError(f"cannot read image {source}: {error}; replace or remove the file") from None
-
-
-def _decode(image: Image.Image, channels: int, name) -> torch.Tensor:
-    if image.mode in SIXTEEN_BIT_MODES:
-        values = torch.from_numpy(numpy.asarray(image).astype(numpy.float32))  # (H, W), any byte order
-        low, high = values.min(), values.max()
-        scaled = (values - low) / (high - low) if high > low else torch.zeros_like(values)
-        return scaled.unsqueeze(0).expand(channels, -1, -1).contiguous()  # (H, W) -> (C, H, W)
-    return decode_image(image, channels=channels).float().div_(255)
+# image_channels and read_image (= images.decode_image_float) are images.py's, re-exported here.
+read_image = decode_image_float
 
 
 def read_mask(path: str | Path, num_classes: int, ignore_index: int = IGNORE_INDEX,
@@ -334,20 +301,13 @@ class SegmentationDataset(Dataset):
 
 
 def mean_std(files: SegmentationFiles, channels: int, max_images: int = 256, seed: int = 0) -> tuple[list, list]:
-    """Per-channel mean and std, in [0, 1] units, of up to `max_images` images (a seeded sample)."""
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(files), generator=generator)[:max_images].tolist()
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
-    count = 0
-    for index in chosen:
-        image = read_image(files.pairs[index][0], channels).double()
-        total += image.sum(dim=(1, 2))
-        squares += image.square().sum(dim=(1, 2))
-        count += image[0].numel()
-    mean = total / count
-    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt().clamp_min(1e-3)
-    return mean.tolist(), std.tolist()
+    """Per-channel mean and std, in [0, 1] units, of up to `max_images` images (a seeded sample).
+
+    The sample is `statistics.sample_indices` in drawn order (the sums follow it); std is floored at 1e-3.
+    """
+    chosen = sample_indices(len(files), max_images, seed, sort=False)
+    images = (read_image(files.pairs[index][0], channels) for index in chosen)
+    return images_mean_std(images, channels, variance_floor=1e-12, std_floor=1e-3)
 
 
 def class_pixel_counts(files: SegmentationFiles, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -361,54 +321,5 @@ def class_pixel_counts(files: SegmentationFiles, ignore_index: int = IGNORE_INDE
 
 
 # ----------------------------------------------------------------------------------------------- loading
-class SegmentationLoader:
-    """Batches of a dataset through torch's DataLoader, with `set_epoch` and `len` as the Trainer expects.
-
-    Training: shuffled with a generator seeded by (seed, epoch), full batches, each process its own
-    shard (DDP). Evaluation: every sample once, in order; process r of W takes samples r, r+W, ...
-    Workers' transforms draw from seeds derived from the same generator, so a run repeats exactly.
-
-    Args:
-        dataset: A map-style dataset (e.g. SegmentationDataset).
-        batch_size: Samples per batch (per process).
-        train: Shuffle and drop the last partial batch.
-        seed: The run's seed.
-        num_workers: DataLoader worker processes; 0 decodes in the main process.
-        rank, world_size: This process's place under torchrun.
-        collate_fn: How samples become a batch (default: stack images and masks).
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0,
-                 rank: int = 0, world_size: int = 1, collate_fn=None):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
-        self.num_workers, self.rank, self.world_size, self.collate_fn = num_workers, rank, world_size, collate_fn
-        self.epoch = 0
-        if train and len(self._indices(0)) < batch_size:
-            raise ConfigError(f"{len(dataset)} training images give no full batch of {batch_size} per process; "
-                              "lower batch_size")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self, epoch: int) -> list[int]:
-        count = len(self.dataset)
-        if not self.train:
-            return list(range(self.rank, count, self.world_size))
-        order = torch.randperm(count, generator=epoch_generator(self.seed, epoch)).tolist()
-        return order[self.rank::self.world_size]
-
-    def __len__(self) -> int:
-        count = len(self._indices(0))
-        return count // self.batch_size if self.train else -(-count // self.batch_size)
-
-    def __iter__(self):
-        indices = self._indices(self.epoch)
-        if self.train:
-            indices = indices[:len(self) * self.batch_size]
-        loader = DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch_size,
-                            shuffle=False, num_workers=self.num_workers, collate_fn=self.collate_fn,
-                            generator=epoch_generator(self.seed, self.epoch, 1),
-                            persistent_workers=False, pin_memory=False)
-        yield from loader
+# The loader of every file dataset decoded per item is sharded_loader.ShardedLoader; the old name stays.
+SegmentationLoader = ShardedLoader

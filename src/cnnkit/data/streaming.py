@@ -1,7 +1,8 @@
 """The streaming data path: images decoded from their files every epoch, for data too large to hold decoded.
 
 ``scan_dataset`` lists a dataset's files (no decoding), ``infer_size_and_channels`` and
-``estimate_mean_std`` derive the preprocessing from a seeded sample of them, and
+``estimate_mean_std`` (statistics.py, re-exported here) derive the preprocessing from a seeded
+sample of them, and
 ``StreamingLoader`` yields batches with the interface of the in-memory ``TensorLoader``
 (same constructor keywords, ``set_epoch``, ``len``, ``num_samples``; float32 normalized
 (B, C, H, W) images and int64 labels), so the Trainer does not care which one it gets.
@@ -33,7 +34,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +43,13 @@ from torchvision.transforms import v2
 
 from cnnkit.data.augment import AugmentConfig, RandomTranslate
 from cnnkit.data.augment_ops import PolicyAugment
-from cnnkit.data.datasets import compute_mean_std
 from cnnkit.data.fashion_mnist import files_in as fashion_mnist_files_in
 from cnnkit.data.file_dataset import FileDataset, collate_skip_bad
 from cnnkit.data.folder import _probe_all, _report_bad, _short_reason
 from cnnkit.data.images import decode_image
 from cnnkit.data.listing import read_csv_index, scan_image_folder
 from cnnkit.data.loader import check_batching, epoch_generator, epoch_order
+from cnnkit.data.statistics import estimate_mean_std, sample_indices
 from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 __all__ = ["FileSplit", "FileSplits", "StreamingLoader", "estimate_mean_std", "infer_size_and_channels", "scan_dataset"]
@@ -58,7 +58,6 @@ __all__ = ["FileSplit", "FileSplits", "StreamingLoader", "estimate_mean_std", "i
 # need to differ from it and from each other.
 _SAMPLE_SEED_STREAM = 2
 _DATALOADER_STREAM = 3
-_CHUNK = 256  # images decoded per statistics chunk: bounds memory at 256 decoded images
 
 
 @dataclass
@@ -154,13 +153,6 @@ def scan_dataset(spec: str | Path) -> FileSplits:
     raise DataError(f"unknown dataset {text!r}.\n{ACCEPTED_SPECS}")
 
 
-def _sample_indices(total: int, count: int, seed: int) -> list[int]:
-    """``count`` of ``range(total)`` drawn with ``seed`` (all of them if there are fewer), sorted."""
-    if total <= count:
-        return list(range(total))
-    return sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].tolist())
-
-
 def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -192,7 +184,7 @@ def infer_size_and_channels(
     """
     if channels is not None and size is not None:
         return channels, tuple(size)
-    paths = [split.paths[index] for index in _sample_indices(len(split), sample, seed)]
+    paths = [split.paths[index] for index in sample_indices(len(split), sample, seed)]
     source = f"sample of {len(paths)} of {len(split)} images"
     errors: dict[int, str] = {}
     candidates, decode_channels, size = _probe_all(paths, channels, size, _default_workers(), errors, 1.0, source)
@@ -208,56 +200,6 @@ def infer_size_and_channels(
                 return 3, tuple(size)
         return 1, tuple(size)
     return decode_channels, tuple(size)
-
-
-def estimate_mean_std(
-    split: FileSplit,
-    channels: int,
-    size: tuple[int, int],
-    max_images: int = 2000,
-    seed: int = 0,
-    num_workers: int | None = None,
-) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units from a seeded sample of the split's images.
-
-    Decodes up to ``max_images`` files as the loader does (``decode_image``), skipping
-    unreadable ones, and combines ``compute_mean_std`` of 256-image chunks exactly (memory:
-    one chunk). With ``len(split) <= max_images``: ``compute_mean_std`` of all images, up to
-    float64 rounding.
-
-    Args:
-        split: The training split (never the validation or test split).
-        channels: 1 or 3.
-        size: (height, width).
-        max_images: Sample size.
-        seed: Seed of the sample.
-        num_workers: Decoding threads (Pillow releases the GIL); None uses min(8, CPU count).
-
-    Raises:
-        DataError: If no image of the sample can be decoded.
-    """
-    paths = [split.paths[index] for index in _sample_indices(len(split), max_images, seed)]
-
-    def decode(path: Path) -> torch.Tensor | None:
-        try:
-            return decode_image(path, channels, size)
-        except DataError:
-            return None
-
-    # Chunks have equal pixel counts per image: combine their E[x] and E[x^2] weighted by images.
-    count, first, second = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
-    with ThreadPoolExecutor(max_workers=num_workers or _default_workers()) as pool:
-        for start in range(0, len(paths), _CHUNK):
-            images = [image for image in pool.map(decode, paths[start : start + _CHUNK]) if image is not None]
-            if images:
-                mean, std = (torch.tensor(values, dtype=torch.float64) for values in compute_mean_std(torch.stack(images)))
-                count += len(images)
-                first += len(images) * mean
-                second += len(images) * (std.square() + mean.square())
-    if not count:
-        raise DataError(f"estimate_mean_std: none of the {len(paths)} sampled images could be decoded.")
-    mean = first / count
-    return mean.tolist(), (second / count - mean.square()).clamp_min(0.0).sqrt().tolist()
 
 
 def build_transform(augment: AugmentConfig | None, size: tuple[int, int]) -> v2.Compose | None:

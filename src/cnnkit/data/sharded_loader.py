@@ -1,0 +1,108 @@
+"""The loader of file datasets decoded per item (segmentation, detection, instance segmentation).
+
+Hand-written around torch's DataLoader rather than with ``DistributedSampler`` because the order must be
+``epoch_generator(seed, epoch)``'s permutation (the one ``TensorLoader`` and ``StreamingLoader`` use): an
+epoch is the same batches whether the run started at epoch 0 or resumed at it, and the measured figures
+were trained on exactly these batches.
+
+Sharding under DDP (rank r of W):
+
+- Training: every rank draws the same permutation of the N items, pads it to ceil(N / W) * W by repeating
+  its start (as ``TensorLoader`` and ``DistributedSampler`` do), and takes positions r, r + W, ...; then
+  full batches only. Every rank therefore has the same ``len()`` and yields that many batches: a rank with
+  one batch fewer would leave the others waiting in the gradient all-reduce forever. With W = 1 nothing is
+  padded and the batches are exactly those of the loader this replaces (``SegmentationLoader``).
+- Evaluation: rank r takes items r, r + W, ... in order, unpadded, so every item counts exactly once in the
+  metrics. Ranks may then differ by one batch (1001 items on 2 ranks at batch 1: 501 and 500); that is
+  safe because the evaluation loop (``engine/evaluate.py``) runs the unwrapped model and communicates only
+  once, after its last batch, to sum the meters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from cnnkit.data.loader import epoch_generator
+from cnnkit.errors import ConfigError
+
+__all__ = ["ShardedLoader"]
+
+# Random streams of one epoch: loader.py's stream 0 is the permutation; the DataLoader's worker seeds.
+_DATALOADER_STREAM = 1
+
+
+class ShardedLoader:
+    """Batches of a map-style dataset through torch's DataLoader, with ``set_epoch`` and ``len``.
+
+    Training: shuffled with a generator seeded by (seed, epoch), full batches, each process an equal
+    shard (see the module docstring). Evaluation: every sample once, in order; process r of W takes
+    samples r, r+W, ... Workers' transforms draw from seeds derived from (seed, epoch), so a run repeats
+    exactly.
+
+    Args:
+        dataset: A map-style dataset (e.g. SegmentationDataset, DetectionDataset).
+        batch_size: Samples per batch (per process).
+        train: Shuffle, pad the shards to equal length and drop the last partial batch.
+        seed: The run's seed.
+        num_workers: DataLoader worker processes; 0 decodes in the main process.
+        rank, world_size: This process's place under torchrun.
+        collate_fn: How samples become a batch (default: torch's, which stacks tensors).
+
+    Raises:
+        ConfigError: For batch_size < 1, a rank outside 0..world_size-1, or a training set that gives
+            no full batch per process.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1, collate_fn=None):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+        self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
+        self.num_workers, self.rank, self.world_size, self.collate_fn = num_workers, rank, world_size, collate_fn
+        self.epoch = 0
+        if train and self.num_samples < batch_size:
+            raise ConfigError(f"{len(dataset)} training images give no full batch of {batch_size} per process; "
+                              "lower batch_size")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose order (and workers' seeds) the next iteration uses."""
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        """Items this process gets per epoch, before dropping a partial batch (training: padded)."""
+        count = len(self.dataset)
+        if self.train:
+            return -(-count // self.world_size)
+        return len(range(self.rank, count, self.world_size))
+
+    def shard_indices(self, epoch: int) -> list[int]:
+        """This process's dataset indices of ``epoch``, in order (see the module docstring)."""
+        count = len(self.dataset)
+        if not self.train:
+            return list(range(self.rank, count, self.world_size))
+        order = torch.randperm(count, generator=epoch_generator(self.seed, epoch)).tolist()
+        padded = self.num_samples * self.world_size
+        if padded > count:  # repeat the start of the permutation (cyclically, for tiny datasets)
+            order += [order[position % count] for position in range(padded - count)]
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        """Batches per epoch for this process."""
+        count = self.num_samples
+        return count // self.batch_size if self.train else -(-count // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        indices = self.shard_indices(self.epoch)
+        if self.train:
+            indices = indices[:len(self) * self.batch_size]
+        loader = DataLoader(Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers, collate_fn=self.collate_fn,
+                            generator=epoch_generator(self.seed, self.epoch, _DATALOADER_STREAM),
+                            persistent_workers=False, pin_memory=False)
+        yield from loader
