@@ -329,3 +329,20 @@ def test_tiny_training_set_pads_cyclically_and_checks_batches():
 
     with pytest.raises(ConfigError, match="no full batch"):
         ShardedLoader(_Items(3), 4, True)
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+def test_every_v2_pipeline_comes_from_data_transforms():
+    from cnnkit.data import segmentation, streaming, transforms
+    from cnnkit.data.augment import AugmentConfig
+    from cnnkit.data.detection.transforms import detection_transforms
+
+    assert streaming.build_transform is transforms.image_transform
+    assert segmentation.segmentation_transform is transforms.mask_transform
+    built = detection_transforms("strong", size=(32, 32))
+    steps = [type(step).__name__ for step in built.transforms]
+    assert steps == ["RandomHorizontalFlip", "RandomApply", "RandomAffine", "ColorJitter", "ClampBoundingBoxes",
+                     "SanitizeBoundingBoxes"]
+    # 0 means off for each colour factor, in every recipe (v2 draws nothing for an off factor).
+    jitter = transforms.image_transform(AugmentConfig(brightness=0.2), (8, 8)).transforms[0]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == ((0.8, 1.2), None, None, None)

@@ -29,7 +29,7 @@ otherwise use only 1/16 of the range and lose 4 bits). Model inputs are therefor
 Augmentation uses torchvision.transforms.v2 with the image as a `tv_tensors.Image` and the mask as a
 `tv_tensors.Mask`, so geometric transforms move both together (masks are resized with nearest-neighbour
 interpolation, never blended into non-existent classes) and colour transforms touch the image only
-(`segmentation_transform`; the settings are the training config's hflip, scale, brightness ...).
+(`segmentation_transform`, i.e. `cnnkit.data.transforms.mask_transform`; the settings are the training config's hflip, scale, brightness ...).
 """
 
 from __future__ import annotations
@@ -45,14 +45,13 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.images import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, decode_image_float,  # noqa: F401 - re-exported
                                 image_channels)
 from cnnkit.data.sharded_loader import ShardedLoader
 from cnnkit.data.statistics import images_mean_std, sample_indices
-from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
+from cnnkit.data.transforms import IGNORE_INDEX, UNSUPPORTED_MASK_AUGMENTATIONS, mask_transform
+from cnnkit.errors import DataError, DatasetNotFoundError
 
-IGNORE_INDEX = 255  # the VOC convention for "no label here"; `ignore_index` changes it
 SPLITS = ("train", "val", "test")
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -225,51 +224,9 @@ def check_masks(files: SegmentationFiles, ignore_index: int = IGNORE_INDEX) -> N
 
 
 # ----------------------------------------------------------------------------------------------- transforms
-# Augmentations of cnnkit.data.AugmentConfig that have no meaning for a mask (or would blend it).
-UNSUPPORTED_AUGMENTATIONS = ("auto_augment", "random_erasing")
-
-
-def segmentation_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                           augment: AugmentConfig | None = None, ignore_index: int = IGNORE_INDEX) -> v2.Compose:
-    """The v2 pipeline from (Image float [0, 1], Mask) of any size to the model's size, normalized.
-
-    Evaluation (augment None): resize to `size` (masks: nearest neighbour). Training adds, as the
-    AugmentConfig asks (the same settings as classification: hflip, vflip, rotate, translate, shear,
-    scale, resized_crop, brightness, contrast, saturation, hue):
-    flips; one random affine warp (rotation, translation, shear); scale jitter (resize by a factor in
-    [1 - scale, 1 + scale], then crop or pad back to `size` at a random place); a random resized crop;
-    colour jitter (image only). Pixels a warp or a pad brings in are 0 in the image and `ignore_index`
-    in the mask, so the loss never learns from them.
-
-    Raises:
-        ConfigError: For augmentations that cannot move a mask with the image (AutoAugment policies,
-            random erasing).
-    """
-    fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: ignore_index}
-    steps: list[v2.Transform] = [v2.Resize(list(size), antialias=True)]
-    if augment is not None:
-        for name in UNSUPPORTED_AUGMENTATIONS:
-            if getattr(augment, name) not in (0, 0.0, "none"):
-                raise ConfigError(f"{name}={getattr(augment, name)!r} is not available for segmentation (it would "
-                                  f"change the image without its mask); leave it at its default")
-        if augment.hflip:
-            steps.append(v2.RandomHorizontalFlip())
-        if augment.vflip:
-            steps.append(v2.RandomVerticalFlip())
-        if augment.rotate or augment.translate or augment.shear:
-            translate = (augment.translate / size[1], augment.translate / size[0]) if augment.translate else None
-            steps.append(v2.RandomAffine(augment.rotate, translate=translate, shear=augment.shear or None, fill=fill))
-        if augment.scale:
-            shorter = min(size)
-            steps += [v2.RandomResize(round(shorter * (1 - augment.scale)), round(shorter * (1 + augment.scale)) + 1,
-                                      antialias=True),
-                      v2.RandomCrop(list(size), pad_if_needed=True, fill=fill)]
-        if augment.resized_crop:
-            steps.append(v2.RandomResizedCrop(list(size), scale=(augment.resized_crop, 1.0), antialias=True))
-        if augment.brightness or augment.contrast or augment.saturation or augment.hue:
-            steps.append(v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue))
-    steps.append(v2.Normalize(list(mean), list(std)))
-    return v2.Compose(steps)
+# The image + mask pipeline lives with the other v2 pipelines (transforms.py); the old names stay.
+segmentation_transform = mask_transform
+UNSUPPORTED_AUGMENTATIONS = UNSUPPORTED_MASK_AUGMENTATIONS
 
 
 class SegmentationDataset(Dataset):

@@ -39,10 +39,8 @@ from pathlib import Path
 
 import torch
 import torch.utils.data
-from torchvision.transforms import v2
 
-from cnnkit.data.augment import AugmentConfig, RandomTranslate
-from cnnkit.data.augment_ops import PolicyAugment
+from cnnkit.data.augment import AugmentConfig
 from cnnkit.data.fashion_mnist import files_in as fashion_mnist_files_in
 from cnnkit.data.file_dataset import FileDataset, collate_skip_bad
 from cnnkit.data.folder import _probe_all, _report_bad, _short_reason
@@ -50,6 +48,7 @@ from cnnkit.data.images import decode_image
 from cnnkit.data.listing import read_csv_index, scan_image_folder
 from cnnkit.data.loader import check_batching, epoch_generator, epoch_order
 from cnnkit.data.statistics import estimate_mean_std, sample_indices
+from cnnkit.data.transforms import image_transform
 from cnnkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 __all__ = ["FileSplit", "FileSplits", "StreamingLoader", "estimate_mean_std", "infer_size_and_channels", "scan_dataset"]
@@ -202,41 +201,8 @@ def infer_size_and_channels(
     return decode_channels, tuple(size)
 
 
-def build_transform(augment: AugmentConfig | None, size: tuple[int, int]) -> v2.Compose | None:
-    """The per-sample ``transforms.v2`` pipeline of an ``AugmentConfig`` (None: no augmentation).
-
-    The same augmentations, in the same order, as ``augment.build_augmentations`` (the torchvision
-    originals of the batched versions: e.g. HSV hue, not the batched YIQ rotation).
-    """
-    if augment is None:
-        return None
-    steps: list[v2.Transform] = []
-    if augment.hflip:
-        steps.append(v2.RandomHorizontalFlip(p=0.5))
-    if augment.translate:
-        RandomTranslate(augment.translate, augment.translate_padding)  # validates the values
-        if augment.translate_padding == "reflect" and min(size) <= augment.translate:
-            raise ConfigError(
-                f"augment.translate={augment.translate} with reflect padding needs images larger than "
-                f"{augment.translate} pixels, got {tuple(size)}. Use a smaller translate or translate_padding='zeros'."
-            )
-        mode = "reflect" if augment.translate_padding == "reflect" else "constant"
-        steps.append(v2.RandomCrop(tuple(size), padding=augment.translate, padding_mode=mode, fill=0))
-    if augment.vflip:
-        steps.append(v2.RandomVerticalFlip(p=0.5))
-    if augment.resized_crop:
-        steps.append(v2.RandomResizedCrop(tuple(size), scale=(augment.resized_crop, 1.0), antialias=True))
-    if augment.rotate or augment.scale or augment.shear:
-        steps.append(v2.RandomAffine(degrees=augment.rotate, scale=(1 - augment.scale, 1 + augment.scale),
-                                     shear=(-augment.shear, augment.shear) if augment.shear else None))
-    if augment.auto_augment != "none":
-        steps.append(PolicyAugment(augment.auto_augment).transform)
-    if augment.brightness or augment.contrast or augment.saturation or augment.hue:
-        steps.append(v2.ColorJitter(augment.brightness or None, augment.contrast or None,
-                                    augment.saturation or None, augment.hue or None))
-    if augment.random_erasing:
-        steps.append(v2.RandomErasing(p=augment.random_erasing, value=0))
-    return v2.Compose(steps) if steps else None
+# The per-sample pipeline of an AugmentConfig lives with the other v2 pipelines (transforms.py).
+build_transform = image_transform
 
 
 class _SeededFileDataset(FileDataset):

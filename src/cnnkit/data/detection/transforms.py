@@ -1,5 +1,8 @@
 """Box-aware augmentation for detection (and instance segmentation) with torchvision.transforms.v2.
 
+This module holds the settings (`DetectionAugment`, the presets); the pipeline is built by
+`cnnkit.data.transforms.box_transform`, beside the other v2 pipelines.
+
 torchvision's v2 transforms move tv_tensors.BoundingBoxes and tv_tensors.Mask with the image, so a
 flip flips the boxes and a crop crops the masks; this module only chooses and orders them:
 
@@ -104,26 +107,8 @@ def detection_transforms(augment=None, size: tuple[int, int] | int | None = None
     Raises:
         ConfigError: For unknown presets or settings, out-of-range values, or crop without size.
     """
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
+    from cnnkit.data.transforms import box_transform  # torchvision only when a pipeline is built
 
     settings = _resolve(augment)
     settings.check()
-    steps = []
-    if settings.hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(p=settings.hflip))
-    if settings.crop > 0:
-        if size is None:
-            raise ConfigError("detection augmentation: crop needs the image size (size=(height, width)).")
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        steps.append(v2.RandomApply([v2.RandomIoUCrop(), v2.Resize(size, antialias=True)], p=settings.crop))
-    if settings.scale != (1.0, 1.0) or settings.translate > 0:
-        steps.append(v2.RandomAffine(degrees=0, translate=(settings.translate, settings.translate),
-                                     scale=settings.scale, fill={tv_tensors.Image: 114, tv_tensors.Mask: 0}))
-    if settings.colour > 0 or settings.hue > 0:
-        steps.append(v2.ColorJitter(brightness=settings.colour, contrast=settings.colour, saturation=settings.colour,
-                                    hue=settings.hue or None))
-    if not steps:
-        return None
-    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)]
-    return v2.Compose(steps)
+    return box_transform(settings, size)
