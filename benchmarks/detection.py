@@ -96,7 +96,7 @@ def calibrate(config, batches: int = 12) -> dict[str, float]:
 
     from cnnkit.engine.distributed import DistInfo
     from cnnkit.engine.optim import make_optimizer
-    from cnnkit.engine.trainer import resolve_precision
+    from cnnkit.device import resolve_precision
     from cnnkit.tasks import task_module
 
     setup = task_module("detect").setup(config, torch.device("cpu"), DistInfo(), None)
@@ -160,7 +160,7 @@ def inference_speed(detector, annotations, batch_size: int, limit: int) -> float
     import torch
 
     from cnnkit.data.images import decode_image
-    from cnnkit.engine.trainer import resolve_precision
+    from cnnkit.device import resolve_precision
 
     images = [decode_image(image.file, channels=3) for image in annotations.images[:limit]]
     dtype = resolve_precision(detector.record["config"]["precision"], detector.device)

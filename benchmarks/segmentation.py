@@ -119,8 +119,8 @@ def calibrate(settings: dict) -> float:
     from cnnkit.config import TrainConfig
     from cnnkit.engine.distributed import DistInfo
     from cnnkit.engine.optim import make_optimizer
-    from cnnkit.engine.trainer import resolve_precision
-    from cnnkit.tasks.base import task_module
+    from cnnkit.device import resolve_precision
+    from cnnkit.tasks import task_module
 
     config = TrainConfig(**settings)
     if config.num_threads:
@@ -199,7 +199,7 @@ def inference_speed(predictor, settings: dict, task: str) -> float:
 
         loader = make_instance_loader(read_instance_data(config, verbose=False, splits=("train", "test")).test,
                                       config, train=False)
-    from cnnkit.engine.trainer import resolve_precision
+    from cnnkit.device import resolve_precision
 
     dtype = resolve_precision(config.precision, predictor.device)
     count, started = 0, time.perf_counter()

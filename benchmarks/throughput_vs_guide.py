@@ -57,10 +57,11 @@ from torchvision import transforms
 import _common
 from cnnkit import create_model
 from cnnkit.config import TrainConfig
-from cnnkit.api import make_loader
+from cnnkit.tasks.classification import make_loader
 from cnnkit.data import ArrayDataset, AugmentConfig, compute_mean_std, load_fashion_mnist
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.engine.trainer import Trainer, resolve_precision
+from cnnkit.device import resolve_precision
+from cnnkit.engine.trainer import Trainer
 from cnnkit.tasks import ClassificationTask
 
 NAME = "throughput_vs_guide"

@@ -52,11 +52,12 @@ import torch.nn.functional as F
 import _common
 from cnnkit import create_model
 from cnnkit.config import TrainConfig
-from cnnkit.api import make_loader
+from cnnkit.tasks.classification import make_loader
 from cnnkit.data import ArrayDataset, compute_mean_std, load_fashion_mnist
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
-from cnnkit.engine.trainer import Trainer, resolve_precision
+from cnnkit.device import resolve_precision
+from cnnkit.engine.trainer import Trainer
 from cnnkit.tasks import ClassificationTask
 
 NAME = "trainer_overhead"

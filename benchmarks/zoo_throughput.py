@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 
 import _common
-from cnnkit.engine.trainer import resolve_precision
+from cnnkit.device import resolve_precision
 from cnnkit.inspect import count_macs, parse_input_size
 from cnnkit.registry import create_model, get_entry, list_models
 from cnnkit.tasks import ClassificationTask

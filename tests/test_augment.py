@@ -182,7 +182,7 @@ def test_augment_preview_writes_a_grid(image_folder, tmp_path) -> None:
 
 
 def test_label_text_names_both_classes_of_a_mixed_label() -> None:
-    from cnnkit.data.preview import label_text
+    from cnnkit.tasks.classification.preview import label_text
 
     assert label_text(torch.tensor([0.0, 1.0, 0.0]), ["a", "b", "c"]) == "b"
     assert label_text(torch.tensor([0.25, 0.75, 0.0]), ["a", "b", "c"]) == "b 0.75 + a 0.25"

@@ -148,7 +148,7 @@ def test_overlap_warning_function():
 
 
 def test_training_warns_when_validation_overlaps_training(tmp_path, capsys):
-    from cnnkit.api import setup_classification
+    from cnnkit.tasks.classification import setup as setup_classification
     from cnnkit.config import TrainConfig
     from cnnkit.engine.distributed import DistInfo
 

@@ -175,7 +175,7 @@ def imbalanced_folder(tmp_path_factory, fashion_images):
 
 
 def test_setup_wires_weights_focal_and_oversampling(imbalanced_folder):
-    from cnnkit.api import setup_classification
+    from cnnkit.tasks.classification import setup as setup_classification
     from cnnkit.engine.distributed import DistInfo
 
     config = TrainConfig(data=str(imbalanced_folder), class_weights="inverse", sampler="oversample", loss="focal",

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from cnnkit.cli import main
 from cnnkit.data import TensorLoader
-from cnnkit.engine.lr_finder import default_beta, exponential_lrs, lr_find, range_test, smooth, smooth_zero_phase, suggest
+from cnnkit.api import lr_find
+from cnnkit.engine.lr_finder import default_beta, exponential_lrs, range_test, smooth, smooth_zero_phase, suggest
 from cnnkit.errors import ConfigError
 from cnnkit.tasks import ClassificationTask
 from conftest import FAST_SETTINGS

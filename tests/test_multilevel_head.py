@@ -10,8 +10,8 @@ import torch
 import cnnkit
 from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import load_checkpoint
-from cnnkit.engine.linear_probe import head_features
-from cnnkit.engine.transfer import adapt_state_dict, backbone_blocks, classifier_module
+from cnnkit.transfer import head_features
+from cnnkit.transfer import adapt_state_dict, backbone_blocks, classifier_module
 from cnnkit.errors import ConfigError, ModelError
 from cnnkit.export import export_run
 from cnnkit.registry import create_model

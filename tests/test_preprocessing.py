@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import cnnkit
-from cnnkit.api import prepare_data
+from cnnkit.tasks.classification import prepare_data
 from cnnkit.config import TrainConfig
 from cnnkit.data import compute_mean_std
 from cnnkit.data.preprocess import Preprocessing

@@ -121,15 +121,15 @@ def test_report_without_the_data_still_shows_the_rest(trained_run, tmp_path):
 
 
 def test_time_budget_cuts_evaluation_short_and_says_so(trained_run, tmp_path, monkeypatch):
-    import cnnkit.api
+    import cnnkit.tasks.classification as classification
 
-    make_loader = cnnkit.api.make_loader
+    make_loader = classification.make_loader
 
     def batches_of_16(*args, **kwargs):  # the evaluation batch (>= 512) would hold all 80 test images at once
         return [(images[start:start + 16], targets[start:start + 16])
                 for images, targets in make_loader(*args, **kwargs) for start in range(0, len(targets), 16)]
 
-    monkeypatch.setattr(cnnkit.api, "make_loader", batches_of_16)
+    monkeypatch.setattr(classification, "make_loader", batches_of_16)
     run_dir = _copy_run(trained_run, tmp_path)
     text = write_report(run_dir, max_seconds=1e-6).read_text()
     assert f"time budget spent: evaluated 16 of {TEST_IMAGES} images" in text

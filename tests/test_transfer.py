@@ -12,9 +12,9 @@ from cnnkit.config import TrainConfig
 from cnnkit.engine.checkpoint import load_checkpoint
 from cnnkit.engine.optim import make_optimizer
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.engine.linear_probe import DEFAULT_PROBE_L2, fit_linear_probe, head_features
-from cnnkit.engine.transfer import (TransferSchedule, adapt_state_dict, backbone_blocks, classifier_module,
-                                    load_pretrained_state, pretrained_preprocessing)
+from cnnkit.transfer import (DEFAULT_PROBE_L2, TransferSchedule, adapt_state_dict, backbone_blocks,
+                             classifier_module, fit_linear_probe, head_features, head_parameter_names,
+                             load_pretrained_state, pretrained_preprocessing)
 from cnnkit.errors import CheckpointError, ConfigError, ModelError
 from cnnkit.registry import create_model
 
@@ -86,7 +86,7 @@ def test_feature_extraction_and_gradual_unfreezing_schedules():
 def test_backbone_learning_rate_is_a_fraction_of_the_head_s():
     model = create_model("fastnet", num_classes=5)
     config = TrainConfig(pretrained="x.safetensors", backbone_lr_ratio=0.1, lr=0.2)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, head_parameter_names(model))  # as the task's setup passes them
     head = {id(p) for p in model.head.parameters()}
     for group in optimizer.param_groups:
         is_head = all(id(p) in head for p in group["params"])

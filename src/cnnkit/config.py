@@ -450,6 +450,23 @@ def make_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raise ConfigError(f"{source}: {error}") from None
 
 
+def as_config(config: "TrainConfig | dict | str | Path | None" = None,
+              overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from any of the forms the API takes, `overrides` applied last (each key checked).
+
+    Args:
+        config: A TrainConfig, a dict of settings, a YAML file (a run's config.yaml included), or None
+            for the defaults.
+        overrides: Settings that take precedence, e.g. {"epochs": 5}.
+    """
+    overrides = overrides or {}
+    if isinstance(config, TrainConfig):
+        return TrainConfig(**apply_overrides(config.to_dict(), overrides, "overrides"))
+    if isinstance(config, dict):
+        return TrainConfig(**apply_overrides(apply_overrides({}, config, "config"), overrides, "overrides"))
+    return make_config(config, overrides)
+
+
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

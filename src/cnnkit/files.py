@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, fsync, rename over the target, fsync the folder.
 
-A crash mid-write leaves the previous file intact. Ground floor: imports nothing from cnnkit, so every
-layer (config, data, engine, export ...) may use it.
+A crash mid-write leaves the previous file intact. Also the check that input files exist before any work.
+Ground floor: imports nothing from cnnkit but its errors, so every layer (config, data, engine, cli ...) may
+use it.
 """
 
 from __future__ import annotations
@@ -36,3 +37,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically (temp file, fsync, rename)."""
     atomic_write(path, lambda temporary: Path(temporary).write_text(text))
+
+
+def require_files(paths: list[str]) -> None:
+    """Raise CnnkitError naming the first of `paths` that is not a file, before any model is loaded."""
+    from cnnkit.errors import CnnkitError
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise CnnkitError(f"image {path} not found")

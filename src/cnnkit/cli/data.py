@@ -155,7 +155,7 @@ def _add_data_check(actions) -> None:
 
 def run_data_check(args) -> int:
     from cnnkit.data.check import check_dataset, format_report, plot_pairs
-    from cnnkit.engine.checkpoint import atomic_write_text
+    from cnnkit.files import atomic_write_text
 
     report = check_dataset(args.dataset, threshold=args.threshold, size=args.size, val_fraction=args.val_fraction,
                            seed=args.seed, near=not args.exact_only)

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from cnnkit.cli._common import require_images
+from cnnkit.files import require_files
 from cnnkit.errors import CnnkitError
 
 
@@ -91,7 +91,7 @@ def run_inspect(args) -> int:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer or "conv")
         paths = [plot_filters(classifier.model, layer, out / f"filters-{name}.png")]
     else:
-        require_images([args.image])
+        require_files([args.image])
         inputs = classifier.preprocessing.normalize(classifier.preprocessing.load([args.image]))  # (1, C, H, W)
         maps = feature_maps(classifier.model, inputs, args.layers)
         paths = plot_feature_maps(maps, out / f"features-{Path(args.image).stem}")
@@ -133,7 +133,7 @@ def run_explain(args) -> int:
     from cnnkit.api import load
     from cnnkit.inspect.gradcam import gradcam, plot_gradcam, resolve_class
 
-    require_images(args.images)
+    require_files(args.images)
     classifier = load(args.run_dir, device=args.device)
     target = resolve_class(args.target, classifier.classes)
     out = Path(args.out) if args.out else Path(args.run_dir) / "explain"

@@ -1,8 +1,7 @@
 """`cnnkit evaluate` and `cnnkit predict`: commands that run a trained run on data.
 
-Every place the CLI branches on a run's task (classify, detect, segment, instance) is in this module: how an
-evaluation is printed and written (run_evaluate and its helpers) and how predictions are made and written
-(run_predict and its helpers). It is the one spot to replace with a lookup in the task table.
+Neither branches on a task name: the run's recorded task names its TaskInfo (cnnkit.tasks.task_info), which
+says how its evaluation is printed, what its predictions are and whether the export backends can run it.
 
 cnnkit.api (and with it torch) is imported inside the handlers, never at module level: `cnnkit --help`
 must start fast.
@@ -15,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from cnnkit.cli._common import require_images
 from cnnkit.errors import CnnkitError
 
 
@@ -42,65 +40,19 @@ def add_evaluate(commands) -> None:
 
 def run_evaluate(args) -> int:
     from cnnkit.api import load
-    from cnnkit.metrics.classification import per_class_table
+    from cnnkit.tasks import task_info
 
-    classifier = load(args.run_dir, device=args.device)
-    if classifier.record.get("task") == "detect":
-        return run_evaluate_detection(args, classifier)
-    if classifier.record.get("task") in ("segment", "instance"):
-        return run_evaluate_segmentation(args, classifier)
-    result = classifier.evaluate(args.split)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        print(text)
-    else:
-        print(f"{args.split} accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-              f"balanced accuracy {result['balanced_accuracy']:.4f}  ({result['count']} images)")
-        print(per_class_table(result))
-    return _write_evaluation(classifier.run_dir, args.split, text, "per-class metrics and confusion matrix")
-
-
-def run_evaluate_detection(args, detector) -> int:
-    """`cnnkit evaluate` for a detection run: COCO mAP, mAP@.5 and per-class AP."""
-    from cnnkit.metrics.detection import coco_ap_table
-
-    result = detector.evaluate(args.split)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        print(text)
-    else:
-        print(f"{args.split} mAP@[.5:.95] {result['map']:.4f}  mAP@.5 {result['map50']:.4f}  "
-              f"mAP@.75 {result['map75']:.4f}  recall@100 {result['mar100']:.4f}  ({result['count']} images, "
-              f"{result['images_per_second']:.1f} images/s)")
-        print(coco_ap_table(result))
-    return _write_evaluation(detector.run_dir, args.split, text, "per-class AP")
-
-
-def run_evaluate_segmentation(args, predictor) -> int:
-    """`cnnkit evaluate` for segmentation runs (mIoU, per-class IoU and Dice) and instance runs (mask mAP)."""
+    predictor = load(args.run_dir, device=args.device)
+    info = task_info(predictor.record["task"])
     result = predictor.evaluate(args.split)
     text = json.dumps(result, indent=2)
-    if args.json:
-        print(text)
-    elif predictor.record["task"] == "segment":
-        from cnnkit.metrics.segmentation import per_class_table
-
-        print(f"{args.split} mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
-              f"mean Dice {result['mean_dice']:.4f}  loss {result['loss']:.4f}  ({result['images']} images)")
-        print(per_class_table(result))
-    else:
-        from cnnkit.metrics.detection import coco_ap_table
-
-        print(f"{args.split} mask mAP@.5 {result['mask_map50']:.4f}  mask mAP@[.5:.95] {result['mask_map']:.4f}  "
-              f"box mAP@.5 {result['map50']:.4f}  box mAP@[.5:.95] {result['map']:.4f}  ({result['count']} images, "
-              f"{result['images_per_second']:.1f} images/s)")
-        print(coco_ap_table(result))
-    return _write_evaluation(predictor.run_dir, args.split, text, "per-class metrics")
+    print(text if args.json else info.evaluation_text(result, args.split))
+    return _write_evaluation(predictor.run_dir, args.split, text, info.evaluation_saved)
 
 
 def _write_evaluation(run_dir: Path, split: str, text: str, what: str) -> int:
     """Write RUN_DIR/evaluation-SPLIT.json; a read-only run directory still gets its numbers printed."""
-    from cnnkit.engine.checkpoint import atomic_write_text
+    from cnnkit.files import atomic_write_text
 
     path = run_dir / f"evaluation-{split}.json"
     try:
@@ -148,81 +100,23 @@ def add_predict(commands) -> None:
 
 
 def run_predict(args) -> int:
-    from cnnkit.export import load_predictor
+    from cnnkit.api import load
+    from cnnkit.export import load_predictor, recorded_task
+    from cnnkit.tasks import PredictOptions, task_info
 
-    if _run_task(args.run_dir) == "detect":
-        return run_predict_detection(args)
-    if _run_task(args.run_dir) in ("segment", "instance"):
-        return run_predict_segmentation(args)
-
+    info = task_info(recorded_task(args.run_dir))
     if args.top_k < 1:
         raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
-    classifier = load_predictor(args.run_dir, backend=args.backend, device=args.device)
-    results = []
-    for path in args.images:
-        top = classifier.predict([path], top_k=args.top_k)[0]
-        results.append({"image": path, "predictions": [{"class": c, "probability": p} for c, p in top]})
+    if info.exportable:  # the backends run exported graphs: --backend picks one
+        predictor = load_predictor(args.run_dir, backend=args.backend, device=args.device)
+    else:
+        predictor = load(args.run_dir, device=args.device)
+    options = PredictOptions(top_k=args.top_k, score_threshold=args.score_threshold,
+                             out=Path(args.out) if args.out else None)
+    results = info.predict(predictor, args.images, options)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for result in results:
-            shown = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in result["predictions"])
-            print(f"{result['image']}: {shown}")
-    return 0
-
-
-def _run_task(path: str) -> str:
-    """The task recorded in a run directory's or checkpoint's record ("classify" for anything else)."""
-    from cnnkit.engine.checkpoint import read_record
-
-    file = Path(path) / "best.safetensors" if Path(path).is_dir() else Path(path)
-    if file.suffix != ".safetensors" or not file.is_file():
-        return "classify"
-    return read_record(file).get("task", "classify")
-
-
-def run_predict_detection(args) -> int:
-    """`cnnkit predict` for a detection run: JSON and a drawing per image."""
-    from cnnkit.api import load
-    from cnnkit.tasks.detection import write_predictions
-
-    if not 0 <= args.score_threshold <= 1:
-        raise CnnkitError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    require_images(args.images)
-    detector = load(args.run_dir, device=args.device)
-    out = Path(args.out) if args.out else detector.run_dir / "predictions"
-    results = write_predictions(detector, args.images, out, args.score_threshold)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for result in results:
-            shown = ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"]) or "nothing"
-            print(f"{result['image']}: {shown} -> {result['drawing']}")
-    return 0
-
-
-def run_predict_segmentation(args) -> int:
-    """`cnnkit predict` for segmentation and instance runs: mask PNG and overlay per image (instance: + JSON)."""
-    from cnnkit.api import load
-
-    require_images(args.images)
-    predictor = load(args.run_dir, device=args.device)
-    out = Path(args.out) if args.out else predictor.run_dir / "predictions"
-    if predictor.record["task"] == "segment":
-        from cnnkit.tasks.segmentation import write_predictions
-
-        results = write_predictions(predictor, args.images, out)
-        shown = [", ".join(f"{name} {share:.0%}" for name, share in r["classes"].items()) for r in results]
-    else:
-        from cnnkit.tasks.instance import write_predictions
-
-        if not 0 <= args.score_threshold <= 1:
-            raise CnnkitError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-        results = write_predictions(predictor, args.images, out, args.score_threshold)
-        shown = [", ".join(f"{o['class']} {o['score']:.2f}" for o in r["objects"]) or "nothing" for r in results]
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for result, summary in zip(results, shown):
-            print(f"{result['image']}: {summary} -> {result['mask']}, {result['overlay']}")
+            print(info.prediction_text(result))
     return 0

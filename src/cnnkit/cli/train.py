@@ -91,7 +91,7 @@ def add_augment(commands) -> None:
 
 def run_augment(args) -> int:
     from cnnkit.config import make_config, parse_key_values
-    from cnnkit.data.preview import save_preview
+    from cnnkit.tasks.classification.preview import save_preview
 
     overrides = parse_key_values(args.overrides)
     if args.data:
@@ -141,7 +141,8 @@ def add_lr_find(commands) -> None:
 
 def run_lr_find(args) -> int:
     from cnnkit.config import parse_key_values
-    from cnnkit.engine.lr_finder import lr_find, plot_lr_find
+    from cnnkit.api import lr_find
+    from cnnkit.engine.lr_finder import plot_lr_find
 
     overrides = parse_key_values(args.overrides)
     for name in ("data", "model"):

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from cnnkit.errors import CheckpointError
 from cnnkit.files import atomic_write as _atomic_write
 from cnnkit.task_table import canonical_task
-from cnnkit.files import atomic_write_text  # noqa: F401 - re-exported for callers of the engine
+from cnnkit.files import atomic_write_text
 
 FORMAT_VERSION = 1
 RECORD_KEY = "cnnkit"

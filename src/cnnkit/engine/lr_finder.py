@@ -33,8 +33,8 @@ is not finite.
 
 The model, data pipeline (augmentation included), optimizer (its momentum, weight decay and
 parameter groups) and precision are exactly those `cnnkit train` builds from the same settings, via
-the task module's `setup` (`cnnkit.api.setup_classification` for classification) and
-`cnnkit.engine.optim.make_optimizer`. Only the LR schedule is replaced. Nothing is saved: the
+the task package's `setup` (`cnnkit.api.lr_find` builds them) and `cnnkit.engine.optim.make_optimizer`.
+Only the LR schedule is replaced. Nothing is saved: the
 weights are restored afterwards, so calling `lr_find` leaves the model as it was built.
 """
 
@@ -50,11 +50,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from cnnkit.config import TrainConfig, apply_overrides, make_config
-from cnnkit.engine.optim import make_optimizer
 from cnnkit.errors import ConfigError
 
-__all__ = ["LRFindResult", "default_beta", "exponential_lrs", "lr_find", "plot_lr_find", "range_test", "smooth",
+__all__ = ["LRFindResult", "default_beta", "exponential_lrs", "plot_lr_find", "range_test", "smooth",
            "smooth_zero_phase", "suggest"]
 
 DIVERGENCE_FACTOR = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum (fast.ai's value)
@@ -141,53 +139,6 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
         slopes = {i: (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(start, best)}
         steepest_lr = lrs[min(slopes, key=slopes.__getitem__)]
     return min_loss_lr / 10, steepest_lr, min_loss_lr
-
-
-def _as_config(config: TrainConfig | dict | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return TrainConfig(**apply_overrides(config.to_dict(), overrides, "overrides"))
-    if isinstance(config, dict):
-        return make_config(None, {**config, **overrides})
-    return make_config(config, overrides)
-
-
-def lr_find(config: TrainConfig | dict | str | Path | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
-            num_steps: int = 100, beta: float | None = None, progress: bool = True, **overrides) -> LRFindResult:
-    """Run the LR range test on the model and data that `cnnkit train` would build from `config`.
-
-    Args:
-        config: A TrainConfig, a dict of settings, a YAML file, or None for the defaults.
-        start_lr, end_lr: The LR range, swept geometrically.
-        num_steps: Optimizer steps (batches); 100-300 is usual. The sweep stops earlier if the loss diverges.
-        beta: Smoothing of the loss curve (0 = none); None: `default_beta(num_steps)`.
-        progress: Show a progress bar.
-        **overrides: Settings, e.g. model="resnet20", batch_size=128.
-
-    Returns:
-        The curve and the suggested LRs (LRFindResult). The model is not saved; its weights are restored.
-    """
-    from cnnkit.api import resolve_device
-    from cnnkit.engine.distributed import DistInfo
-    from cnnkit.engine.trainer import resolve_precision
-    from cnnkit.tasks import task_module
-
-    config = _as_config(config, overrides)
-    lrs = exponential_lrs(start_lr, end_lr, num_steps)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = resolve_device(config.device)
-    setup = task_module(config.task).setup(config, device, DistInfo(), None)
-    task, loader = setup.task, setup.train_loader
-    if len(loader) == 0:
-        raise ConfigError(f"the training split has fewer images than one batch ({config.batch_size}); "
-                          "lower batch_size")
-    model: nn.Module = task.model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    task.model = model
-    optimizer = make_optimizer(model, config)
-    return range_test(task, loader, optimizer, lrs, device, resolve_precision(config.precision, device),
-                      config.grad_clip_norm, beta, progress)
 
 
 def range_test(task, loader, optimizer: torch.optim.Optimizer, lrs: list[float], device: torch.device,

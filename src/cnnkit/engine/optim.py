@@ -56,14 +56,15 @@ def peak_lr(config: TrainConfig) -> float:
     return BASE_LR_PER_256[config.optimizer] * config.batch_size * config.accumulate_steps / 256
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, or AdamW, with `peak_lr(config)` as the peak learning rate."""
-    lr = peak_lr(config)
-    head_names = None
-    if config.pretrained:
-        from cnnkit.engine.transfer import head_parameter_names
+def make_optimizer(model: nn.Module, config: TrainConfig,
+                   head_names: set[str] | None = None) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW, with `peak_lr(config)` as the peak learning rate.
 
-        head_names = head_parameter_names(model)
+    Args:
+        head_names: Parameters at the peak LR, the others at peak x config.backbone_lr_ratio (a pretrained
+            backbone: cnnkit.transfer.head_parameter_names); None: every parameter at the peak LR.
+    """
+    lr = peak_lr(config)
     groups = parameter_groups(model, config.weight_decay, lr, head_names, config.backbone_lr_ratio)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.momentum > 0)

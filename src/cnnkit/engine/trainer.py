@@ -28,6 +28,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.device import resolve_precision
 from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum
+from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
 from cnnkit.errors import CheckpointError, ConfigError
 
@@ -57,11 +58,15 @@ class Trainer:
         dist_info: Rank and world size under torchrun.
         callbacks: Objects with `on_epoch_start(trainer, epoch)` and/or `on_epoch_end(trainer, metrics)`
             methods, or plain functions called as callback(trainer, epoch_metrics) after each epoch.
+        head_parameters: Parameter names that train at the full LR, the rest at lr x backbone_lr_ratio
+            (transfer learning, from the task's setup); None: one LR for all.
+        find_unused_parameters: DDP: some parameters get no gradient (layers frozen by the task's setup).
     """
 
     def __init__(self, config: TrainConfig, task, train_loader, val_loader, run_dir: str | Path,
                  record: dict[str, Any], device: torch.device, dist_info: DistInfo = DistInfo(),
-                 callbacks: list[Callable] = ()):
+                 callbacks: list[Callable] = (), *, head_parameters: set[str] | None = None,
+                 find_unused_parameters: bool = False):
         self.config, self.task, self.record = config, task, record
         self.train_loader, self.val_loader = train_loader, val_loader
         self.run_dir, self.device, self.dist = Path(run_dir), device, dist_info
@@ -76,7 +81,7 @@ class Trainer:
         if dist_info.enabled and config.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = task.model = model
-        self.optimizer = make_optimizer(model, config)
+        self.optimizer = make_optimizer(model, config, head_parameters)
         self.steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_steps)
         self.lr_factor = lr_factor_function(config, self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
@@ -93,9 +98,8 @@ class Trainer:
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             # Layers frozen for transfer learning get no gradient: DDP must not wait for them.
-            partial = bool(config.pretrained) and config.finetune != "full"
             self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                                                   find_unused_parameters=partial)
+                                                                   find_unused_parameters=find_unused_parameters)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
 
@@ -225,21 +229,9 @@ class Trainer:
         metrics["train_images_per_second"] = float(totals[2]) / seconds
         return metrics
 
-    @torch.no_grad()
     def evaluate(self, loader, model: nn.Module | None = None, per_class: bool = False) -> dict[str, Any]:
         """Metrics of `model` (default: the EMA weights if enabled, else the model) over a loader, all ranks summed."""
-        model = model or self.eval_model
-        was_training = model.training
-        model.eval()
-        meter = self.task.new_meter()
-        with self._autocast():
-            for images, targets in loader:
-                images, targets = self.task.to_device(images, targets, self.device)
-                result = self.task.evaluation_step(model, images, targets)
-                self.task.update_meter(meter, result, targets)
-        for tensor in meter.tensors():
-            all_reduce_sum(tensor, self.dist)
-        model.train(was_training)
+        meter = evaluate_split(self.task, model or self.eval_model, loader, self.device, self.amp_dtype, self.dist)
         return meter.compute(per_class=per_class)
 
     @property

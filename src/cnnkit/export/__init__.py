@@ -10,14 +10,14 @@
     parity.py     the check every export passes: same inputs, same logits within 1e-4
     exporter.py   export_run / export_model: load, write, check, compare, then move into place
     runtimes.py   ONNX Runtime and OpenVINO behind the nn.Module interface
-    backends.py   load_predictor: --backend auto|torch|onnxruntime|openvino, with the ONNX cache
+    backends.py   load_predictor: --backend auto|torch|onnxruntime|openvino, with the ONNX cache; recorded_task
 """
 
-from cnnkit.export.backends import AUTO_RUNTIMES, BACKENDS, cached_onnx, load_predictor
+from cnnkit.export.backends import AUTO_RUNTIMES, BACKENDS, cached_onnx, load_predictor, recorded_task
 from cnnkit.export.errors import ExportError, ParityError
 from cnnkit.export.exporter import ExportResult, export_model, export_run, read_metadata
 from cnnkit.export.formats import FORMATS
 from cnnkit.export.parity import DEFAULT_TOLERANCE, check_parity
 
 __all__ = ["AUTO_RUNTIMES", "BACKENDS", "DEFAULT_TOLERANCE", "FORMATS", "ExportError", "ExportResult", "ParityError",
-           "cached_onnx", "check_parity", "export_model", "export_run", "load_predictor", "read_metadata"]
+           "cached_onnx", "check_parity", "export_model", "export_run", "load_predictor", "read_metadata", "recorded_task"]

@@ -15,7 +15,7 @@
   On a GPU (`--device cuda`) `auto` is PyTorch: these ONNX runtimes are set up for the CPU here.
 
 Exported TorchScript (.torchscript.pt) and torch.export (.pt2) files run with the `torch` backend.
-Every backend returns a `cnnkit.api.Classifier`, whose `model` is an nn.Module (a RuntimeModel for the ONNX
+Every backend returns the run's task predictor (a `cnnkit.tasks.classification.Classifier`), whose `model` is an nn.Module (a RuntimeModel for the ONNX
 engines), so predict, predict_proba and evaluate work the same on all of them.
 """
 
@@ -67,11 +67,12 @@ def cached_onnx(run: str | Path, checkpoint: str = "best", log: Callable[[str], 
 
 
 def _classifier(model, record: dict, run_dir: Path | None):
+    """The run's task predictor (a Classifier) around an exported or runtime model, on the CPU."""
     import torch
 
-    from cnnkit.api import Classifier
+    from cnnkit.tasks import task_info
 
-    return Classifier(model, record, run_dir, torch.device("cpu"))
+    return task_info(record.get("task")).predictor(model, record, run_dir, torch.device("cpu"))
 
 
 def _runtime_classifier(onnx_file: Path, runtimes: list[str], run_dir: Path | None):
@@ -122,8 +123,9 @@ def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto"
         CheckpointError, ExportError: The run or file is unreadable, or the export failed its checks
             (with `auto`, a failed export falls back to PyTorch with a note instead).
     """
-    from cnnkit.api import load, resolve_device
+    from cnnkit.device import resolve_device
     from cnnkit.export.formats import format_of_file
+    from cnnkit.tasks import load_run as load
 
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -145,3 +147,22 @@ def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto"
             return load(path, device="cpu", checkpoint=checkpoint)
         return _runtime_classifier(onnx_file, AUTO_RUNTIMES, run_dir)
     return _runtime_classifier(cached_onnx(path, checkpoint), [backend], run_dir)
+
+
+def recorded_task(path: str | Path) -> str:
+    """The task (cnnkit.task_table's name) of a run directory, checkpoint or exported file.
+
+    A path that does not exist counts as the default task's: loading it then says what is missing.
+    """
+    from cnnkit.engine.checkpoint import read_record
+    from cnnkit.export.exporter import read_metadata
+    from cnnkit.export.formats import format_of_file
+    from cnnkit.task_table import DEFAULT_TASK
+
+    path = Path(path)
+    if format_of_file(path) is not None:
+        return read_metadata(path)["task"]
+    checkpoint = path / "best.safetensors" if path.is_dir() else path
+    if checkpoint.suffix != ".safetensors" or not checkpoint.is_file():
+        return DEFAULT_TASK
+    return read_record(checkpoint)["task"]

@@ -31,13 +31,10 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.engine.checkpoint import atomic_write_text
+from cnnkit.files import atomic_write_text
 from cnnkit.export.errors import ExportError
 from cnnkit.export.formats import INPUT_NAME, OUTPUT_NAME, ExportFormat, get_format
 from cnnkit.export.parity import DEFAULT_TOLERANCE, check_parity, parity_inputs
-
-EXPORTABLE_TASKS = ("classify", "classification")  # "classification": runs written before tasks were named
-
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -93,9 +90,9 @@ def export_run(run: str | Path, format: str = "onnx", out: str | Path | None = N
         ExportError: The model cannot be exported in this format, or fails the format's checker.
         ParityError: The exported model disagrees with PyTorch by more than `tolerance`.
     """
-    from cnnkit.api import load
+    from cnnkit.tasks import load_run
 
-    classifier = load(run, device="cpu", checkpoint=checkpoint)
+    classifier = load_run(run, device="cpu", checkpoint=checkpoint)
     checkpoint_file = Path(run) if Path(run).suffix == ".safetensors" else Path(run) / f"{checkpoint}.safetensors"
     export_format = get_format(format)
     path = Path(out) if out else default_export_path(checkpoint_file.parent, checkpoint_file.stem, export_format)
@@ -111,7 +108,9 @@ def export_model(model: nn.Module, record: dict[str, Any], format: str, path: st
     See `export_run` for the arguments and errors.
     """
     started = time.perf_counter()
-    if record.get("task", "classify") not in EXPORTABLE_TASKS:
+    from cnnkit.tasks import task_info
+
+    if not task_info(record.get("task")).exportable:
         raise ExportError(f"exporting {record['task']} runs is not supported yet (only classification)")
     export_format = get_format(format)
     path = Path(path)

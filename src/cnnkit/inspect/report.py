@@ -31,7 +31,6 @@ import torch
 
 from cnnkit.errors import CheckpointError, CnnkitError
 
-CLASSIFICATION_TASKS = ("classify", "classification")  # "classification": records written before config.task
 NUM_WRONG = 16        # most confidently wrong images shown
 NUM_SAMPLES = 4       # images (of different classes) for Grad-CAM; the first also for feature maps
 NUM_WRONG_EXPLAINED = 2  # of the wrong images, how many also get a Grad-CAM
@@ -117,7 +116,8 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", max_seconds: float
     Raises:
         CheckpointError: `run_dir` is not a run directory, or its best checkpoint is unreadable.
     """
-    from cnnkit.engine.checkpoint import atomic_write_text, read_record
+    from cnnkit.engine.checkpoint import read_record
+    from cnnkit.files import atomic_write_text
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -129,12 +129,14 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", max_seconds: float
     for old in out.glob("*.png"):  # a report made again must not show pictures of an earlier one
         old.unlink()
     history = _read_history(run_dir / "metrics.jsonl")
-    task = record.get("task", "classify")
+    task = record["task"]
     sections = [_guarded("config", "Config", lambda: _config_section(run_dir, record)),
                 _guarded("summary", "Model summary", lambda: _summary_section(record)),
                 _guarded("curves", "Training curves", lambda: _curves_section(history, out))]
     facts: dict[str, str] = {}
-    if task in CLASSIFICATION_TASKS:
+    from cnnkit.tasks import task_info
+
+    if task_info(task).report_details:
         sections += _classification_sections(run_dir, device, out, started + max_seconds, facts)
     else:
         sections.append(Section("task", "Task", f"<p>This is a <b>{html.escape(str(task))}</b> run: the report "
@@ -212,10 +214,10 @@ def _curves_section(history: list[dict], out: Path) -> str:
 
 def _classification_sections(run_dir: Path, device: str, out: Path, deadline: float,
                               facts: dict[str, str]) -> list[Section]:
-    from cnnkit.api import load
+    from cnnkit.tasks import load_run
 
     try:
-        classifier = load(run_dir, device=device)
+        classifier = load_run(run_dir, device=device)
     except CnnkitError as error:
         return [Section("evaluation", "Evaluation", _missing(error))]
     try:
@@ -242,37 +244,37 @@ def _classification_sections(run_dir: Path, device: str, out: Path, deadline: fl
 
 def _evaluate(classifier, deadline: float) -> Evaluation:
     """One batched pass over the test (else validation) split, keeping the pictures the report shows."""
-    from cnnkit.api import make_loader, prepare_data
-    from cnnkit.config import TrainConfig, apply_overrides
-    from cnnkit.engine.trainer import resolve_precision
-    from cnnkit.tasks.classification import ClassificationTask
+    from cnnkit.device import resolve_precision
+    from cnnkit.engine.evaluate import evaluate_split
+    from cnnkit.tasks.base import config_of
+    from cnnkit.tasks.classification import ClassificationTask, make_loader, prepare_data
 
-    config = TrainConfig(**apply_overrides({}, classifier.record["config"], "checkpoint config"))
+    config = config_of(classifier.record)
     data = prepare_data(config, classifier.preprocessing)
     split, dataset = ("test", data.test) if data.test is not None else ("val", data.val)
     if dataset is None:
         raise CheckpointError(f"the dataset {config.data} has neither a test nor a validation split")
     device = classifier.device
     loader = make_loader(dataset, classifier.preprocessing, config, device, train=False)
-    task = ClassificationTask(classifier.model, classifier.classes)
-    meter = task.new_meter()
-    dtype = resolve_precision(config.precision, device)
     wrong: list[tuple[float, int, int, torch.Tensor]] = []
     samples: dict[int, torch.Tensor] = {}
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        for images, targets in loader:
-            result = task.evaluation_step(classifier.model, images.to(device), targets.to(device))
-            meter.update(result["outputs"], targets, result["loss"])
-            confidence, predicted = result["outputs"].float().softmax(dim=1).max(dim=1)
-            images, confidence, predicted = images.float().cpu(), confidence.cpu(), predicted.cpu()
-            for index in (predicted != targets).nonzero().flatten().tolist():
-                wrong.append((float(confidence[index]), int(predicted[index]), int(targets[index]), images[index]))
-            wrong = sorted(wrong, key=lambda item: -item[0])[:NUM_WRONG]
-            for index, label in enumerate(targets.tolist()):
-                if len(samples) < NUM_SAMPLES and label not in samples:
-                    samples[label] = images[index]
-            if time.perf_counter() > deadline:
-                break
+
+    def keep_pictures(images, targets, result) -> bool:
+        nonlocal wrong
+        confidence, predicted = result["outputs"].float().softmax(dim=1).max(dim=1)
+        images, targets = images.float().cpu(), targets.cpu()
+        confidence, predicted = confidence.cpu(), predicted.cpu()
+        for index in (predicted != targets).nonzero().flatten().tolist():
+            wrong.append((float(confidence[index]), int(predicted[index]), int(targets[index]), images[index]))
+        wrong = sorted(wrong, key=lambda item: -item[0])[:NUM_WRONG]
+        for index, label in enumerate(targets.tolist()):
+            if len(samples) < NUM_SAMPLES and label not in samples:
+                samples[label] = images[index]
+        return time.perf_counter() > deadline  # the time budget: stop, and say how many were evaluated
+
+    task = ClassificationTask(classifier.model, classifier.classes)
+    meter = evaluate_split(task, classifier.model, loader, device, resolve_precision(config.precision, device),
+                           on_batch=keep_pictures)
     metrics = meter.compute(per_class=True)
     return Evaluation(split, metrics, len(dataset), wrong, sorted(samples.items()))
 

@@ -12,7 +12,7 @@
 """
 
 from cnnkit.serve.app import create_app, serve
-from cnnkit.serve.handlers import HANDLERS, ClassificationHandler, load_handler
+from cnnkit.serve.handlers import ClassificationHandler, load_handler
 from cnnkit.serve.limits import ServeError, ServeLimits
 
-__all__ = ["HANDLERS", "ClassificationHandler", "ServeError", "ServeLimits", "create_app", "load_handler", "serve"]
+__all__ = ["ClassificationHandler", "ServeError", "ServeLimits", "create_app", "load_handler", "serve"]

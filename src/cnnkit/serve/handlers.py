@@ -1,13 +1,13 @@
-"""Task handlers: what the server does with a checked image, one class per task, chosen by the run's record.
+"""Task handlers: what the server does with a checked image, chosen by the run's recorded task.
 
-    handler = load_handler("runs/RUN", backend="auto")       # record["task"] -> HANDLERS[task]
+    handler = load_handler("runs/RUN", backend="auto")       # tasks whose TaskInfo says served
     handler.info()                                           # for /healthz and the web page
     handler.predict(image, top_k=5, explain=True)            # a JSON-ready dict
 
 The app (app.py) knows nothing about classes, boxes or masks: it checks limits, opens the image header
 (limits.py), runs `handler.predict` on a worker thread (queue.py) and returns its dict. Serving a new task
-is one class with `info()` and `predict()`, added to `HANDLERS` under the task's name; the web page draws
-a "gradcam" overlay picture when a handler returns one (boxes or masks can come the same way).
+is one class with `info()` and `predict()`, chosen in `load_handler` for the tasks whose TaskInfo says
+`served`; the web page draws a "gradcam" overlay picture when a handler returns one (boxes or masks can come the same way).
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class ClassificationHandler:
     def from_run(cls, run: Path, backend: str) -> ClassificationHandler:
         import copy
 
-        from cnnkit.api import load
         from cnnkit.export import load_predictor
         from cnnkit.export.runtimes import RuntimeModel
+        from cnnkit.tasks import load_run as load
 
         classifier = load_predictor(run, backend=backend, device="cpu")
         used = classifier.model.runtime if isinstance(classifier.model, RuntimeModel) else "torch"
@@ -133,30 +133,17 @@ class ClassificationHandler:
                 "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
 
-# record["task"] -> handler class. "classification" is the name runs were written with before tasks were named.
-HANDLERS: dict[str, type] = {"classify": ClassificationHandler, "classification": ClassificationHandler}
-
-
-def run_task(run: Path) -> str:
-    """The task recorded in a run directory, checkpoint or exported file."""
-    from cnnkit.engine.checkpoint import read_record
-    from cnnkit.export.formats import format_of_file
-
-    if format_of_file(run) is not None:
-        from cnnkit.export import read_metadata
-
-        return read_metadata(run).get("task", "classify")
-    if not run.exists():
-        raise CnnkitError(f"{run} does not exist; pass the run directory that `cnnkit train` printed")
-    checkpoint = run / "best.safetensors" if run.is_dir() else run
-    return read_record(checkpoint).get("task", "classify")
-
-
 def load_handler(run: str | Path, backend: str = "auto") -> TaskHandler:
-    """The handler for a run directory (or checkpoint, or exported file), chosen by its recorded task."""
+    """The handler for a run directory (or checkpoint, or exported file) whose task the table marks `served`."""
+    from cnnkit.export import recorded_task
+    from cnnkit.export.formats import format_of_file
+    from cnnkit.task_table import TASKS
+    from cnnkit.tasks import task_info
+
     run = Path(run)
-    task = run_task(run)
-    if task not in HANDLERS:
-        served = sorted({handler.task for handler in HANDLERS.values()})
-        raise ConfigError(f"cnnkit serve does not serve {task} runs yet (it serves: {', '.join(served)})")
-    return HANDLERS[task].from_run(run, backend)
+    if format_of_file(run) is None and not run.exists():
+        raise CnnkitError(f"{run} does not exist; pass the run directory that `cnnkit train` printed")
+    task = recorded_task(run)
+    if task not in TASKS or not task_info(task).served:
+        raise ConfigError(f"cnnkit serve does not serve {task} runs yet (it serves: {ClassificationHandler.task})")
+    return ClassificationHandler.from_run(run, backend)

@@ -1,47 +1,31 @@
-"""What every task offers the Trainer, and what a task module offers `cnnkit train`.
+"""What every task offers the Trainer, what a task package offers the rest of cnnkit, and the pieces they share.
 
 A *task* joins a model to its loss and its metrics. The Trainer (cnnkit.engine.trainer) knows nothing
 about classes, boxes or masks: it moves a batch to the device, calls `training_step`, backpropagates
 `result["loss"]`, and after each epoch feeds `evaluation_step` results into the task's meter.
 
-A *task module* (cnnkit.tasks.classification, .detection, .segmentation, .instance) turns a TrainConfig
-into everything the loop needs: `setup(config, device, dist_info, resume) -> TaskSetup`. `cnnkit train
---task NAME` imports the module named in TASK_MODULES; nothing else in the engine changes per task.
+A *task package* (cnnkit/tasks/<task>/, named in cnnkit.task_table) is the whole slice: its `TASK` is a
+`TaskInfo` that says how to set a run up (`setup(config, device, dist_info, resume) -> TaskSetup`), how to
+load a trained run (`load_run`), how its evaluation is printed and its predictions written, and what
+export, serve and the report may do with it. `cnnkit.load`, the CLI, serve, export and the report look
+the task up with `cnnkit.tasks.task_info(name)` and never branch on a task name themselves.
+
+Shared here, once: the checkpoint record (`build_record`), architecture resolution for classifier-style
+models (`resolve_architecture`), the model of a checkpoint (`rebuild_model`), the settings of a trained
+run (`config_of`), and the one-line training header (`describe_run`).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from cnnkit.errors import CheckpointError, ConfigError
-
-# config.task -> the module that sets that task up (imported only when used).
-TASK_MODULES = {
-    "classify": "cnnkit.tasks.classification",
-    "detect": "cnnkit.tasks.detection",
-    "segment": "cnnkit.tasks.segmentation",
-    "instance": "cnnkit.tasks.instance",
-}
-
-
-def task_module(name: str):
-    """The module that implements task `name` (its `setup`, `load` ...)."""
-    if name not in TASK_MODULES:
-        raise ConfigError(f"task={name!r} is not one of {', '.join(TASK_MODULES)}")
-    try:
-        return importlib.import_module(TASK_MODULES[name])
-    except ModuleNotFoundError as error:
-        if error.name != TASK_MODULES[name]:
-            raise
-        raise ConfigError(f"task={name!r} is not available in this version of cnnkit") from None
-
 
 class Task(ABC):
     """Base class of tasks. Subclasses set `name`, `monitor` and implement the steps.
@@ -113,6 +97,9 @@ class TaskSetup:
             preprocessing, config, versions. `cnnkit.load` rebuilds the model from it.
         header: One line printed when training starts (model, data sizes ...).
         callbacks: Extra Trainer callbacks (e.g. transfer learning's unfreezing schedule).
+        head_parameters: Names of the parameters that train at the full LR while the rest (a pretrained
+            backbone) trains at lr x backbone_lr_ratio; None: one LR for all.
+        find_unused_parameters: Tell DDP that some parameters get no gradient (frozen layers).
     """
 
     task: Task
@@ -121,3 +108,130 @@ class TaskSetup:
     record: dict[str, Any]
     header: str = ""
     callbacks: list[Callable] = field(default_factory=list)
+    head_parameters: set[str] | None = None  # transfer learning: the head's parameter names (their own LR)
+    find_unused_parameters: bool = False  # DDP: layers frozen for transfer learning get no gradient
+
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `cnnkit predict` asks of every task; each task uses the options that apply to it."""
+
+    top_k: int = 3  # classification: classes per image
+    score_threshold: float = 0.25  # detection, instance: leave out objects scored below this
+    out: Path | None = None  # tasks that write files (masks, drawings): the folder; None: RUN_DIR/predictions
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task package's entry: what cnnkit.load, the CLI, serve, export and the report need from it.
+
+    Attributes:
+        name: The config's and the record's task name (cnnkit.task_table).
+        setup: (config, device, dist_info, resume) -> TaskSetup, for `cnnkit train`.
+        predictor: The class `cnnkit.load` returns, built as predictor(model, record, run_dir, device)
+            (with .model, .record, .run_dir, .classes, .predict(...), .evaluate(split)); exported files of
+            exportable tasks get the same class around their runtime model.
+        evaluation_text: (result, split) -> the table `cnnkit evaluate` prints.
+        evaluation_saved: What RUN_DIR/evaluation-SPLIT.json holds, as `cnnkit evaluate` says it.
+        predict: (predictor, image paths, PredictOptions) -> one JSON-ready dict per image (files written
+            where the task draws or saves masks).
+        prediction_text: One predict result -> the line `cnnkit predict` prints for it.
+        exportable: Whether `cnnkit export` (and the ONNX Runtime / OpenVINO predict backends) take its runs.
+        served: Whether `cnnkit serve` serves it (top-k classes and Grad-CAM: classifier predictors).
+        report_details: Whether the report evaluates it as a classifier (confusion matrix, mistakes,
+            Grad-CAM); otherwise the report shows config, model and curves.
+    """
+
+    name: str
+    setup: Callable
+    predictor: type
+    evaluation_text: Callable[[dict, str], str]
+    evaluation_saved: str
+    predict: Callable
+    prediction_text: Callable[[dict], str]
+    exportable: bool = False
+    served: bool = False
+    report_details: bool = False
+
+
+def build_record(task: str, architecture: dict, classes: list[str], preprocessing: dict, config) -> dict[str, Any]:
+    """The checkpoint record's fixed part: everything `cnnkit.load` needs to rebuild and feed the model."""
+    from cnnkit.device import versions
+
+    return {"task": task, "architecture": architecture, "classes": list(classes), "preprocessing": preprocessing,
+            "config": config.to_dict(), "versions": versions()}
+
+
+def recorded_architecture(resume) -> dict[str, Any]:
+    """The architecture a resumed run was built with (a YAML spec file may have changed or gone since)."""
+    from cnnkit.engine.checkpoint import read_record
+
+    return read_record(Path(resume) / "last.safetensors")["architecture"]
+
+
+def resolve_architecture(config, num_classes: int, preprocessing) -> dict[str, Any]:
+    """The checkpoint's architecture record for classifier-style models (classification, segmentation):
+    a registered name and every argument needed to rebuild it."""
+    args = {"num_classes": num_classes, "in_chans": preprocessing.channels,
+            "input_size": list(preprocessing.image_size), **config.model_args}
+    if config.drop_rate is not None:
+        args["drop_rate"] = config.drop_rate
+    if config.drop_path_rate is not None:
+        args["drop_path_rate"] = config.drop_path_rate
+    # create_model wraps the model in a multi-level head (cnnkit.models.multilevel)
+    head = {"head_levels": config.head_levels, "head_grid": config.head_grid} if config.head_levels else {}
+    from cnnkit.models.custom import check_spec_file, is_spec_file
+
+    if is_spec_file(config.model):
+        # A YAML network spec: the checkpoint stores the spec itself, so the run needs no file later.
+        # Its shapes are checked now (on the meta device) so errors name the file and line.
+        return {"name": "custom_cnn", "args": {**args, "spec": check_spec_file(config.model, **args), **head}}
+    return {"name": config.model, "args": {**args, **head}}
+
+
+def require_model_task(config, task: str, family_hint: str) -> None:
+    """Fail before the data is read when config.model is not a `task` model from the zoo."""
+    from cnnkit.registry import get_entry
+
+    if get_entry(config.model).task != task:
+        raise ConfigError(f"model {config.model!r} is a {get_entry(config.model).task} model; --task {task} needs "
+                          f"{family_hint}")
+
+
+def config_of(record: dict):
+    """The TrainConfig a checkpoint was trained with (its data, splits, precision ...)."""
+    from cnnkit.config import TrainConfig, apply_overrides
+
+    return TrainConfig(**apply_overrides({}, record["config"], "checkpoint config"))
+
+
+def check_split(split: str) -> None:
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+
+
+def describe_run(config, model: nn.Module, device: torch.device, sizes: str, extra: str = "",
+                 precision: bool = True) -> str:
+    """The line `cnnkit train` prints first: model, parameters, data, device, precision, epochs."""
+    from cnnkit.device import precision_name, resolve_precision
+
+    parameters = sum(p.numel() for p in model.parameters())
+    task = "" if config.task == "classify" else f" --task {config.task}"
+    shown = f", {precision_name(resolve_precision(config.precision, device))}" if precision else ""
+    return (f"cnnkit train{task}: {config.model} ({parameters / 1e6:.2f}M parameters) on {config.data}: {sizes}"
+            f"{extra}; {device}{shown}, {config.epochs} epochs")
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """File stems, numbered where two inputs share one (from different folders)."""
+    names, used = [], set()
+    for path in paths:
+        stem = Path(path).stem
+        name, number = stem, 1
+        while name in used:
+            name, number = f"{stem}-{number}", number + 1
+        used.add(name)
+        names.append(name)
+    return names
+

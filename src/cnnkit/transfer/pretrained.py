@@ -1,6 +1,10 @@
 """Transfer learning: pretrained weights (found, loaded without unpickling code, fitted to a model) and
 which parameters train when (feature extraction, fine-tuning, gradual unfreezing).
 
+One loader for every task: classifiers fit weights with `adapt_state_dict` (head re-initialised where the
+classes differ), segmentation models with `load_matching` (backbone/encoder tensors by name and shape,
+"imagenet" meaning the ImageNet classifier of the model's backbone, `backbone_name`).
+
 `--pretrained` takes any of:
 
     imagenet                          the model's default ImageNet weights from its source library
@@ -27,7 +31,7 @@ Modes (`finetune=`), with pretrained weights:
 The new head starts (`head_init=`):
 
     random    freshly initialised, as the model builds it
-    probe     fitted before the first epoch as a linear probe (cnnkit.engine.linear_probe): L2-regularised
+    probe     fitted before the first epoch as a linear probe (cnnkit.transfer.linear_probe): L2-regularised
               logistic regression on the frozen backbone's features of the unaugmented training images,
               solved by L-BFGS, the L2 strength picked on the validation split. With finetune=linear the
               epochs then go on training that head by SGD, or with epochs=0 the probe is the training
@@ -67,9 +71,9 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.engine.linear_probe import ProbeFit, fit_linear_probe, head_features
-from cnnkit.errors import CheckpointError, ModelError
+from cnnkit.errors import CheckpointError, ConfigError, ModelError
 from cnnkit.models.anatomy import backbone_blocks, classifier_module
+from cnnkit.transfer.linear_probe import ProbeFit, fit_linear_probe, head_features
 
 
 @dataclass
@@ -247,6 +251,58 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 FINETUNE_MODES = ("full", "linear", "gradual")
+
+
+def load_matching(model: nn.Module, spec: str, architecture: dict) -> str:
+    """Load the tensors of `spec` that fit `model` by name and shape; say how many.
+
+    `spec` as for classification (a file, a run directory, a torchvision weight name such as
+    FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, timm:NAME). "imagenet" loads the ImageNet classifier
+    of the model's backbone or encoder (resnet18 for unet_resnet18 ...) into it. Names are matched with or
+    without the backbone's prefix (backbone., encoder.body.); RGB first-layer kernels are summed for
+    grayscale models.
+    """
+    source = architecture["name"]
+    if spec in ("imagenet", "default"):
+        source = backbone_name(architecture)
+    state, _ = load_pretrained_state(spec, source)
+    own = model.state_dict()
+    best: dict[str, torch.Tensor] = {}
+    for strip in ("", "module.", "model.", "features."):
+        for add in ("", "backbone.", "encoder.body.", "model.backbone.body."):
+            renamed = {add + k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
+            fitted = {}
+            for name, tensor in renamed.items():
+                target = own.get(name)
+                if target is None:
+                    continue
+                if tensor.shape != target.shape and tensor.dim() == 4 and tensor.shape[1] == 3 and target.shape[1] == 1 \
+                        and tensor.shape[0] == target.shape[0] and tensor.shape[2:] == target.shape[2:]:
+                    tensor = tensor.sum(dim=1, keepdim=True)  # RGB kernels -> one gray channel
+                if tensor.shape == target.shape:
+                    fitted[name] = tensor
+            if len(fitted) > len(best):
+                best = fitted
+    if not best:
+        raise CheckpointError(f"--pretrained {spec}: none of its tensors fit {architecture['name']} (by name and shape)")
+    model.load_state_dict(best, strict=False)
+    return f"pretrained {spec}: loaded {len(best)} of {len(own)} tensors (the rest keep their fresh initialisation)"
+
+
+def backbone_name(architecture: dict) -> str:
+    """The zoo classifier whose ImageNet weights fit the model's backbone/encoder."""
+    name, args = architecture["name"], architecture["args"]
+    if name.startswith("unet"):
+        encoder = args.get("encoder") or {"unet_resnet18": "resnet18", "unet_resnet34": "resnet34",
+                                          "unet_efficientnet_b0": "efficientnet_b0"}.get(name, "plain")
+        if encoder == "plain" or encoder.startswith("timm:"):
+            raise ConfigError(f"--pretrained imagenet: encoder={encoder!r} has no zoo weights; use a zoo encoder "
+                              "(unet_resnet18, encoder=resnet34 ...) or pass --pretrained timm:NAME for timm encoders")
+        return encoder
+    for backbone in ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"):
+        if name.endswith(backbone) or f"_{backbone}_" in name:
+            return backbone
+    raise ConfigError(f"no ImageNet backbone known for {name}; pass a weights file or run directory instead")
 
 
 HEAD_INITS = ("random", "probe")

@@ -87,10 +87,3 @@ def predict_logits(model: nn.Module, images: torch.Tensor, tta: bool = False) ->
     if tta:
         logits = (logits + model(images.flip(-1)).float()) / 2
     return logits
-
-
-def setup(config, device, dist_info, resume):
-    """`cnnkit train --task classify`: model, in-memory or streamed data, pretrained weights (cnnkit.api)."""
-    from cnnkit.api import setup_classification
-
-    return setup_classification(config, device, dist_info, resume)

@@ -17,8 +17,8 @@ from cnnkit.config import TrainConfig
 
 def preview_batch(config: TrainConfig, count: int = 32, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``count`` augmented training images (uint8, (N, C, H, W)), their (N, K) label weights, class names."""
-    from cnnkit.api import make_loader, prepare_data
     from cnnkit.data.mixing import BatchMixer
+    from cnnkit.tasks.classification.data import make_loader, prepare_data
 
     data = prepare_data(config)
     preview_config = TrainConfig(**{**config.to_dict(), "batch_size": count, "channels_last": False})

@@ -1,0 +1,35 @@
+"""Instance segmentation: a class, a box and a mask for every object. `cnnkit train --task instance`.
+
+    cnnkit train --task instance --model maskrcnn_resnet18_fpn --data SCENES_DIR epochs=12
+    cnnkit evaluate RUN_DIR                     # COCO mask mAP@.5, mAP@[.5:.95] (and box mAP) on the test split
+    cnnkit predict RUN_DIR scene.png --out out/ # JSON (boxes, scores, RLE masks), instance mask PNG, overlay
+
+Everything but the masks is detection's (cnnkit.tasks.detection): the same data readers and validation
+(COCO JSON with polygon/RLE segmentations, or the scenes benchmark's instance PNGs), the same box-aware
+augmentation (`detect_augment`; masks move with the image), the same detection Dataset (here with
+masks=True) and the same DetectionMeter, asked for both iouType "bbox" and "segm". The monitor is
+val_mask_map50: COCO mask AP at IoU 0.5, averaged over the classes.
+
+Predicted masks are the model's per-pixel probabilities thresholded at 0.5. `predict` writes them as COCO
+RLE (pycocotools.mask.encode; "counts" as a string), as an instance-id PNG (0 background, i for the i-th
+detection kept, highest score drawn last so it stays on top) and as an overlay of coloured masks and boxes.
+
+    task.py       InstanceTask, read_instance_data (detection's splits, masks required), MASK_THRESHOLD
+    setup.py      setup: detection's detector_setup with masks
+    predictor.py  InstanceSegmenter: what `cnnkit.load` returns
+    output.py     RLE JSON, instance-id PNG and overlay per image; what `cnnkit evaluate` / `predict` print
+"""
+
+from cnnkit.tasks.base import TaskInfo, unique_stems
+from cnnkit.tasks.instance.output import (decode_masks, draw_instances, evaluation_text, instance_id_mask,
+                                          predict_images, prediction_text, write_predictions)
+from cnnkit.tasks.instance.predictor import InstanceSegmenter
+from cnnkit.tasks.instance.setup import make_instance_loader, setup
+from cnnkit.tasks.instance.task import MASK_THRESHOLD, InstanceTask, read_instance_data
+
+TASK = TaskInfo(name="instance", setup=setup, predictor=InstanceSegmenter, evaluation_text=evaluation_text,
+                evaluation_saved="per-class metrics", predict=predict_images, prediction_text=prediction_text)
+
+__all__ = ["MASK_THRESHOLD", "TASK", "InstanceSegmenter", "InstanceTask", "decode_masks", "draw_instances",
+           "instance_id_mask", "make_instance_loader", "read_instance_data", "setup", "unique_stems",
+           "write_predictions"]
