@@ -26,6 +26,13 @@ from cnnkit.files import atomic_write_text
 from cnnkit.task_table import TASKS
 
 
+def setting(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
+    """A TrainConfig field whose `help` is the line `cnnkit train --help` prints beside it."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Field names are the YAML keys and the `key=value` names.
@@ -34,182 +41,126 @@ class TrainConfig:
     """
 
     # --- task ---
-    task: str = field(default="classify", metadata={
-        "help": '"classify", "detect" (boxes), "segment" (a class per pixel) or "instance" (masks)'})
+    task: str = setting("classify", '"classify", "detect" (boxes), "segment" (a class per pixel) or "instance" (masks)')
 
     # --- data ---
-    data: str = field(default="fashion-mnist", metadata={
-        "help": '"fashion-mnist", a directory of class folders, or a CSV (path,label)'})
-    val_fraction: float = field(default=0.1, metadata={
-        "help": "held out from the training data, seeded; the test split is never used to tune"})
-    image_size: int | None = field(default=None, metadata={
-        "help": "resize users' images to this square size; None keeps the dataset's size"})
-    channels: int | None = field(default=None, metadata={
-        "help": "1 (grayscale) or 3 (RGB); None infers it from the data"})
-    batch_size: int = field(default=256, metadata={
-        "help": "images per optimizer step (split across processes under torchrun)"})
+    data: str = setting("fashion-mnist", '"fashion-mnist", a directory of class folders, or a CSV (path,label)')
+    val_fraction: float = setting(0.1, "held out from the training data, seeded; the test split is never used to tune")
+    image_size: int | None = setting(None, "resize users' images to this square size; None keeps the dataset's size")
+    channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); None infers it from the data")
+    batch_size: int = setting(256, "images per optimizer step (split across processes under torchrun)")
 
     # --- augmentation (training only; `cnnkit augment preview` shows what the model sees) ---
-    hflip: bool = field(default=True, metadata={
-        "help": "random horizontal flips (batched tensor op)"})
-    vflip: bool = field(default=False, metadata={
-        "help": 'random vertical flips (only for data without an "up")'})
-    translate: int = field(default=2, metadata={
-        "help": "random translation by up to this many pixels (pad and crop, batched)"})
-    rotate: float = field(default=0.0, metadata={
-        "help": "random rotation within +- this many degrees"})
-    scale: float = field(default=0.0, metadata={
-        "help": "random zoom by a factor in [1 - scale, 1 + scale]"})
-    shear: float = field(default=0.0, metadata={
-        "help": "random x-shear within +- this many degrees"})
-    resized_crop: float = field(default=0.0, metadata={
-        "help": "RandomResizedCrop: smallest area fraction kept (e.g. 0.35); 0 disables"})
-    brightness: float = field(default=0.0, metadata={
-        "help": "colour jitter: brightness factor in [1 - x, 1 + x]"})
-    contrast: float = field(default=0.0, metadata={
-        "help": "colour jitter: contrast factor in [1 - x, 1 + x]"})
-    saturation: float = field(default=0.0, metadata={
-        "help": "colour jitter: saturation factor in [1 - x, 1 + x] (RGB)"})
-    hue: float = field(default=0.0, metadata={
-        "help": "colour jitter: hue shift in [-x, x] turns, x <= 0.5 (RGB)"})
-    auto_augment: str = field(default="none", metadata={
-        "help": '"autoaugment", "randaugment", "trivialaugment" or "none" (per image)'})
-    random_erasing: float = field(default=0.0, metadata={
-        "help": "probability of blacking out a random rectangle (cutout)"})
-    mixup: float = field(default=0.0, metadata={
-        "help": "MixUp's Beta(alpha, alpha); 0 disables (e.g. 0.2)"})
-    cutmix: float = field(default=0.0, metadata={
-        "help": "CutMix's Beta(alpha, alpha); 0 disables (e.g. 1.0); with mixup, half the batches each"})
-    mix_probability: float = field(default=1.0, metadata={
-        "help": "chance a batch is mixed when mixup/cutmix is on"})
-    data_mode: str = field(default="auto", metadata={
-        "help": '"memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits'})
-    num_workers: int = field(default=-1, metadata={
-        "help": "decoding processes for streamed data; -1 picks min(8, cores - 1)"})
+    hflip: bool = setting(True, "random horizontal flips (batched tensor op)")
+    vflip: bool = setting(False, 'random vertical flips (only for data without an "up")')
+    translate: int = setting(2, "random translation by up to this many pixels (pad and crop, batched)")
+    rotate: float = setting(0.0, "random rotation within +- this many degrees")
+    scale: float = setting(0.0, "random zoom by a factor in [1 - scale, 1 + scale]")
+    shear: float = setting(0.0, "random x-shear within +- this many degrees")
+    resized_crop: float = setting(0.0, "RandomResizedCrop: smallest area fraction kept (e.g. 0.35); 0 disables")
+    brightness: float = setting(0.0, "colour jitter: brightness factor in [1 - x, 1 + x]")
+    contrast: float = setting(0.0, "colour jitter: contrast factor in [1 - x, 1 + x]")
+    saturation: float = setting(0.0, "colour jitter: saturation factor in [1 - x, 1 + x] (RGB)")
+    hue: float = setting(0.0, "colour jitter: hue shift in [-x, x] turns, x <= 0.5 (RGB)")
+    auto_augment: str = setting("none", '"autoaugment", "randaugment", "trivialaugment" or "none" (per image)')
+    random_erasing: float = setting(0.0, "probability of blacking out a random rectangle (cutout)")
+    mixup: float = setting(0.0, "MixUp's Beta(alpha, alpha); 0 disables (e.g. 0.2)")
+    cutmix: float = setting(
+        0.0, "CutMix's Beta(alpha, alpha); 0 disables (e.g. 1.0); with mixup, half the batches each")
+    mix_probability: float = setting(1.0, "chance a batch is mixed when mixup/cutmix is on")
+    data_mode: str = setting(
+        "auto", '"memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits')
+    num_workers: int = setting(-1, "decoding processes for streamed data; -1 picks min(8, cores - 1)")
 
     # --- model ---
-    model: str = field(default="fastnet", metadata={
-        "help": "a registered name; `cnnkit models` lists them"})
-    model_args: dict = field(default_factory=dict, metadata={
-        "help": "extra keyword arguments for the model builder"})
-    drop_rate: float | None = field(default=None, metadata={
-        "help": "dropout rate, for models that have dropout; None keeps the model's default"})
-    pretrained: str | None = field(default=None, metadata={
-        "help": '"imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir'})
-    finetune: str = field(default="full", metadata={
-        "help": 'with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)'})
-    backbone_lr_ratio: float = field(default=0.1, metadata={
-        "help": "with pretrained: the backbone's LR as a fraction of the head's"})
-    unfreeze_every: int = field(default=1, metadata={
-        "help": "finetune=gradual: release one more backbone block every this many epochs"})
-    head_init: str = field(default="random", metadata={
-        "help": 'with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)'})
-    head_levels: int = field(default=0, metadata={
-        "help": "0: the model's own head; N: a new linear head over the last N resolution levels' pooled features "
-                "(CNNs; helps feature extraction)"})
-    head_grid: int = field(default=1, metadata={
-        "help": "with head_levels: each level average-pooled to head_grid x head_grid (1: global average)"})
-    freeze_bn: bool = field(default=False, metadata={
-        "help": "with pretrained: BatchNorm keeps the pretrained statistics in the layers that train (few images)"})
+    model: str = setting("fastnet", "a registered name; `cnnkit models` lists them")
+    model_args: dict = setting(help="extra keyword arguments for the model builder", factory=dict)
+    drop_rate: float | None = setting(
+        None, "dropout rate, for models that have dropout; None keeps the model's default")
+    pretrained: str | None = setting(
+        None, '"imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir')
+    finetune: str = setting("full", 'with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)')
+    backbone_lr_ratio: float = setting(0.1, "with pretrained: the backbone's LR as a fraction of the head's")
+    unfreeze_every: int = setting(1, "finetune=gradual: release one more backbone block every this many epochs")
+    head_init: str = setting(
+        "random", 'with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)')
+    head_levels: int = setting(
+        0, "0: the model's own head; N: a new linear head over the last N resolution levels' pooled features "
+                "(CNNs; helps feature extraction)")
+    head_grid: int = setting(
+        1, "with head_levels: each level average-pooled to head_grid x head_grid (1: global average)")
+    freeze_bn: bool = setting(
+        False, "with pretrained: BatchNorm keeps the pretrained statistics in the layers that train (few images)")
 
     # --- optimization ---
-    epochs: int = field(default=10, metadata={
-        "help": "passes over the training split (0: none, for feature extraction whose probe head is the training)"})
-    optimizer: str = field(default="sgd", metadata={
-        "help": '"sgd" (Nesterov momentum) or "adamw"'})
-    lr: float | None = field(default=None, metadata={
-        "help": "peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly"})
-    momentum: float = field(default=0.9, metadata={
-        "help": "SGD momentum, or AdamW's beta1"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "not applied to norm layers and biases"})
-    schedule: str = field(default="onecycle", metadata={
-        "help": '"constant", "step", "cosine", "cosine_restarts" or "onecycle"'})
-    warmup_epochs: float = field(default=0.0, metadata={
-        "help": "linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)"})
-    onecycle_pct: float = field(default=0.25, metadata={
-        "help": "fraction of training spent ramping up in the one-cycle schedule"})
-    step_epochs: int = field(default=30, metadata={
-        "help": '"step": multiply the LR by `step_gamma` every this many epochs'})
-    step_gamma: float = field(default=0.1, metadata={
-        "help": '"step": the LR factor applied every step_epochs'})
-    restart_epochs: int = field(default=10, metadata={
-        "help": '"cosine_restarts": length of the first cycle (SGDR\'s T_0)'})
-    restart_mult: int = field(default=1, metadata={
-        "help": '"cosine_restarts": each cycle is this many times longer than the last (T_mult)'})
-    min_lr_ratio: float = field(default=0.0, metadata={
-        "help": "the LR decays to lr * min_lr_ratio"})
-    label_smoothing: float = field(default=0.1, metadata={
-        "help": "cross-entropy targets (1 - s) for the class, s spread over all classes"})
-    grad_clip_norm: float | None = field(default=None, metadata={
-        "help": "clip the global gradient norm to this value"})
-    grad_clip_value: float | None = field(default=None, metadata={
-        "help": "clip every gradient element to [-value, value]"})
-    drop_path_rate: float | None = field(default=None, metadata={
-        "help": "stochastic depth, for models with residual blocks; None: model default"})
-    grad_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute activations in backward: less memory, ~30% more compute"})
-    accumulate_steps: int = field(default=1, metadata={
-        "help": "gradient accumulation: optimizer step every this many batches"})
-    precision: str = field(default="auto", metadata={
-        "help": '"auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)'})
-    channels_last: bool = field(default=True, metadata={
-        "help": "NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores"})
-    ema_decay: float = field(default=0.0, metadata={
-        "help": "exponential moving average of the weights; 0 disables it"})
-    compile: bool = field(default=False, metadata={
-        "help": "torch.compile the model (measured no gain for CPU training: opt-in)"})
+    epochs: int = setting(
+        10, "passes over the training split (0: none, for feature extraction whose probe head is the training)")
+    optimizer: str = setting("sgd", '"sgd" (Nesterov momentum) or "adamw"')
+    lr: float | None = setting(
+        None, "peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly")
+    momentum: float = setting(0.9, "SGD momentum, or AdamW's beta1")
+    weight_decay: float = setting(5e-4, "not applied to norm layers and biases")
+    schedule: str = setting("onecycle", '"constant", "step", "cosine", "cosine_restarts" or "onecycle"')
+    warmup_epochs: float = setting(
+        0.0, "linear warm-up (fractions allowed); onecycle has its own ramp (`onecycle_pct`)")
+    onecycle_pct: float = setting(0.25, "fraction of training spent ramping up in the one-cycle schedule")
+    step_epochs: int = setting(30, '"step": multiply the LR by `step_gamma` every this many epochs')
+    step_gamma: float = setting(0.1, '"step": the LR factor applied every step_epochs')
+    restart_epochs: int = setting(10, '"cosine_restarts": length of the first cycle (SGDR\'s T_0)')
+    restart_mult: int = setting(1, '"cosine_restarts": each cycle is this many times longer than the last (T_mult)')
+    min_lr_ratio: float = setting(0.0, "the LR decays to lr * min_lr_ratio")
+    label_smoothing: float = setting(0.1, "cross-entropy targets (1 - s) for the class, s spread over all classes")
+    grad_clip_norm: float | None = setting(None, "clip the global gradient norm to this value")
+    grad_clip_value: float | None = setting(None, "clip every gradient element to [-value, value]")
+    drop_path_rate: float | None = setting(
+        None, "stochastic depth, for models with residual blocks; None: model default")
+    grad_checkpointing: bool = setting(False, "recompute activations in backward: less memory, ~30% more compute")
+    accumulate_steps: int = setting(1, "gradient accumulation: optimizer step every this many batches")
+    precision: str = setting("auto", '"auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16" (CUDA only)')
+    channels_last: bool = setting(True, "NHWC memory format: faster convolutions on CPU (oneDNN) and tensor cores")
+    ema_decay: float = setting(0.0, "exponential moving average of the weights; 0 disables it")
+    compile: bool = setting(False, "torch.compile the model (measured no gain for CPU training: opt-in)")
 
     # --- evaluation ---
-    tta: bool = field(default=False, metadata={
-        "help": "test-time augmentation: average the logits of each image and its mirror image"})
+    tta: bool = setting(False, "test-time augmentation: average the logits of each image and its mirror image")
 
     # --- class imbalance ---
-    class_weights: str = field(default="none", metadata={
-        "help": 'loss weight per class from training counts: "none", "inverse" (1/n) or "effective"'})
-    class_weights_beta: float = field(default=0.999, metadata={
-        "help": "class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)"})
-    sampler: str = field(default="shuffle", metadata={
-        "help": '"shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement)'})
-    loss: str = field(default="ce", metadata={
-        "help": '"ce" (cross-entropy) or "focal" (Lin et al. 2017: (1 - p)^gamma down-weights easy images)'})
-    focal_gamma: float = field(default=2.0, metadata={
-        "help": "loss=focal: the focusing exponent gamma; 0 is cross-entropy"})
+    class_weights: str = setting(
+        "none", 'loss weight per class from training counts: "none", "inverse" (1/n) or "effective"')
+    class_weights_beta: float = setting(
+        0.999, "class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)")
+    sampler: str = setting(
+        "shuffle", '"shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement)')
+    loss: str = setting(
+        "ce", '"ce" (cross-entropy) or "focal" (Lin et al. 2017: (1 - p)^gamma down-weights easy images)')
+    focal_gamma: float = setting(2.0, "loss=focal: the focusing exponent gamma; 0 is cross-entropy")
 
     # --- segmentation ---
-    seg_loss: str | None = field(default=None, metadata={
-        "help": 'task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`'})
-    ignore_index: int = field(default=255, metadata={
-        "help": "task=segment: mask value of unlabelled pixels, left out of the loss and the metrics"})
+    seg_loss: str | None = setting(
+        None, 'task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`')
+    ignore_index: int = setting(
+        255, "task=segment: mask value of unlabelled pixels, left out of the loss and the metrics")
 
     # --- detection ---
-    detect_augment: str = field(default="default", metadata={
-        "help": 'task=detect: box-aware augmentation preset: "none", "light", "default", "strong"'})
+    detect_augment: str = setting(
+        "default", 'task=detect: box-aware augmentation preset: "none", "light", "default", "strong"')
 
     # --- run ---
-    monitor: str | None = field(default=None, metadata={
-        "help": "metric that picks the best checkpoint and stops early; None: the task's own (val_accuracy for "
-                "classify, val_map50 for detect, val_miou for segment ...)"})
-    early_stopping_patience: int = field(default=0, metadata={
-        "help": "stop after this many epochs without improvement; 0 disables it"})
-    val_every: int = field(default=1, metadata={
-        "help": "validate after every N-th epoch and after the last (the best checkpoint is chosen among those)"})
-    seed: int = field(default=0, metadata={
-        "help": "fixes the split, initial weights, batch order and augmentation"})
-    out: str = field(default="runs", metadata={
-        "help": "parent directory of run directories"})
-    name: str | None = field(default=None, metadata={
-        "help": "run directory name; default: <model>-<data>-<timestamp>"})
-    device: str = field(default="auto", metadata={
-        "help": '"auto", "cpu", "cuda", "cuda:1" ...'})
-    num_threads: int = field(default=0, metadata={
-        "help": "CPU threads for PyTorch; 0 keeps PyTorch's default (one per core)"})
-    sync_bn: bool = field(default=False, metadata={
-        "help": "convert BatchNorm to SyncBatchNorm under torchrun (DDP)"})
-    progress: bool = field(default=True, metadata={
-        "help": "show a progress bar"})
-    report: bool = field(default=True, metadata={
-        "help": "write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends"})
+    monitor: str | None = setting(
+        None, "metric that picks the best checkpoint and stops early; None: the task's own (val_accuracy for "
+                "classify, val_map50 for detect, val_miou for segment ...)")
+    early_stopping_patience: int = setting(0, "stop after this many epochs without improvement; 0 disables it")
+    val_every: int = setting(
+        1, "validate after every N-th epoch and after the last (the best checkpoint is chosen among those)")
+    seed: int = setting(0, "fixes the split, initial weights, batch order and augmentation")
+    out: str = setting("runs", "parent directory of run directories")
+    name: str | None = setting(None, "run directory name; default: <model>-<data>-<timestamp>")
+    device: str = setting("auto", '"auto", "cpu", "cuda", "cuda:1" ...')
+    num_threads: int = setting(0, "CPU threads for PyTorch; 0 keeps PyTorch's default (one per core)")
+    sync_bn: bool = setting(False, "convert BatchNorm to SyncBatchNorm under torchrun (DDP)")
+    progress: bool = setting(True, "show a progress bar")
+    report: bool = setting(
+        True, "write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends")
 
     def __post_init__(self) -> None:
         self.validate()
