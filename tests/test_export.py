@@ -99,7 +99,7 @@ def test_export_round_trip_keeps_outputs_and_metadata(exported, torch_probabilit
     sidecar = json.loads(result.metadata_path.read_text())
     assert sidecar["parity"] == result.parity and sidecar["export"]["source"]["sha256"]
 
-    exported = load_predictor(result.path)  # the file alone: classes and preprocessing from its metadata
+    exported = load_predictor(result.path, trust_code=True)  # the file alone: classes and preprocessing from its metadata
     assert exported.classes == CLASSES
     probabilities = exported.predict_proba(sample_images())  # 6 images: one by one for a batch-1 file
     assert torch.allclose(probabilities, torch_probabilities, atol=TOLERANCE)

@@ -97,6 +97,8 @@ def add_predict(commands) -> None:
                         "RUN_DIR/predictions/")
     parser.add_argument("--score-threshold", type=float, default=0.25, metavar="S",
                         help="detection and instance runs: leave out objects scored below S (default 0.25)")
+    parser.add_argument("--trust-code", action="store_true", help="allow an exported .pt2 or .torchscript.pt file: "
+                        "loading one runs code its author wrote (its SHA-256 is printed); ONNX files need no flag")
 
 
 def run_predict(args) -> int:
@@ -108,7 +110,8 @@ def run_predict(args) -> int:
     if args.top_k < 1:
         raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
     if info.exportable:  # the backends run exported graphs: --backend picks one
-        predictor = load_predictor(args.run_dir, backend=args.backend, device=args.device)
+        predictor = load_predictor(args.run_dir, backend=args.backend, device=args.device,
+                                   trust_code=args.trust_code)
     else:
         predictor = load(args.run_dir, device=args.device)
     options = PredictOptions(top_k=args.top_k, score_threshold=args.score_threshold,

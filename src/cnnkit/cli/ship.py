@@ -66,7 +66,12 @@ refusals (JSON {"error", "status", "detail"}, never a traceback):
   413 body over --max-body-mib (read from Content-Length, before the body) or image over --max-pixels
   (read from the image header, before decoding); 411 no Content-Length; 415 not an image or an
   unsupported format; 422 a corrupt image or a malformed request; 503 all workers busy and --queue full;
-  504 no answer within --timeout seconds
+  504 no answer within --timeout seconds; 400 both Content-Length and Transfer-Encoding, or (bound to
+  loopback) a Host header that is not this machine's (DNS rebinding); 408 a body slower than --read-timeout
+  (a client whose headers are slower is disconnected)
+
+exported files: .onnx needs nothing; .pt2 and .torchscript.pt files are code (loading one runs what its
+author wrote) and are refused unless --trust-code is given, which prints the file's SHA-256
 
 examples:
   cnnkit serve RUN_DIR                          # http://127.0.0.1:8000/
@@ -79,7 +84,8 @@ examples:
                     "inference run on worker threads, off the event loop. Binds to loopback by default: the\n"
                     "server has no authentication.",
         epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (or checkpoint, or exported .onnx file)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (or checkpoint, or exported .onnx file; "
+                        ".pt2 / .torchscript.pt with --trust-code)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="default 8000")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
@@ -91,6 +97,14 @@ examples:
     parser.add_argument("--workers", type=int, default=1, help="inference threads (default 1)")
     parser.add_argument("--queue", type=int, default=8, metavar="N",
                         help="requests that may wait for a worker (default 8); more get 503")
+    parser.add_argument("--max-decoded-pixels", type=int, default=4096 * 4096, metavar="N",
+                        help="largest width x height of a non-JPEG upload, decoded at full size (default 16,777,216)")
+    parser.add_argument("--read-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds a client may take to send its headers, and its body (default 10)")
+    parser.add_argument("--trust-code", action="store_true", help="allow an exported .pt2 or .torchscript.pt file: "
+                        "loading one runs code its author wrote (its SHA-256 is printed)")
+    parser.add_argument("--docs", action="store_true", help="serve FastAPI's /docs page (it loads scripts from a CDN; "
+                        "off by default)")
 
 
 def run_serve(args) -> int:
@@ -99,6 +113,8 @@ def run_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise CnnkitError(f"--port must be 1-65535, got {args.port}")
     limits = ServeLimits(max_body_bytes=int(args.max_body_mib * 2**20), max_pixels=args.max_pixels,
-                         timeout_s=args.timeout, workers=args.workers, queue_size=args.queue)
-    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, limits=limits)
+                         timeout_s=args.timeout, workers=args.workers, queue_size=args.queue,
+                         max_decoded_pixels=args.max_decoded_pixels, read_timeout_s=args.read_timeout)
+    serve(args.run_dir, host=args.host, port=args.port, backend=args.backend, limits=limits,
+          trust_code=args.trust_code, docs=args.docs)
     return 0

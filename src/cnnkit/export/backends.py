@@ -14,7 +14,11 @@
   on the model and data, which only a measurement on that run's data can tell, so `auto` does not pick them.
   On a GPU (`--device cuda`) `auto` is PyTorch: these ONNX runtimes are set up for the CPU here.
 
-Exported TorchScript (.torchscript.pt) and torch.export (.pt2) files run with the `torch` backend.
+Exported TorchScript (.torchscript.pt) and torch.export (.pt2) files run with the `torch` backend, and only with
+`trust_code=True` (`--trust-code`): loading them runs code their author wrote (torch.jit.load runs TorchScript,
+torch.export.load unpickles with weights_only=False), as Hugging Face's `trust_remote_code` says of model code.
+The SHA-256 of a trusted file is printed, so what ran can be told apart. ONNX files (a graph, no code) and run
+directories (safetensors, never a pickle) need no flag.
 Every backend returns the run's task predictor (a `cnnkit.tasks.classification.Classifier`), whose `model` is an nn.Module (a RuntimeModel for the ONNX
 engines), so predict, predict_proba and evaluate work the same on all of them.
 """
@@ -90,8 +94,24 @@ def _runtime_classifier(onnx_file: Path, runtimes: list[str], run_dir: Path | No
     raise ConfigError("no runtime given")
 
 
-def _load_exported(path: Path, backend: str):
-    """A Classifier over an exported file: .onnx with a runtime, .torchscript.pt / .pt2 with torch."""
+def check_trusted(path: Path, export_format, trust_code: bool) -> None:
+    """Refuse a file that is code unless `trust_code`; print the SHA-256 of one that is trusted."""
+    from cnnkit.export.exporter import file_sha256
+
+    if not export_format.runs_code:
+        return
+    if not trust_code:
+        how = ("torch.export.load unpickles it with weights_only=False" if export_format.name == "torch-export"
+               else "torch.jit.load runs its TorchScript")
+        raise ExportError(f"{path} is a {export_format.name} file, which is code: loading it runs whatever its author "
+                          f"wrote ({how}). Pass --trust-code (Python: trust_code=True) only for a file you made or "
+                          "trust, or run an ONNX export instead (`cnnkit export RUN_DIR --format onnx`), which needs "
+                          "no flag")
+    _note(f"trusting the code in {path} (--trust-code): sha256 {file_sha256(path)}")
+
+
+def _load_exported(path: Path, backend: str, trust_code: bool = False):
+    """A Classifier over an exported file: .onnx with a runtime, .torchscript.pt / .pt2 with torch (if trusted)."""
     from cnnkit.export.exporter import read_metadata
     from cnnkit.export.formats import format_of_file
 
@@ -105,11 +125,13 @@ def _load_exported(path: Path, backend: str):
         raise ConfigError(f"{path} is a {export_format.name} file, which runs with --backend torch; "
                           f"export the run with --format onnx for {backend}")
     record = read_metadata(path)
+    check_trusted(path, export_format, trust_code)
     model = export_format.load(path)
     return _classifier(model if record["export"]["dynamic_batch"] else SingleImageModel(model), record, None)
 
 
-def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto", checkpoint: str = "best"):
+def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto", checkpoint: str = "best",
+                   trust_code: bool = False):
     """A Classifier for a run directory, a checkpoint or an exported file, on the chosen backend.
 
     Args:
@@ -117,9 +139,12 @@ def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto"
         backend: "auto", "torch", "onnxruntime" or "openvino" (see the module docstring).
         device: For the torch backend: "auto", "cpu", "cuda" ... The ONNX runtimes run on the CPU.
         checkpoint: "best" or "last", for run directories.
+        trust_code: Load an exported TorchScript / .pt2 file, which runs code its author wrote (its SHA-256 is
+            printed); without it such a file is refused. ONNX files and run directories need no trust.
 
     Raises:
         ConfigError: An unknown backend, or one that cannot run this kind of file.
+        ExportError: A TorchScript / .pt2 file without trust_code.
         CheckpointError, ExportError: The run or file is unreadable, or the export failed its checks
             (with `auto`, a failed export falls back to PyTorch with a note instead).
     """
@@ -133,7 +158,7 @@ def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto"
     if format_of_file(path) is not None:
         if not path.is_file():
             raise ExportError(f"exported model {path} does not exist")
-        return _load_exported(path, backend)
+        return _load_exported(path, backend, trust_code)
     if backend in RUNTIMES and device not in ("auto", "cpu"):
         raise ConfigError(f"--backend {backend} runs on the CPU; leave --device at auto or cpu")
     if backend == "torch" or (backend == "auto" and resolve_device(device).type != "cpu"):

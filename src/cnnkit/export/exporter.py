@@ -161,6 +161,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not an exported model (.onnx, .torchscript.pt or .pt2)")
     if not Path(path).is_file():
         raise ExportError(f"exported model {path} does not exist")
-    from cnnkit.engine.checkpoint import upgrade_record
+    from cnnkit.engine.checkpoint import MODEL_KEYS, upgrade_record
 
-    return upgrade_record(export_format.read_metadata(Path(path)))
+    record = upgrade_record(export_format.read_metadata(Path(path)), path, MODEL_KEYS)
+    export = record.get("export")
+    if not isinstance(export, dict) or not isinstance(export.get("dynamic_batch"), bool):
+        raise ExportError(f"{path}: its cnnkit metadata has no valid 'export' entry (dynamic_batch); the file is "
+                          "damaged or was not written by `cnnkit export`: export the run again")
+    return record

@@ -22,12 +22,19 @@ TorchScript uses `torch.jit.trace`, which PyTorch has deprecated in favour of to
 FutureWarnings are silenced here); tracing records the one path the example input took through Python
 control flow, which is the kind of silent error the parity check exists to catch. torch.export needs a
 batch of 2 in the example to keep the batch dimension dynamic (it specializes sizes 0 and 1).
+
+TorchScript and .pt2 files are code (`runs_code`): torch.jit.load runs the archive's TorchScript
+(`__setstate__` at load, `forward` at predict) and torch.export.load unpickles with weights_only=False.
+cnnkit.export.load_predictor loads them only when told to trust them. Their metadata is read from the zip
+archive directly (`<archive>/extra/cnnkit.json`), without loading anything, so `cnnkit predict` can name
+the task of a file it then refuses.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,13 +47,15 @@ from cnnkit.export.runtimes import onnxruntime_model
 
 METADATA_KEY = "cnnkit"
 METADATA_FILE = "cnnkit.json"
+MAX_METADATA_BYTES = 16 * 2**20  # a record is a few kB; more is not cnnkit's
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 @dataclass(frozen=True)
 class ExportFormat:
     """One format: `write(model, example, path, metadata_json, dynamic_batch)`, `load(path) -> module`,
-    `read_metadata(path) -> dict`, and `check(path)` for format-level validation (onnx.checker)."""
+    `read_metadata(path) -> dict`, and `check(path)` for format-level validation (onnx.checker).
+    `runs_code`: loading the file runs code its author wrote (TorchScript, pickles)."""
 
     name: str
     suffix: str
@@ -55,6 +64,7 @@ class ExportFormat:
     load: Callable[[Path], nn.Module]
     read_metadata: Callable[[Path], dict[str, Any]]
     check: Callable[[Path], None] | None = None
+    runs_code: bool = False
 
 
 def _batch_dim(dynamic_batch: bool):
@@ -66,7 +76,32 @@ def _parse(text: str | bytes | None, path: Path) -> dict[str, Any]:
     if not text:
         raise ExportError(f"{path} has no cnnkit metadata: it was not written by `cnnkit export`; "
                           "export the run again, or use the run directory instead")
-    return json.loads(text)
+    if len(text) > MAX_METADATA_BYTES:
+        raise ExportError(f"{path}: its cnnkit metadata is {len(text):,} bytes, more than a record can be "
+                          f"({MAX_METADATA_BYTES:,}); export the run again")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        reason = str(error)[:200] if isinstance(error, ValueError) else "nested too deeply"
+        raise ExportError(f"{path}: its cnnkit metadata is not valid JSON ({reason}); the file is damaged or "
+                          "was not written by `cnnkit export`: export the run again") from None
+
+
+def _read_archive_metadata(path: Path) -> dict[str, Any]:
+    """The cnnkit.json of a TorchScript or .pt2 zip archive, read without loading (running) anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info for info in archive.infolist()
+                     if info.filename.count("/") == 2 and info.filename.endswith(f"/extra/{METADATA_FILE}")]
+            if not names:
+                return _parse(None, path)
+            if names[0].file_size > MAX_METADATA_BYTES:
+                return _parse(b" " * (MAX_METADATA_BYTES + 1), path)
+            with archive.open(names[0]) as file:
+                text = file.read(MAX_METADATA_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+        raise ExportError(f"{path} is not a readable TorchScript or .pt2 archive ({error}); export the run again") from None
+    return _parse(text, path)
 
 
 # ---------------------------------------------------------------- ONNX
@@ -113,12 +148,6 @@ def _load_torchscript(path: Path, extra_files: dict[str, Any] | None = None) -> 
         raise ExportError(f"{path} is not a readable TorchScript file ({str(error).splitlines()[0]})") from None
 
 
-def _read_torchscript_metadata(path: Path) -> dict[str, Any]:
-    extra_files = {METADATA_FILE: ""}
-    _load_torchscript(path, extra_files)
-    return _parse(extra_files[METADATA_FILE], path)
-
-
 # ---------------------------------------------------------------- torch.export
 def _write_torch_export(model: nn.Module, example: torch.Tensor, path: Path, metadata: str,
                         dynamic_batch: bool) -> None:
@@ -133,19 +162,13 @@ def _load_program(path: Path, extra_files: dict[str, Any] | None = None):
         raise ExportError(f"{path} is not a readable torch.export (.pt2) file ({str(error).splitlines()[0]})") from None
 
 
-def _read_torch_export_metadata(path: Path) -> dict[str, Any]:
-    extra_files = {METADATA_FILE: ""}
-    _load_program(path, extra_files)
-    return _parse(extra_files[METADATA_FILE], path)
-
-
 FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", ".onnx", "torch.onnx.export(dynamo=True)", _write_onnx, onnxruntime_model,
                          _read_onnx_metadata, _check_onnx),
     "torchscript": ExportFormat("torchscript", ".torchscript.pt", "torch.jit.trace", _write_torchscript,
-                                _load_torchscript, _read_torchscript_metadata),
+                                _load_torchscript, _read_archive_metadata, runs_code=True),
     "torch-export": ExportFormat("torch-export", ".pt2", "torch.export.export", _write_torch_export,
-                                 lambda path: _load_program(path).module(), _read_torch_export_metadata),
+                                 lambda path: _load_program(path).module(), _read_archive_metadata, runs_code=True),
 }
 
 

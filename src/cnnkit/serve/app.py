@@ -5,16 +5,21 @@ Routes:
     GET  /healthz   {"status": "ok", "model": {...}, "queue": {"pending", "capacity"}, "limits": {...}}
     POST /predict   multipart form with the image in the field "file"; query top_k (1-100, default 5) and
                     explain (Grad-CAM overlay as a PNG data URL, default false) -> JSON
-    GET  /docs      the OpenAPI page FastAPI generates
+    GET  /docs      the OpenAPI page FastAPI generates, only with docs=True (`cnnkit serve --docs`): it loads
+                    its scripts from a CDN, so it is off by default; /openapi.json is always there
 
-The request path for /predict: BodySizeLimit (Content-Length, 411/413) -> FastAPI parses the multipart
+The request path for /predict: SlowClientProtocol (headers within read_timeout_s, else the connection is
+closed) -> BodySizeLimit (Host, Content-Length vs Transfer-Encoding, the body read and counted: 400/408/
+411/413) -> FastAPI parses the multipart
 form -> BoundedExecutor admits the job or answers 503 -> on a worker thread: open_image (header only:
 415/413) -> handler.predict (decode: 422; the model) -> JSON; the whole job bounded by the timeout (504).
-Every error is JSON: {"error": code, "status": status, "detail": message}.
+Every error is JSON: {"error": code, "status": status, "detail": message}, Starlette's own (404, 405,
+a malformed multipart body) included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -24,12 +29,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import h11
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cnnkit.serve.handlers import TaskHandler, load_handler
-from cnnkit.serve.limits import BodySizeLimit, ServeError, ServeLimits, open_image
+from cnnkit.serve.limits import BodySizeLimit, PayloadTooLarge, ServeError, ServeLimits, loopback_hosts, open_image
 from cnnkit.serve.page import PAGE
 from cnnkit.serve.queue import BoundedExecutor
 
@@ -40,18 +48,32 @@ def _job(handler: TaskHandler, limits: ServeLimits, data: bytes, top_k: int, exp
     """What a worker thread does for one request: check the header, decode, predict."""
     started = time.perf_counter()
     image = open_image(data, limits.max_pixels)
+    if image.format != "JPEG" and image.width * image.height > limits.max_decoded_pixels:
+        raise PayloadTooLarge(f"the {image.format} image is {image.width} x {image.height} = "
+                              f"{image.width * image.height:,} pixels, decoded at full size; this server decodes at "
+                              f"most {limits.max_decoded_pixels:,} (JPEGs up to {limits.max_pixels:,}): send a "
+                              "smaller image, or a JPEG")
     header = {"format": image.format, "width": image.width, "height": image.height, "mode": image.mode}
     result = handler.predict(image, top_k, explain)
     return {**result, "image": header, "timing_ms": {"total": 1000 * (time.perf_counter() - started)}}
 
 
-def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits()) -> FastAPI:
-    """The FastAPI app serving `handler` within `limits` (see the module docstring for the routes)."""
+def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowed_hosts: frozenset[str] | None = None,
+               docs: bool = False) -> FastAPI:
+    """The FastAPI app serving `handler` within `limits` (see the module docstring for the routes).
+
+    Args:
+        allowed_hosts: Host header values to answer (lower case; `limits.loopback_hosts(port)` on loopback),
+            or None for any.
+        docs: Serve FastAPI's /docs page (its scripts come from a CDN).
+    """
     executor = BoundedExecutor(limits.workers, limits.queue_size, limits.timeout_s)
     info = handler.info()
     app = FastAPI(title=f"cnnkit: {info.get('run', 'model')}", version="1",
-                  description="POST an image to /predict; GET / for a web page.")
-    app.add_middleware(BodySizeLimit, max_body_bytes=limits.max_body_bytes)
+                  description="POST an image to /predict; GET / for a web page.",
+                  docs_url="/docs" if docs else None, redoc_url=None)
+    app.add_middleware(BodySizeLimit, max_body_bytes=limits.max_body_bytes, allowed_hosts=allowed_hosts,
+                       read_timeout_s=limits.read_timeout_s)
     app.router.add_event_handler("shutdown", executor.shutdown)
     app.state.executor = executor
 
@@ -65,6 +87,12 @@ def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits()) -> Fas
         return JSONResponse({"error": "invalid_request", "status": 422,
                              "detail": f"{problems}. Send multipart/form-data with the image in a field named "
                                        "'file', e.g. curl -F file=@shoe.png http://HOST:PORT/predict"}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse({"error": code, "status": error.status_code, "detail": str(error.detail)},
+                            error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def failed(_request: Request, error: Exception) -> JSONResponse:
@@ -101,18 +129,79 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
-          limits: ServeLimits = ServeLimits()) -> None:
-    """Serve a run over HTTP until interrupted; the Python twin of `cnnkit serve`."""
+class SlowClientProtocol(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline for each request's headers: a client that opens a connection and
+    sends its request line and headers slowly (or not at all) is dropped after `read_timeout_s` (uvicorn itself
+    waits for ever). The body's deadline is BodySizeLimit's."""
+
+    read_timeout_s = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # the headers are in
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.read_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            logger.info("dropped a client that did not send its request headers within %g s", self.read_timeout_s)
+            self.transport.close()
+
+
+def server_config(app: FastAPI, limits: ServeLimits, host: str = "127.0.0.1", port: int = 8000, **options):
+    """The uvicorn.Config `serve()` runs: h11 with the header deadline of `limits.read_timeout_s`."""
     import uvicorn
 
-    handler = load_handler(run, backend)
+    protocol = type("SlowClientProtocol", (SlowClientProtocol,), {"read_timeout_s": limits.read_timeout_s})
+    return uvicorn.Config(app, host=host, port=port, http=protocol, timeout_graceful_shutdown=5, **options)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
+          limits: ServeLimits = ServeLimits(), trust_code: bool = False, docs: bool = False) -> None:
+    """Serve a run over HTTP until interrupted; the Python twin of `cnnkit serve`.
+
+    On loopback (the default) only requests naming this machine in their Host header are answered
+    (DNS rebinding). `trust_code` allows exported TorchScript / .pt2 files (see cnnkit.export.load_predictor).
+    """
+    import uvicorn
+
+    handler = load_handler(run, backend, trust_code=trust_code)  # checked with one dummy batch
     info = handler.info()
-    if not is_loopback(host):
+    loopback = is_loopback(host)
+    if not loopback:
         print(f"cnnkit serve: warning: listening on {host}, reachable from other machines; the server has no "
               "authentication, so put it behind a proxy that has, or use the default 127.0.0.1", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     print(f"cnnkit serve: {info['run']} ({info['task']}, {len(info.get('classes', []))} classes, backend "
           f"{info['backend']}) at http://{shown}:{port}/  (POST /predict, GET /healthz, Ctrl-C stops)", flush=True)
-    uvicorn.run(create_app(handler, limits), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=5)
+    app = create_app(handler, limits, allowed_hosts=loopback_hosts(port, host) if loopback else None, docs=docs)
+    uvicorn.Server(server_config(app, limits, host, port, log_level="info")).run()

@@ -24,10 +24,35 @@ import torch
 from PIL import Image
 
 from cnnkit.data.images import decode_image
-from cnnkit.errors import CnnkitError, ConfigError
+from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
 from cnnkit.serve.limits import UnreadableImage
 
 OVERLAY_MIN_SIDE = 224  # small inputs (28 x 28) are enlarged so the overlay is visible on the page
+# Modes Image.reduce averages correctly (the alpha ones premultiplied, as compositing onto black needs).
+REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA")
+# As Pillow's resize(reducing_gap=3) in cnnkit.data.images does: box-reduce, then filter from >= 3x the target.
+REDUCING_GAP = 3
+EXIF_ORIENTATION = 0x0112
+ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}  # as PIL.ImageOps.exif_transpose
+
+
+def reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A loaded `image` box-reduced by an integer factor, down to no less than 3x the model's larger side, before
+    any mode conversion: a 4096 x 4096 RGBA upload is then converted at 1/48 of its size instead of in full
+    (hundreds of MB). The EXIF orientation, which reduce() drops, is applied to the reduced image."""
+    side = max(size) * REDUCING_GAP
+    factor = min(image.width // side, image.height // side)
+    if image.mode not in REDUCIBLE_MODES or factor < 2:
+        return image
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: as cnnkit.data.images, ignore it
+        orientation = 1
+    small = image.reduce(factor)
+    method = ORIENTATIONS.get(orientation)
+    return small.transpose(method) if method is not None else small
 
 
 class TaskHandler(Protocol):
@@ -81,14 +106,14 @@ class ClassificationHandler:
         self._explain_lock = threading.Lock()
 
     @classmethod
-    def from_run(cls, run: Path, backend: str) -> ClassificationHandler:
+    def from_run(cls, run: Path, backend: str, trust_code: bool = False) -> ClassificationHandler:
         import copy
 
         from cnnkit.export import load_predictor
         from cnnkit.export.runtimes import RuntimeModel
         from cnnkit.tasks import load_run as load
 
-        classifier = load_predictor(run, backend=backend, device="cpu")
+        classifier = load_predictor(run, backend=backend, device="cpu", trust_code=trust_code)
         used = classifier.model.runtime if isinstance(classifier.model, RuntimeModel) else "torch"
         if classifier.run_dir is None:  # an exported file: no checkpoint to explain with
             explainer, name = None, run.name
@@ -96,6 +121,27 @@ class ClassificationHandler:
             explainer = copy.deepcopy(classifier.model) if used == "torch" else load(run, device="cpu").model
             name = (run if run.is_dir() else run.parent).name
         return cls(classifier, explainer, name, used)
+
+    def check(self, source: Path) -> None:
+        """Run the model on one blank image: a record it cannot run fails here, not on every request.
+
+        Raises:
+            CheckpointError: The model raises, or its output is not one finite score per class.
+        """
+        preprocessing = self.classifier.preprocessing
+        blank = torch.zeros(1, preprocessing.channels, *preprocessing.image_size, dtype=torch.uint8)
+        try:
+            probabilities = self.classifier.predict_proba(blank)
+        except Exception as error:  # noqa: BLE001 - whatever the model raises, the run cannot be served
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise CheckpointError(f"{source}: the model fails on a blank {preprocessing.channels} x "
+                                  f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image ({reason}); "
+                                  "retrain or export the run again") from None
+        expected = (1, len(self.classifier.classes))
+        if tuple(probabilities.shape) != expected or not bool(torch.isfinite(probabilities).all()):
+            raise CheckpointError(f"{source}: the model answers a blank image with {tuple(probabilities.shape)} "
+                                  f"scores{'' if torch.isfinite(probabilities).all() else ' that are not finite'}, "
+                                  f"expected {expected} finite ones (one per class); retrain or export the run again")
 
     def info(self) -> dict[str, Any]:
         preprocessing = self.classifier.preprocessing
@@ -110,6 +156,7 @@ class ClassificationHandler:
             # model's size (a no-op for other formats), so `cnnkit predict` and the server see the same pixels.
             image.draft(None, (2 * max(preprocessing.image_size),) * 2)
             image.load()  # the pixel data is decoded here: truncated or corrupt files fail now
+            image = reduced(image, preprocessing.image_size)
         except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
             raise UnreadableImage(f"the image data is corrupt or truncated ({error}); send the complete file") from None
         batch = decode_image(image, preprocessing.channels, preprocessing.image_size).unsqueeze(0)  # (1, C, H, W)
@@ -133,8 +180,9 @@ class ClassificationHandler:
                 "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
 
-def load_handler(run: str | Path, backend: str = "auto") -> TaskHandler:
-    """The handler for a run directory (or checkpoint, or exported file) whose task the table marks `served`."""
+def load_handler(run: str | Path, backend: str = "auto", trust_code: bool = False) -> TaskHandler:
+    """The handler for a run directory (or checkpoint, or exported file) whose task the table marks `served`,
+    checked with one blank image. `trust_code`: allow exported TorchScript / .pt2 files (they are code)."""
     from cnnkit.export import recorded_task
     from cnnkit.export.formats import format_of_file
     from cnnkit.task_table import TASKS
@@ -146,4 +194,6 @@ def load_handler(run: str | Path, backend: str = "auto") -> TaskHandler:
     task = recorded_task(run)
     if task not in TASKS or not task_info(task).served:
         raise ConfigError(f"cnnkit serve does not serve {task} runs yet (it serves: {ClassificationHandler.task})")
-    return ClassificationHandler.from_run(run, backend)
+    handler = ClassificationHandler.from_run(run, backend, trust_code)
+    handler.check(run)
+    return handler

@@ -2,16 +2,24 @@
 
 Order of checks for `POST /predict`, cheapest first, so a hostile or mistaken request costs little:
 
-1. Body size, from the Content-Length header, before the body is read (`BodySizeLimit`, an ASGI
-   middleware): over `max_body_bytes` -> 413. A body without Content-Length (chunked upload) -> 411,
-   because its size cannot be known before reading it; browsers, curl and httpx all send the header for
-   file uploads, and the HTTP parser (h11/httptools) never delivers more body than it declares.
+1. The request itself (`BodySizeLimit`, an ASGI middleware, before any route runs): a `Host` header
+   other than this machine's names while bound to loopback -> 400 (DNS rebinding: a web page on another
+   site must not reach a local server through a name it controls); both Content-Length and
+   Transfer-Encoding -> 400 (RFC 9112 6.3: such a request is how a body hides its size); no
+   Content-Length (a chunked upload) -> 411; a Content-Length over `max_body_bytes` -> 413. Then the body
+   is read here, counting the bytes actually received: past `max_body_bytes` -> 413 at once, the rest
+   unread and the connection closed, so no more than the limit (plus one network read) is ever held;
+   a body not complete within `read_timeout_s` -> 408 (a slow client is dropped). Headers not complete
+   within `read_timeout_s` close the connection (`SlowClientProtocol`, app.py).
 2. Queue room (queue.py): all workers busy and the queue full -> 503 with Retry-After.
 3. On a worker thread, the image header: Pillow's `Image.open` is lazy, it reads the format and size but
    no pixels. A format outside `IMAGE_FORMATS` (which keeps out the formats Pillow hands to outside
    programs, such as EPS) or not an image at all -> 415; width x height over `max_pixels` -> 413
-   (a 30 kB PNG can declare 50,000 x 50,000 pixels: a decompression bomb).
-4. Decoding (in the task handler): truncated or corrupt pixel data -> 422.
+   (a 30 kB PNG can declare 50,000 x 50,000 pixels: a decompression bomb). Formats decoded at full size
+   (all but JPEG, which Pillow's `draft` decodes at 1/2..1/8 scale) over `max_decoded_pixels` -> 413:
+   a 190 kB RGBA PNG of 49 MP would otherwise cost over 1 GB once decoded and converted.
+4. Decoding (in the task handler): truncated or corrupt pixel data -> 422; the decoded image is reduced
+   to about twice the model's input size before any conversion.
 5. The whole job (waiting + decoding + inference) over `timeout_s` -> 504.
 
 Every refusal is a `ServeError` with an HTTP status and a short machine-readable code; the app turns it
@@ -21,6 +29,7 @@ bad input.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass
 
@@ -44,6 +53,9 @@ class ServeLimits:
         workers: Threads that decode and run the model (default 1: PyTorch and the ONNX runtimes already
             use every core for one image; more workers only help with many small requests).
         queue_size: Requests allowed to wait for a free worker (default 8); beyond it -> 503.
+        max_decoded_pixels: Largest width x height of an upload in a format decoded at full size (all but
+            JPEG; default 16,777,216 = 4096 x 4096, about 64 MB once decoded as RGBA).
+        read_timeout_s: Longest a client may take to send its headers, and its body (default 10 s).
     """
 
     max_body_bytes: int = 10 * 2**20
@@ -51,14 +63,16 @@ class ServeLimits:
     timeout_s: float = 10.0
     workers: int = 1
     queue_size: int = 8
+    max_decoded_pixels: int = 4096 * 4096
+    read_timeout_s: float = 10.0
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_pixels", "workers"):
+        for name in ("max_body_bytes", "max_pixels", "workers", "max_decoded_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be 1 or more, got {getattr(self, name)}")
-        if self.queue_size < 0 or self.timeout_s <= 0:
-            raise ConfigError(f"queue_size must be 0 or more and timeout_s positive, got {self.queue_size} and "
-                             f"{self.timeout_s}")
+        if self.queue_size < 0 or not self.timeout_s > 0 or not self.read_timeout_s > 0:
+            raise ConfigError(f"queue_size must be 0 or more and timeout_s, read_timeout_s positive, got "
+                              f"{self.queue_size}, {self.timeout_s} and {self.read_timeout_s}")
 
 
 class ServeError(CnnkitError):
@@ -72,12 +86,28 @@ class ServeError(CnnkitError):
                             headers=self.headers)
 
 
+class BadRequest(ServeError):
+    status, code = 400, "bad_request"
+
+
+class InvalidHost(ServeError):
+    status, code = 400, "invalid_host"
+
+
+class RequestTimeout(ServeError):
+    status, code, headers = 408, "request_timeout", {"Connection": "close"}
+
+
 class LengthRequired(ServeError):
     status, code = 411, "length_required"
 
 
 class PayloadTooLarge(ServeError):
     status, code = 413, "payload_too_large"
+
+
+class BodyTooLarge(PayloadTooLarge):
+    headers = {"Connection": "close"}  # the rest of the body is never read: the connection cannot be reused
 
 
 class UnsupportedImage(ServeError):
@@ -100,29 +130,105 @@ def _megabytes(count: int) -> str:
     return f"{count / 2**20:.1f} MiB"
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse request bodies over `max_body_bytes` from the Content-Length header, unread."""
+def loopback_hosts(port: int | None, host: str = "127.0.0.1") -> frozenset[str]:
+    """The Host header values a server bound to loopback `host` accepts: its names, with and without the port."""
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host.lower()}
+    return frozenset([*names, *(f"{name}:{port}" for name in names if port is not None)])
 
-    def __init__(self, app, max_body_bytes: int):
+
+class BodySizeLimit:
+    """ASGI middleware: the checks of step 1 (module docstring); the body reaches the app already read.
+
+    Args:
+        app: The ASGI app.
+        max_body_bytes: Largest body, counted as it is read.
+        allowed_hosts: Host header values accepted (lower case), or None to accept any (a public bind).
+        read_timeout_s: Longest the body may take to arrive.
+    """
+
+    def __init__(self, app, max_body_bytes: int, allowed_hosts: frozenset[str] | None = None,
+                 read_timeout_s: float = 10.0):
         self.app, self.max_body_bytes = app, max_body_bytes
+        self.allowed_hosts, self.read_timeout_s = allowed_hosts, read_timeout_s
+
+    def _refusal(self, scope) -> ServeError | None:
+        headers: dict[bytes, list[bytes]] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.lower(), []).append(value)
+        host = b",".join(headers.get(b"host", [])).decode("latin-1").strip().lower()
+        if self.allowed_hosts is not None and host not in self.allowed_hosts:
+            return InvalidHost(f"Host {host[:100]!r} is not this server's name; a server bound to loopback answers "
+                               f"only {', '.join(sorted(self.allowed_hosts))} (use --host to serve other names)")
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return None
+        lengths, encodings = headers.get(b"content-length", []), headers.get(b"transfer-encoding", [])
+        if lengths and encodings:
+            return BadRequest("the request has both Content-Length and Transfer-Encoding headers (RFC 9112 section "
+                              "6.3 says to refuse it); send the image with Content-Length only")
+        if not lengths:
+            return LengthRequired("send the request with a Content-Length header (no chunked uploads)")
+        length = lengths[0]
+        if len(lengths) > 1 or not length.isdigit():
+            return LengthRequired(f"Content-Length {b','.join(lengths).decode(errors='replace')[:40]!r} is not one "
+                                  "number")
+        if int(length) > self.max_body_bytes:
+            return self._too_large(int(length))
+        return None
+
+    def _too_large(self, size: int) -> ServeError:
+        return BodyTooLarge(f"the request body is {_megabytes(size)}; this server accepts at most "
+                            f"{_megabytes(self.max_body_bytes)} ({self.max_body_bytes} bytes): send a smaller image")
+
+    async def _read_body(self, receive) -> tuple[bytes, bool]:
+        """(body, client disconnected): at most max_body_bytes plus one network read is ever held."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", True
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large(size)  # what was received so far already says too much
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), False
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length")
-            error = None
-            if length is None:
-                error = LengthRequired("send the request with a Content-Length header (no chunked uploads)")
-            elif not length.isdigit():
-                error = LengthRequired(f"Content-Length {length.decode(errors='replace')!r} is not a number")
-            elif int(length) > self.max_body_bytes:
-                error = PayloadTooLarge(f"the request body is {_megabytes(int(length))}; this server accepts at most "
-                                        f"{_megabytes(self.max_body_bytes)} ({self.max_body_bytes} bytes): send a "
-                                        "smaller image")
-            if error is not None:
-                await error.response()(scope, receive, send)
-                return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        error = self._refusal(scope)
+        if error is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            try:
+                body, disconnected = await asyncio.wait_for(self._read_body(receive), self.read_timeout_s)
+            except ServeError as refused:
+                error = refused
+            except TimeoutError:
+                error = RequestTimeout(f"the request body did not arrive within {self.read_timeout_s:g} s; send it "
+                                       "at once")
+            else:
+                if disconnected:
+                    return
+                receive = _replay(body, receive)
+        if error is not None:
+            await error.response()(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """A receive() that gives the app the body already read, then waits on the connection (disconnects)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:

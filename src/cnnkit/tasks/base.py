@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
 
 class Task(ABC):
     """Base class of tasks. Subclasses set `name`, `monitor` and implement the steps.
@@ -74,9 +74,11 @@ def rebuild_model(file: Path, record: dict, tensors: dict, device: torch.device)
     from cnnkit.engine import checkpoint as ckpt
     from cnnkit.registry import create_model
 
+    ckpt.validate_record(record, file, ckpt.MODEL_KEYS)
     if "trainer_state" in record:
         tensors = ckpt.unprefixed("model.", tensors)
     architecture = record["architecture"]
+    _check_model_size(file, record, tensors)
     model = create_model(architecture["name"], **architecture["args"])
     try:
         model.load_state_dict(tensors)
@@ -84,6 +86,32 @@ def rebuild_model(file: Path, record: dict, tensors: dict, device: torch.device)
         raise CheckpointError(f"{file}: the weights do not fit {architecture['name']} "
                               f"({str(error).splitlines()[0]})") from None
     return model.to(device).eval()
+
+
+def _check_model_size(file: Path, record: dict, tensors: dict) -> None:
+    """Refuse a record whose classes do not match its head, or whose model needs more weights than the file holds
+    (built on the meta device first: no memory is allocated for a record that asks for terabytes)."""
+    from cnnkit.registry import create_model
+
+    architecture = record["architecture"]
+    width = architecture["args"].get("num_classes")
+    if width is not None and width != len(record["classes"]):
+        raise CheckpointError(f"{file}: the record names {len(record['classes'])} classes but its model has "
+                              f"{width} outputs (architecture.args.num_classes); the file is damaged: retrain or "
+                              "restore it from a copy")
+    try:
+        with torch.device("meta"):
+            needed = sum(value.numel() for value in create_model(architecture["name"], **architecture["args"])
+                         .state_dict().values())
+    except CnnkitError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot be built on the meta device: the real build decides
+        return
+    held = sum(tensor.numel() for tensor in tensors.values())
+    if needed > held:
+        raise CheckpointError(f"{file}: the record describes {architecture['name']} with {needed:,} weights, but the "
+                              f"file holds {held:,}; the record and the weights do not belong together: retrain or "
+                              "restore it from a copy")
 
 
 @dataclass
@@ -220,7 +248,7 @@ def describe_run(config, model: nn.Module, device: torch.device, sizes: str, ext
     task = "" if config.task == "classify" else f" --task {config.task}"
     shown = f", {precision_name(resolve_precision(config.precision, device))}" if precision else ""
     return (f"cnnkit train{task}: {config.model} ({parameters / 1e6:.2f}M parameters) on {config.data}: {sizes}"
-            f"{extra}; {device}{shown}, {config.epochs} epochs")
+            f"{extra}; {device}{shown}, {config.epochs} epoch{'' if config.epochs == 1 else 's'}")
 
 
 def unique_stems(paths: list[str]) -> list[str]:
