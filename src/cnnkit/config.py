@@ -367,9 +367,11 @@ def parse_key_values(items: list[str]) -> dict[str, Any]:
         key, separator, text = item.partition("=")
         if not separator or not key:
             raise ConfigError(f"cannot read {item!r}: overrides are written key=value, e.g. lr=0.1")
-        try:
-            parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        try:  # cnnkit.safe_yaml: no aliases (a 1 kB value could expand to gigabytes)
+            from cnnkit.safe_yaml import load as load_yaml_text
+
+            parsed[key.strip()] = load_yaml_text(text, f"{key.strip()}=") if text.strip() else None
+        except ConfigError:
             parsed[key.strip()] = text
     return parsed
 
@@ -379,10 +381,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    from cnnkit.safe_yaml import load_file
+
+    content = load_file(path, ConfigError) or {}  # no aliases, size capped; errors name the line
     if not isinstance(content, dict):
         raise ConfigError(f"{path} must hold a mapping of settings (key: value), not {type(content).__name__}")
     return content

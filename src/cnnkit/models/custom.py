@@ -64,6 +64,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from cnnkit import safe_yaml
 from cnnkit.errors import ModelError
 from cnnkit.models._utils import check_input_size, check_positive, image_size
 from cnnkit.registry import register_model
@@ -497,18 +498,8 @@ def load_spec(path: str | Path) -> dict:
     if not path.is_file():
         raise ModelSpecError(f"network spec {path} does not exist (a model name ending in .yaml is read as a "
                              "network description; see examples/my_net.yaml)")
-    text = path.read_text()
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        context = ""
-        if error.context and error.context_mark and error.context_mark.line != getattr(mark, "line", None):
-            context = f" ({error.context} that starts on line {error.context_mark.line + 1})"
-        raise ModelSpecError(f"{path}{where}: not valid YAML: {error.problem}{context}") from None
-    except yaml.YAMLError as error:
-        raise ModelSpecError(f"{path}: not valid YAML: {error}") from None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    spec = safe_yaml.load(text, path, ModelSpecError)  # no aliases, size capped; errors name the line
     with _errors_in_file(path, text):
         check_spec(spec)
     return spec

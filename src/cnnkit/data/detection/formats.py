@@ -50,14 +50,24 @@ def read_class_names(path: Path) -> list[str]:
     """Class names from classes.txt (one per line) or an Ultralytics data.yaml (``names`` list or dict)."""
     try:
         if path.suffix in (".yaml", ".yml"):
-            import yaml
+            from cnnkit.safe_yaml import load_file
 
-            names = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("names")
+            content = load_file(path, DataError) or {}  # no aliases (a 1 kB data.yaml could expand to gigabytes)
+            if not isinstance(content, dict):
+                raise DataError(f"{path}: expected a mapping with a 'names' list, e.g. names: [cat, dog].")
+            names = content.get("names")
             if isinstance(names, dict):  # {0: person, 1: car}
+                if not all(isinstance(key, int) for key in names):
+                    raise DataError(f"{path}: 'names' keys must be class numbers (0: cat, 1: dog).")
                 names = [names[key] for key in sorted(names)]
             if not isinstance(names, list):
                 raise DataError(f"{path}: no 'names' list; expected e.g. names: [cat, dog].")
-            return [str(name) for name in names]
+            if not all(isinstance(name, (str, int, float)) for name in names):
+                raise DataError(f"{path}: every entry of 'names' must be a class name, e.g. names: [cat, dog].")
+            names = [str(name) for name in names]
+            if not names or not all(names):
+                raise DataError(f"{path}: 'names' must list at least one class name, none of them empty.")
+            return names
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read class names from {path}: {error}") from None
