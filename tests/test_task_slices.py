@@ -88,6 +88,14 @@ def test_instance_segmentation_overfits_one_batch(scenes):
     assert last < first / 3, (first, last)
 
 
+def test_embedding_overfits_one_batch(image_folder):
+    config = TrainConfig(task="embed", data=str(image_folder / "train"), model="simple_cnn", batch_size=32, val_fraction=0.25,
+                         embed_loss="arcface", margin_scale=16.0, translate=0, hflip=False, precision="fp32",
+                         channels_last=False, progress=False)
+    first, last = _overfit(config, steps=40, lr=3e-3)
+    assert last < first / 4, (first, last)
+
+
 def test_trainer_built_directly_trains_checkpoints_and_logs(tmp_path):
     """No CLI, no task setup: a task, two loaders and a config are all the Trainer needs."""
     from cnnkit.data import TensorLoader

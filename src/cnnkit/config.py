@@ -145,6 +145,17 @@ class TrainConfig:
     detect_augment: str = setting(
         "default", 'task=detect: box-aware augmentation preset: "none", "light", "default", "strong"')
 
+    # --- embedding (face recognition, metric learning) ---
+    embedding_dim: int = setting(128, "task=embed: length of the L2-normalised embedding")
+    embed_loss: str = setting("arcface", 'task=embed: "arcface", "cosface", "sphereface", "softmax", "triplet" '
+                              '(batch-hard), "triplet_semihard" or "contrastive"')
+    margin: float | None = setting(None, "task=embed: the loss's margin; None: the paper's (arcface 0.5, cosface 0.35, "
+                                   "triplet 0.2 ...)")
+    margin_scale: float | None = setting(None, "task=embed: margin losses' logit scale s; None: the paper's (64)")
+    subcenters: int = setting(1, "task=embed, arcface: centres per identity (sub-center ArcFace; 3 is the paper's)")
+    images_per_identity: int = setting(4, "task=embed, triplet/contrastive: K images of each of batch_size / K "
+                                       "identities per batch (P x K sampling)")
+
     # --- run ---
     monitor: str | None = setting(
         None, "metric that picks the best checkpoint and stops early; None: the task's own (val_accuracy for "

@@ -13,6 +13,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "detect": ("cnnkit.tasks.detection", "boxes"),
     "segment": ("cnnkit.tasks.segmentation", "a class per pixel"),
     "instance": ("cnnkit.tasks.instance", "a mask per object"),
+    "embed": ("cnnkit.tasks.embed", "an embedding per image: face recognition, metric learning"),
 }
 
 # Names that runs were written with before tasks were named ("classification" before config.task existed).

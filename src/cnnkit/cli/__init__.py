@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnkit.cli import data, inspect, models, runs, ship, train
+from cnnkit.cli import data, embed, inspect, models, runs, ship, train
 from cnnkit.cli.data import _scenes_defaults  # noqa: F401  (tests compare it with ScenesConfig)
 from cnnkit.errors import CnnkitError
 
@@ -48,6 +48,9 @@ COMMANDS = {
     "serve": (ship.add_serve, ship.run_serve),
     "data": (data.add_data, data.run_data),
     "lr-find": (train.add_lr_find, train.run_lr_find),
+    "embed": (embed.add_embed, embed.run_embed),
+    "verify": (embed.add_verify, embed.run_verify),
+    "gallery": (embed.add_gallery, embed.run_gallery),
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from cnnkit.errors import CnnkitError
+from cnnkit.task_table import DEFAULT_TASK, TASKS
 
 EXAMPLES_TRAIN = """\
 examples:
@@ -33,13 +34,12 @@ def _settings_help() -> str:
 def add_train(commands) -> None:
     parser = commands.add_parser(
         "train", help="train a model and write a run directory",
-        description="Train a model (--task classify, detect, segment or instance). Every setting has a working default; the resolved settings, metrics per "
+        description="Train a model (--task " + ", ".join(TASKS) + "). Every setting has a working default; the resolved settings, metrics per "
                     "epoch (metrics.jsonl) and the best and last checkpoints go to the run directory.",
         epilog=_settings_help() + "\n\n" + EXAMPLES_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE.yaml", help="flat YAML file of settings (overridden by the flags below)")
-    parser.add_argument("--task", choices=("classify", "detect", "segment", "instance"),
-                        help="what to learn: classify (default: a class per image), detect (boxes), segment (a class "
-                             "per pixel) or instance (a mask per object)")
+    parser.add_argument("--task", choices=tuple(TASKS), help="what to learn: " + ", ".join(
+        f"{name} ({'default: ' if name == DEFAULT_TASK else ''}{summary})" for name, (_, summary) in TASKS.items()))
     parser.add_argument("--data", help="fashion-mnist, a directory (class subfolders, or train/ and test/), or a CSV")
     parser.add_argument("--model", help="architecture name (see `cnnkit models`) or a YAML network spec "
                         "(see examples/my_net.yaml)")

@@ -192,7 +192,7 @@ class TensorLoader:
         """This rank's dataset indices for ``epoch``, in order, and each augmentation's parameters."""
         total = self.images.shape[0]
         slots = self._epoch_slots()
-        order = epoch_order(self.labels, self.shuffle, self.oversample, self.seed, epoch)
+        order = self.epoch_order(epoch)
         params = []
         for index, augmentation in enumerate(self.augmentations):
             generator = epoch_generator(self.seed, epoch, _AUGMENTATION_STREAM, index)
@@ -200,6 +200,11 @@ class TensorLoader:
             # same whatever the world size.
             params.append(augmentation.sample(total, generator)[slots])
         return order[slots], params
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """Dataset indices of ``epoch`` in the order they are batched (CPU int64); subclasses may batch
+        differently (e.g. P identities x K images, cnnkit.tasks.embed)."""
+        return epoch_order(self.labels, self.shuffle, self.oversample, self.seed, epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch

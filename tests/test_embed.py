@@ -1,0 +1,200 @@
+"""Face recognition / metric learning (--task embed): losses, sampler, metrics, pairs, gallery, CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnkit.errors import CheckpointError, ConfigError, DataError
+from cnnkit.layers.margin import MarginHead
+from cnnkit.losses.metric import contrastive_loss, pairwise_distances, triplet_loss
+from cnnkit.metrics.verification import (auc, balanced, equal_error_rate, identification_metrics, kfold_accuracy, roc,
+                                         tar_at_far)
+from conftest import run_cli
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def test_arcface_adds_the_angular_margin_to_the_true_class_only():
+    head = MarginHead(2, 3, "arcface", scale=10.0, margin=0.3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    embedding = F.normalize(torch.tensor([[1.0, 1.0]]), dim=1)  # 45 degrees from classes 0 and 1
+    logits = head(embedding, torch.tensor([0]))
+    assert logits[0, 0].item() == pytest.approx(10 * math.cos(math.pi / 4 + 0.3), abs=1e-5)
+    assert logits[0, 1].item() == pytest.approx(10 * math.cos(math.pi / 4), abs=1e-5)
+    assert logits[0, 2].item() == pytest.approx(10 * math.cos(3 * math.pi / 4), abs=1e-5)
+    assert head(embedding)[0, 0].item() == pytest.approx(10 * math.cos(math.pi / 4), abs=1e-5)  # no margin at test
+
+
+def test_cosface_subtracts_the_margin_and_subcenters_take_the_closest_centre():
+    head = MarginHead(2, 2, "cosface", scale=1.0, margin=0.35, subcenters=2)
+    with torch.no_grad():  # class 0: centres at 0 and 90 degrees; class 1: at 180 and 270
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+    embedding = torch.tensor([[0.0, 1.0]])
+    logits = head(embedding, torch.tensor([0]))
+    assert logits[0, 0].item() == pytest.approx(1.0 - 0.35, abs=1e-6)  # the 90-degree centre, minus the margin
+    assert logits[0, 1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batch_hard_triplet_loss_by_hand():
+    embeddings = torch.tensor([[0.0, 0.0], [0.0, 1.0], [3.0, 0.0], [3.0, 0.5]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # hardest positive / hardest (closest) negative per anchor: 1 / 3, 1 / sqrt(9.25), 0.5 / 3, 0.5 / sqrt(9.25)
+    assert triplet_loss(embeddings, labels, margin=0.2).item() == pytest.approx(0.0, abs=1e-6)
+    loss = triplet_loss(embeddings, labels, margin=3.0)
+    expected = [1.0 - 3.0 + 3, 1.0 - math.sqrt(9.25) + 3, 0.5 - 3.0 + 3, 0.5 - math.sqrt(9.25) + 3]
+    assert loss.item() == pytest.approx(sum(expected) / 4, abs=1e-5)
+
+
+def test_semi_hard_triplet_picks_the_closest_negative_beyond_the_positive():
+    embeddings = torch.tensor([[0.0], [1.0], [0.5], [1.5]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # pair (0, 1): d_ap = 1; negatives at 0.5 (closer: not semi-hard) and 1.5 (semi-hard) -> 1 - 1.5 + m
+    loss = triplet_loss(embeddings, labels, margin=1.0, mining="semihard")
+    d = pairwise_distances(embeddings)
+    assert d[0, 1].item() == pytest.approx(1.0, abs=1e-5)
+    assert loss.item() > 0 and torch.isfinite(loss)
+
+
+def test_contrastive_loss_by_hand_and_gradients_are_finite_at_identical_embeddings():
+    embeddings = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.3, 0.4]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1])
+    loss = contrastive_loss(embeddings, labels, margin=1.0)
+    assert loss.item() == pytest.approx(0.0 + (0.5 ** 2 + 0.5 ** 2) / 2, abs=1e-5)  # d=0 positive; d=0.5 negatives
+    loss.backward()
+    assert torch.isfinite(embeddings.grad).all()
+
+
+def test_triplet_loss_needs_positives_and_negatives():
+    with pytest.raises(ConfigError, match="images_per_identity"):
+        triplet_loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 3]))
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def test_roc_points_auc_eer_and_tar_by_hand():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    genuine = torch.tensor([True, True, False, True, False, False])
+    far, tar, thresholds = roc(scores, genuine)
+    assert far.tolist() == pytest.approx([0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    assert tar.tolist() == pytest.approx([0, 1 / 3, 2 / 3, 2 / 3, 1, 1, 1])
+    assert auc(far, tar) == pytest.approx(8 / 9)
+    assert equal_error_rate(far, tar) == pytest.approx(1 / 3)
+    assert tar_at_far(far, tar, 0.0) == pytest.approx(2 / 3)
+    assert thresholds[2].item() == pytest.approx(0.8)
+
+
+def test_ten_fold_accuracy_takes_each_fold_s_threshold_from_the_others():
+    scores = torch.tensor([0.9, 0.1] * 10)  # genuine pairs score high: every fold perfect
+    genuine = torch.tensor([True, False] * 10)
+    result = kfold_accuracy(scores, genuine, folds=10)
+    assert result["accuracy"] == 1.0 and 0.1 < result["threshold"] <= 0.9
+    flipped = kfold_accuracy(scores, ~genuine, folds=10)
+    assert flipped["accuracy"] == 0.5  # thresholds can only accept all or none of a fold's two pairs
+
+
+def test_balanced_pairs_have_as_many_impostors_as_genuine():
+    scores, genuine = balanced(torch.arange(10.0), torch.tensor([True, True] + [False] * 8), seed=1)
+    assert len(scores) == 4 and int(genuine.sum()) == 2
+
+
+def test_identification_rank_and_map():
+    embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    labels = torch.tensor([0, 1, 0, 1, 1])  # gallery: images 0 and 1; probes 2, 3, 4 (4 is closer to class 0)
+    result = identification_metrics(embeddings, labels)
+    assert result["gallery"] == 2 and result["probes"] == 3
+    assert result["rank1"] == pytest.approx(2 / 3) and result["cmc"][1] == 1.0
+    assert 0 < result["map"] < 1
+
+
+# ----------------------------------------------------------------------------------------------- pairs, gallery
+def test_lfw_pairs_and_pairs_csv(tmp_path):
+    from cnnkit.data.pairs import read_pairs
+
+    (tmp_path / "pairs.txt").write_text("1 1\nAlice 1 2\nAlice 1 Bob 3\n")
+    pairs = read_pairs(tmp_path / "pairs.txt", tmp_path)
+    assert pairs == [(tmp_path / "Alice" / "Alice_0001.jpg", tmp_path / "Alice" / "Alice_0002.jpg", True),
+                     (tmp_path / "Alice" / "Alice_0001.jpg", tmp_path / "Bob" / "Bob_0003.jpg", False)]
+    (tmp_path / "pairs.csv").write_text("first,second,same\na.png,b.png,1\na.png,c.png,false\n")
+    assert [same for _, _, same in read_pairs(tmp_path / "pairs.csv")] == [True, False]
+    (tmp_path / "bad.txt").write_text("1 1\nAlice one 2\n")
+    with pytest.raises(DataError, match="line 2"):
+        read_pairs(tmp_path / "bad.txt")
+
+
+def test_gallery_round_trip_and_a_corrupt_file(tmp_path):
+    from cnnkit.tasks.embed import Gallery
+
+    gallery = Gallery()
+    gallery.add(["alice", "bob"], torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    gallery.save(tmp_path / "g.gallery")
+    again = Gallery.open(tmp_path / "g.gallery")
+    assert again.search(torch.tensor([[0.1, 1.0]]), top_k=1)[0][0][0] == "bob"
+    assert again.remove("bob") == 1 and again.names == ["alice"]
+    (tmp_path / "broken.gallery").write_bytes(b"\x00" * 40)
+    with pytest.raises(CheckpointError, match="not a cnnkit gallery"):
+        Gallery.open(tmp_path / "broken.gallery")
+
+
+def test_pk_loader_batches_hold_p_identities_of_k_images():
+    from cnnkit.tasks.embed import PKLoader
+
+    labels = torch.arange(60) % 10  # 10 identities of 6 images
+    images = torch.zeros(60, 1, 4, 4, dtype=torch.uint8)
+    loader = PKLoader(images, labels, 3, batch_size=12, mean=[0.0], std=[1.0], shuffle=True, augment=None,
+                      drop_last=True, seed=0)
+    batches = [targets for _, targets in loader]
+    assert len(batches) == 5
+    for targets in batches:
+        counts = torch.bincount(targets, minlength=10)
+        assert sorted(counts[counts > 0].tolist()) == [3, 3, 3, 3]
+    assert [t.tolist() for _, t in loader] != [t.tolist() for t in batches]  # the next epoch draws anew
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def glyphs(tmp_path_factory) -> Path:
+    from cnnkit.data.glyphs import GlyphsConfig, find_fonts, make_glyphs
+
+    fonts = find_fonts()
+    if len(fonts) < 8:
+        pytest.skip("fewer than 8 fonts installed (fonts-dejavu, fonts-liberation)")
+    root = tmp_path_factory.mktemp("glyphs") / "glyphs"
+    make_glyphs(root, GlyphsConfig(variants=1, test_fraction=0.34, min_fonts=8), fonts=fonts[:12],
+                characters="ABCDEFGHJKLMNPRSTUVWXYZ", progress=False)
+    return root
+
+
+def test_glyph_identities_are_disjoint_between_train_and_test(glyphs):
+    train = {p.name for p in (glyphs / "train").iterdir()}
+    test = {p.name for p in (glyphs / "test").iterdir()}
+    assert train and test and not train & test
+    assert len(list((glyphs / "train" / sorted(train)[0]).iterdir())) >= 8
+
+
+def test_cli_trains_evaluates_verifies_and_searches(glyphs, tmp_path):
+    result = run_cli("train", "--task", "embed", "--data", glyphs, "--epochs", 2, "--out", tmp_path, "--name", "run",
+                     "batch_size=32", "val_fraction=0.2", "embed_loss=triplet", "images_per_identity=4",
+                     "report=false", "num_threads=1")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "val_rank1" in lines[-1] and "val_tar_at_far_0.001" in lines[-1]
+    evaluation = run_cli("evaluate", run, "--json")
+    assert evaluation.returncode == 0, evaluation.stderr
+    metrics = json.loads(evaluation.stdout)
+    assert metrics["split"] == "test" and 0 <= metrics["rank1"] <= 1 and metrics["identities"] >= 2
+    first, second = sorted((glyphs / "test").iterdir())[:2]
+    a, b = sorted(first.iterdir())[:2]
+    verify = run_cli("verify", run, a, b, "--json")
+    assert verify.returncode in (0, 1) and "score" in json.loads(verify.stdout)
+    gallery = tmp_path / "people.gallery"
+    assert run_cli("gallery", "add", run, first, second, "--gallery", gallery).returncode == 0
+    search = run_cli("gallery", "search", run, a, "--gallery", gallery, "--top-k", "2", "--json")
+    assert json.loads(search.stdout)[0]["matches"][0]["name"] == first.name  # a itself is enrolled
+    wrong = run_cli("embed", run, tmp_path / "missing.png")
+    assert wrong.returncode == 2 and "not found" in wrong.stderr
