@@ -32,6 +32,12 @@ The requested (H, W) is matched exactly, without keeping the aspect ratio, becau
 takes one fixed input size; crop beforehand if distortion matters. JPEGs that are much larger
 than the target are decoded at 1/2, 1/4 or 1/8 scale first (Pillow's ``draft``, as its
 ``thumbnail`` does): a 4000x3000 JPEG to 28x28 takes ~3 ms instead of ~40 ms.
+
+Files that declare more than ``MAX_PIXELS`` pixels (width x height, read from the header before any
+decoding) are refused with a DataError, in training (where the loaders skip and count them) and at
+prediction alike: a 164 kB PNG can declare 169 megapixels, half a gigabyte once decoded. The default is
+Pillow's own decompression-bomb threshold (89,478,485, where it only warns); ``set_max_pixels`` changes it
+for the process (DataLoader workers started by fork inherit it).
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ from PIL import Image, ImageOps
 
 from cnnkit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "SIXTEEN_BIT_MODES", "decode_image", "decode_image_float", "image_channels",
-           "is_image_file"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "SIXTEEN_BIT_MODES", "decode_image", "decode_image_float",
+           "image_channels", "is_image_file", "set_max_pixels"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,25 @@ SIXTEEN_BIT_MODES = {*_SIXTEEN_BIT_MODES, "I"}
 # faster for large photos) only down to twice the target, then resize properly from there.
 _DRAFT_MARGIN = 2
 _EXIF_ORIENTATION_TAG = 0x0112
+# Pillow's DecompressionBombWarning threshold (Image.MAX_IMAGE_PIXELS); it raises only at twice this.
+MAX_PIXELS = 89_478_485
+
+
+def set_max_pixels(count: int) -> None:
+    """Set the largest width x height image files may declare (see the module docstring)."""
+    global MAX_PIXELS
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DataError(f"the pixel cap must be a whole number of 1 or more, got {count!r}")
+    MAX_PIXELS = count
+
+
+def _check_pixels(image: Image.Image, path) -> None:
+    """Refuse an opened (not yet decoded) file that declares more than MAX_PIXELS pixels."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise DataError(f"image {path} declares {width} x {height} = {width * height:,} pixels, more than the cap "
+                        f"of {MAX_PIXELS:,} (a decompression bomb, or a picture far larger than a model needs); "
+                        "shrink it or remove it")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -187,9 +212,14 @@ def decode_image(
     path = Path(source)
     try:
         with Image.open(path) as image:
+            _check_pixels(image, path)
             return _decode_pil(image, channels, size, allow_draft=True)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}. Check the path.") from None
+    except IsADirectoryError:
+        raise DataError(f"cannot read image {path}: it is a directory, not an image file; rename or remove it.") from None
+    except DataError:
+        raise
     except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         reason = str(error) or type(error).__name__
         raise DataError(
@@ -221,6 +251,7 @@ def decode_image_float(source: str | Path | Image.Image, channels: int) -> torch
         return _decode_float(source, channels, getattr(source, "filename", "") or "<PIL image>")
     try:
         with Image.open(source) as image:
+            _check_pixels(image, source)
             return _decode_float(image, channels, source)
     except FileNotFoundError:
         raise DataError(f"image file not found: {source}") from None

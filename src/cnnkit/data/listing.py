@@ -51,13 +51,14 @@ def scan_image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str
     labels: list[int] = []
     empty: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        # Hidden files and folders (.ipynb_checkpoints, ._foo.jpg from macOS) are not data.
+        # Hidden files and folders (.ipynb_checkpoints, ._foo.jpg from macOS) are not data. Entries with an image
+        # name that are not readable files (a folder named x.png, a symlink loop or a broken link) are listed
+        # too: decoding them fails, so the loaders skip them and count them, instead of dropping them unseen.
         files = sorted(
             path
             for path in class_dir.rglob("*")
             if is_image_file(path)
             and not any(part.startswith(".") for part in path.relative_to(class_dir).parts)
-            and path.is_file()
         )
         if not files:
             empty.append(class_dir.name)

@@ -20,6 +20,7 @@ entries (polygons or RLE, decoded with pycocotools) or a PNG whose pixel value i
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,17 @@ def empty_boxes() -> numpy.ndarray:
     return numpy.zeros((0, 4), dtype=numpy.float32)
 
 
+# The largest image side an annotation may declare: larger sizes are typos or hostile files, and masks of that
+# size would not fit in memory (COCO's own images are at most 640 pixels a side).
+MAX_IMAGE_SIDE = 65_535
+
+
 def image_size(file: Path, where: str) -> tuple[int, int]:
-    """(width, height) of an image from its header, without decoding the pixels."""
+    """(width, height) of an image from its header, without decoding the pixels.
+
+    Raises:
+        DataError: naming `where` and the file: missing, unreadable, or a decompression bomb Pillow refuses.
+    """
     from PIL import Image
 
     try:
@@ -46,8 +56,34 @@ def image_size(file: Path, where: str) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise DataError(f"{where}: image {file} does not exist.") from None
-    except OSError as error:
-        raise DataError(f"{where}: cannot read image {file}: {error}") from None
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{where}: image {file} declares too many pixels ({error}); replace or remove it.") from None
+    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ... for bad headers
+        raise DataError(f"{where}: cannot read image {file}: {error or type(error).__name__}") from None
+
+
+def file_under(folder: Path, name, where: str) -> Path:
+    """`folder / name` for a relative `name` that stays inside `folder` (no absolute paths, no `..` out of it).
+
+    Raises:
+        DataError: naming `where`, for a name that is not a string or would leave the dataset's folder.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DataError(f"{where}: the image name {str(name)[:100]!r} is not a file name.")
+    relative = Path(name)
+    normal = os.path.normpath(name)
+    if relative.is_absolute() or normal == ".." or normal.startswith(("../", "..\\")) or Path(normal).is_absolute():
+        raise DataError(f"{where}: the image name {name[:200]!r} points outside the dataset folder {folder}; image "
+                        "names must be relative paths inside it.")
+    return folder / name
+
+
+def check_side(value, what: str, where: str) -> int:
+    """A declared image width or height: a whole number from 1 to MAX_IMAGE_SIDE, else DataError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_SIDE:
+        raise DataError(f"{where}: {what} is {str(value)[:60]}; expected a whole number of pixels from 1 to "
+                        f"{MAX_IMAGE_SIDE}.")
+    return value
 
 
 def find_image(folder: Path, stem: str) -> Path | None:

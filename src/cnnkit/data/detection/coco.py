@@ -17,6 +17,7 @@ are skipped. ``file_name`` is relative to an image folder, which is found next t
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import numpy
 from cnnkit.data.detection.annotations import (
     AnnotationSet,
     ImageAnnotation,
+    check_side,
+    file_under,
     image_size,
     mask_to_rle,
     segmentation_to_rle,
@@ -45,10 +48,22 @@ def _load_json(path: Path) -> dict:
                         "Is the file complete?") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read {path}: {error}") from None
+    except RecursionError:
+        raise DataError(f"{path}: the JSON is nested too deeply to be a COCO annotation file.") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("categories"), list):
         raise DataError(f"{path}: not a COCO annotation file: expected a JSON object with 'images', 'categories' "
                         "and 'annotations' lists.")
+    if not isinstance(data.get("annotations"), list):
+        found = "no 'annotations' key" if "annotations" not in data else \
+            f"'annotations': {str(data['annotations'])[:40]} (a {type(data['annotations']).__name__})"
+        raise DataError(f"{path}: {found}; expected a list of objects (write \"annotations\": [] for images "
+                        "without objects).")
     return data
+
+
+def _is_id(value) -> bool:
+    """COCO ids are integers (strings are accepted too); lists, dicts, floats and booleans are not ids."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def find_image_dir(json_path: Path, file_names: list[str]) -> Path:
@@ -74,8 +89,8 @@ def find_image_dir(json_path: Path, file_names: list[str]) -> Path:
 
 
 def _number(value, what: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(f"{path}: {what} is {value!r}, not a number.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{path}: {what[:120]} is {str(value)[:40]}, not a finite number.")
     return float(value)
 
 
@@ -99,7 +114,9 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None, check_
     categories = {}
     for index, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or "id" not in category or "name" not in category:
-            raise DataError(f"{json_path}: categories[{index}] needs an 'id' and a 'name', got {category!r}.")
+            raise DataError(f"{json_path}: categories[{index}] needs an 'id' and a 'name', got {str(category)[:100]}.")
+        if not _is_id(category["id"]):
+            raise DataError(f"{json_path}: categories[{index}] has id {str(category['id'])[:60]}; ids are integers.")
         categories[category["id"]] = str(category["name"])
     category_index = {category_id: k for k, category_id in enumerate(sorted(categories))}
 
@@ -107,15 +124,21 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None, check_
     for index, entry in enumerate(data["images"]):
         missing = [key for key in ("id", "file_name") if not isinstance(entry, dict) or key not in entry]
         if missing:
-            raise DataError(f"{json_path}: images[{index}] has no {' or '.join(missing)}: {entry!r}.")
+            raise DataError(f"{json_path}: images[{index}] has no {' or '.join(missing)}: {str(entry)[:100]}.")
+        if not _is_id(entry["id"]):
+            raise DataError(f"{json_path}: images[{index}] has id {str(entry['id'])[:60]}; ids are integers.")
+        file_under(Path("."), entry["file_name"], f"{json_path}: images[{index}]")  # stays inside the image folder
         if entry["id"] in images:
             raise DataError(f"{json_path}: images[{index}] repeats image id {entry['id']}; image ids must be unique.")
         images[entry["id"]] = entry
         objects[entry["id"]] = []
-    for index, annotation in enumerate(data.get("annotations", [])):
-        where = f"{json_path}: annotations[{index}] (id {annotation.get('id') if isinstance(annotation, dict) else None})"
+    for index, annotation in enumerate(data["annotations"]):
+        where = f"{json_path}: annotations[{index}] (id {str(annotation.get('id'))[:40] if isinstance(annotation, dict) else None})"
         if not isinstance(annotation, dict) or "image_id" not in annotation or "category_id" not in annotation:
             raise DataError(f"{where} needs 'image_id', 'category_id' and 'bbox'.")
+        for key in ("image_id", "category_id"):
+            if not _is_id(annotation[key]):
+                raise DataError(f"{where} has {key} {str(annotation[key])[:60]}; ids are integers.")
         if annotation["category_id"] not in category_index:
             raise DataError(f"{where} has category_id {annotation['category_id']!r}, which is not among the "
                             f"categories ({', '.join(map(str, sorted(categories)))}). Add the category or fix the id.")
@@ -123,7 +146,7 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None, check_
             raise DataError(f"{where} has image_id {annotation['image_id']!r}, which is not among the images.")
         bbox = annotation.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
-            raise DataError(f"{where} has bbox {bbox!r}; expected [x, y, width, height].")
+            raise DataError(f"{where} has bbox {str(bbox)[:100]}; expected [x, y, width, height].")
         x, y, width, height = (_number(value, f"bbox {bbox!r} of annotations[{index}]", json_path) for value in bbox)
         if annotation.get("iscrowd", 0):
             continue  # a crowd region (too many objects to box one by one) is not an object to detect
@@ -133,12 +156,14 @@ def read_coco(json_path: str | Path, image_dir: str | Path | None = None, check_
         json_path, [entry["file_name"] for entry in images.values()])
     result = []
     for image_id, entry in images.items():
-        file = image_dir / entry["file_name"]
+        file = file_under(image_dir, entry["file_name"], f"{json_path}: image id {image_id}")
         if check_files and not file.is_file():
             raise DataError(f"{json_path}: image id {image_id} names {entry['file_name']!r}, but {file} does not exist.")
         width, height = entry.get("width"), entry.get("height")
         if not isinstance(width, int) or not isinstance(height, int) or width < 1 or height < 1:
             width, height = image_size(file, f"{json_path}: image id {image_id}")
+        for what, side in (("width", width), ("height", height)):
+            check_side(side, what, f"{json_path}: image id {image_id}")
         annotations = objects[image_id]
         segmentations = [annotation.get("segmentation") for annotation, _ in annotations]
         # Masks only when every object has one; an image without objects has (zero) masks.

@@ -19,12 +19,13 @@ that the standard library's parser would follow in a hostile file.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import numpy
 
-from cnnkit.data.detection.annotations import ImageAnnotation, find_image, image_size
+from cnnkit.data.detection.annotations import MAX_IMAGE_SIDE, ImageAnnotation, file_under, find_image, image_size
 from cnnkit.errors import DataError
 
 __all__ = ["read_voc_file", "voc_class_names", "voc_xml"]
@@ -79,17 +80,21 @@ def read_voc_file(path: str | Path, classes: list[str], image_dir: Path, image_i
     path = Path(path)
     root = _parse(path)
     file_name = _text(root, "filename")
-    file = image_dir / file_name if file_name else find_image(image_dir, path.stem)
+    file = file_under(image_dir, file_name, str(path)) if file_name else find_image(image_dir, path.stem)
     if check_files and (file is None or not file.is_file()):
         named = f"names <filename>{file_name}</filename>" if file_name else "has no <filename>"
         raise DataError(f"{path} {named}, but there is no such image in {image_dir}.")
     size = root.find("size")
     width = height = None
     if size is not None:
-        try:
+        try:  # inf -> OverflowError, nan -> ValueError
             width, height = int(float(_text(size, "width") or 0)), int(float(_text(size, "height") or 0))
-        except ValueError:
-            raise DataError(f"{path}: <size> holds {_text(size, 'width')!r} x {_text(size, 'height')!r}, not numbers.") from None
+        except (ValueError, OverflowError):
+            width = height = -1
+        if not (0 <= width <= MAX_IMAGE_SIDE and 0 <= height <= MAX_IMAGE_SIDE):
+            raise DataError(f"{path}: <size> holds {str(_text(size, 'width'))[:40]!r} x "
+                            f"{str(_text(size, 'height'))[:40]!r}; expected whole numbers of pixels from 1 to "
+                            f"{MAX_IMAGE_SIDE}.")
     if not width or not height:  # absent or 0: some tools write <width>0</width>; ask the image
         width, height = image_size(file, str(path))
     class_index = {name: k for k, name in enumerate(classes)}
@@ -106,9 +111,13 @@ def read_voc_file(path: str | Path, classes: list[str], image_dir: Path, image_i
         for tag in ("xmin", "ymin", "xmax", "ymax"):
             text = _text(box, tag)
             try:
-                coordinates.append(float(text))
+                value = float(text)
             except (TypeError, ValueError):
-                raise DataError(f"{path}: object {number} ({name}) has <{tag}>{text}</{tag}>; expected a number.") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise DataError(f"{path}: object {number} ({name}) has <{tag}>{str(text)[:40]}</{tag}>; expected a "
+                                "number (a finite one).")
+            coordinates.append(value)
         boxes.append(coordinates)
         labels.append(class_index[name])
     return ImageAnnotation(file=file, width=width, height=height, boxes=numpy.array(boxes, dtype=numpy.float32),

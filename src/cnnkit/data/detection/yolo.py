@@ -11,6 +11,7 @@ Segmentation-style lines (``k x1 y1 x2 y2 ...`` polygons) are not read: use COCO
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy
@@ -45,7 +46,9 @@ def read_yolo_file(path: Path | None, file: Path, width: int, height: int, num_c
             try:
                 values = [float(value) for value in fields]
             except ValueError:
-                raise DataError(f"{path} line {line_number}: {line.strip()!r} is not five numbers.") from None
+                values = []
+            if not values or not all(math.isfinite(value) for value in values):
+                raise DataError(f"{path} line {line_number}: {line.strip()[:100]!r} is not five numbers (finite ones: no nan or inf).")
             if not values[0].is_integer() or not 0 <= values[0] < num_classes:
                 raise DataError(f"{path} line {line_number}: class {fields[0]} is not a class index 0..{num_classes - 1} "
                                 "(see classes.txt).")
