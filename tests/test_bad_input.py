@@ -111,7 +111,7 @@ def test_an_unknown_model_suggests_close_names(image_folder, tmp_path, capsys):
 
 @pytest.mark.parametrize(("override", "expected"), [
     ("epoch=3", "unknown setting 'epoch'. Did you mean 'epochs'?"),
-    ("lr=fast", "lr='fast' should be float"),
+    ("lr=fast", "lr='fast' should be a number"),
     ("batch_size=0", "batch_size=0 must be greater than 0"),
     ("optimizer=adam", "optimizer='adam' is not one of sgd, adamw"),
     ("lr", "cannot read 'lr': overrides are written key=value"),

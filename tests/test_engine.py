@@ -21,7 +21,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
     assert isinstance(config.label_smoothing, float)
     with pytest.raises(ConfigError, match="Did you mean 'epochs'"):
         make_config(None, {"epoch": 3})
-    with pytest.raises(ConfigError, match="epochs='three' should be int"):
+    with pytest.raises(ConfigError, match="epochs='three' should be a whole number"):
         make_config(None, parse_key_values(["epochs=three"]))
     with pytest.raises(ConfigError, match="optimizer='adam' is not one of sgd, adamw"):
         make_config(None, {"optimizer": "adam"})

@@ -87,15 +87,24 @@ def _train(config: TrainConfig, device: torch.device, dist_info: DistInfo, resum
     run_dir = Path(resume) if resume else None
     if run_dir is None:
         run_dir = broadcast_object(_new_run_dir(config) if dist_info.is_main else None, dist_info)
-    if dist_info.is_main:
-        save_config(config, run_dir / "config.yaml")
-        print(f"{setup.header} -> {run_dir}", flush=True)
+    # The Trainer fits the batch to the data (config.batch_size may change): the config is saved after it.
     trainer = Trainer(config, setup.task, setup.train_loader, setup.val_loader, run_dir, setup.record, device,
                       dist_info, setup.callbacks + list(callbacks), head_parameters=setup.head_parameters,
                       find_unused_parameters=setup.find_unused_parameters)
+    if dist_info.is_main:
+        save_config(config, run_dir / "config.yaml")
+        print(f"{setup.header} -> {run_dir}", flush=True)
+        if trainer.batch_note:
+            print(trainer.batch_note, flush=True)
     if resume:
         trainer.resume(run_dir / "last.safetensors")
-    best = trainer.fit(stop_after_epoch=stop_after_epoch)
+    try:
+        best = trainer.fit(stop_after_epoch=stop_after_epoch)
+    except KeyboardInterrupt as interrupt:
+        saved = f"last.safetensors holds epoch {trainer.state.epoch}" if trainer.state.epoch else "no epoch finished"
+        interrupt.cnnkit_note = (f"interrupted: {saved}; continue with `cnnkit train --resume {run_dir}`"
+                                 if trainer.state.epoch else f"interrupted: {saved}, nothing to resume in {run_dir}")
+        raise
     barrier(dist_info)
     if dist_info.is_main:
         monitored = best.get(trainer.monitor)

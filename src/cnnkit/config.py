@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -24,6 +25,21 @@ import yaml
 from cnnkit.errors import ConfigError
 from cnnkit.files import atomic_write_text
 from cnnkit.task_table import TASKS
+
+
+# Seeds feed torch/numpy generators (numpy takes < 2**32); epoch seeds are derived from it by arithmetic.
+MAX_SEED = 2**32 - 1
+
+# The batch fits the data: an epoch has at least this many optimizer steps. A larger batch_size is
+# capped to floor(training images / MIN_STEPS_PER_EPOCH) (the Trainer says so once, when it starts);
+# an epoch with no step at all is an error. 4: the smallest test fixtures (320 images, batch 64) keep
+# their batch, and 300 detection scenes at the default batch 256 get 4 steps instead of 1.
+MIN_STEPS_PER_EPOCH = 4
+
+
+def fit_batch_size(batch_size: int, num_images: int) -> int:
+    """The batch size a run uses: `batch_size`, capped so `num_images` give MIN_STEPS_PER_EPOCH batches."""
+    return max(1, min(batch_size, num_images // MIN_STEPS_PER_EPOCH))
 
 
 def setting(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
@@ -71,6 +87,8 @@ class TrainConfig:
     data_mode: str = setting(
         "auto", '"memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits')
     num_workers: int = setting(-1, "decoding processes for streamed data; -1 picks min(8, cores - 1)")
+    max_bad_fraction: float = setting(
+        0.01, "image folders / CSVs: unreadable files skipped while at most max(1, this x N) are bad; 0: none")
 
     # --- model ---
     model: str = setting("fastnet", "a registered name; `cnnkit models` lists them")
@@ -178,6 +196,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check value ranges and choices; raise ConfigError naming the field."""
+        self._validate_numbers()
         choices = {
             "optimizer": ("sgd", "adamw"),
             "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
@@ -227,6 +246,29 @@ class TrainConfig:
             raise ConfigError("val_fraction=0 leaves nothing to validate on; set monitor=train_loss "
                               "or keep a validation fraction")
         self._validate_class_imbalance()
+
+    def _validate_numbers(self) -> None:
+        """Every number finite and in a range the code can use (inf/nan LRs train nothing and "succeed")."""
+        for setting_field in dataclasses.fields(self):
+            value = getattr(self, setting_field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{setting_field.name}={value} must be a finite number")
+        at_least = {"weight_decay": 0.0, "num_threads": 0, "num_workers": -1, "warmup_epochs": 0.0,
+                    "early_stopping_patience": 0, "min_lr_ratio": 0.0, "momentum": 0.0, "step_gamma": 0.0,
+                    "max_bad_fraction": 0.0, "translate": 0, "seed": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= {low}")
+        at_most = {"momentum": 0.999999, "min_lr_ratio": 1.0, "max_bad_fraction": 1.0, "onecycle_pct": 0.99,
+                   "num_threads": 4096, "seed": MAX_SEED}
+        for name, high in at_most.items():
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be <= {high}")
+        if not self.onecycle_pct > 0:
+            raise ConfigError(f"onecycle_pct={self.onecycle_pct} must be in (0, 1)")
+        for name in ("grad_clip_norm", "image_size"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be greater than 0 (or unset)")
 
     def _validate_class_imbalance(self) -> None:
         for name, allowed in (("class_weights", ("none", "inverse", "effective")),
@@ -347,6 +389,8 @@ def _coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
         if type(None) in allowed:
             return None
         raise ConfigError(f"{where}: {name} cannot be empty (null)")
+    if isinstance(value, str) and (float in allowed or int in allowed) and str not in allowed:
+        value = _number_from_text(value)  # YAML 1.1 reads 1e-3 (no dot) and .inf-like text as strings
     for kind in allowed:
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -354,8 +398,29 @@ def _coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
             return value
         if kind in (str, bool, dict) and isinstance(value, kind):
             return value
-    names = " or ".join(getattr(kind, "__name__", str(kind)) for kind in allowed)
-    raise ConfigError(f"{where}: {name}={value!r} should be {names}")
+    raise ConfigError(f"{where}: {name}={value!r} should be {_describe_kinds(allowed)}")
+
+
+_KIND_WORDS = {float: "a number", int: "a whole number", bool: "true or false", str: "text", dict: "a mapping"}
+
+
+def _describe_kinds(allowed: tuple) -> str:
+    """(float, NoneType) -> "a number (or null)": what a user can type, not Python's type names."""
+    words = [_KIND_WORDS.get(kind, getattr(kind, "__name__", str(kind))) for kind in allowed if kind is not type(None)]
+    return " or ".join(words) + (" (or null)" if type(None) in allowed else "")
+
+
+def _number_from_text(text: str) -> Any:
+    """"1e-3" -> 0.001, "3" -> 3; other text is returned unchanged (and then refused by its type check)."""
+    stripped = text.strip()
+    try:
+        return int(stripped)
+    except ValueError:
+        pass
+    try:
+        return float(stripped)
+    except ValueError:
+        return text
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], where: str) -> dict[str, Any]:

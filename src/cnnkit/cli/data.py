@@ -32,7 +32,7 @@ def run_data(args) -> int:
 def _add_data_convert(actions) -> None:
     from_help = "(default: detected; COCO, then VOC, then YOLO when a dataset carries several)"
     parser = actions.add_parser(
-        "convert", help="convert detection annotations between COCO, Pascal VOC and YOLO",
+        "convert", prog="cnnkit data convert", help="convert detection annotations between COCO, Pascal VOC and YOLO",
         description="Read a detection dataset in any layout cnnkit knows and write it, split by split, as\n"
                     "DST/SPLIT/images/ plus the annotations in the --to format: COCO DST/annotations/instances_SPLIT.json,\n"
                     "VOC DST/SPLIT/annotations/*.xml or YOLO DST/SPLIT/labels/*.txt, and DST/classes.txt. Images are\n"
@@ -72,7 +72,7 @@ def _scenes_defaults() -> dict:
 def _add_data_make_scenes(actions) -> None:
     defaults = argparse.Namespace(**_scenes_defaults())
     parser = actions.add_parser(
-        "make-scenes", help="write the scenes benchmark (Fashion-MNIST items on cluttered canvases)",
+        "make-scenes", prog="cnnkit data make-scenes", help="write the scenes benchmark (Fashion-MNIST items on cluttered canvases)",
         description="Compose Fashion-MNIST garments onto cluttered RGB canvases (gradient, stripes, semi-transparent\n"
                     "distractor shapes) at random sizes, colours and positions, with occlusion, and write train/val/test\n"
                     "splits with every annotation cnnkit reads: YOLO labels, VOC XML, COCO JSON (boxes + RLE masks),\n"
@@ -122,7 +122,7 @@ def run_data_make_scenes(args) -> int:
 
 def _add_data_check(actions) -> None:
     parser = actions.add_parser(
-        "check", help="find exact and near-duplicate images within and across train/val/test (leakage)",
+        "check", prog="cnnkit data check", help="find exact and near-duplicate images within and across train/val/test (leakage)",
         usage="cnnkit data check DATASET [--threshold T] [--size PX] [--exact-only] [--val-fraction F] [--seed S]\n"
               "                         [--out FILE.json] [--plot FILE.png]",
         description="Look for duplicate images in a dataset, within each split and across train, val and test.\n"

@@ -47,7 +47,7 @@ examples:
     actions = parser.add_subparsers(dest="models_action", metavar="ACTION",
                                     description="without an ACTION, list the architectures")
     summary = actions.add_parser(
-        "summary", help="per-layer table of one model: output shape, parameters, MACs, receptive field",
+        "summary", prog="cnnkit models summary", help="per-layer table of one model: output shape, parameters, MACs, receptive field",
         description="Print one model layer by layer, in the order the layers run, with totals. The model\n"
                     "is built for the --input size and --num-classes and run once at batch 1 in eval mode.",
         epilog=summary_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +58,11 @@ examples:
     summary.add_argument("--depth", type=int, metavar="N", help="fold modules nested deeper than N into one "
                          "row (1: the model's direct children); default: every layer")
     summary.add_argument("--json", action="store_true", help="print JSON: rows, totals and notes")
+
+
+# Square sides tried, in order, for models that cannot take the default 28x28 (detectors need 32 or 64,
+# the plain U-Net a multiple of 16).
+FALLBACK_SIDES = (32, 64, 128, 256)
 
 
 def run_models(args) -> int:
@@ -74,11 +79,17 @@ def run_models(args) -> int:
         entry = get_entry(name)
         row = {"name": name, "family": entry.family, "source": entry.source, "description": entry.description,
                "input": list(input_size)}
-        try:
-            row["parameters"], macs = model_cost(name, input_size, num_classes=10, macs=with_macs)
-        except ModelError as error:  # one model that cannot take this input must not hide the others
-            row["parameters"], macs = None, None
-            failures.append(f"{name}: {error}")
+        # Without --input, a model that cannot take 28x28 (detectors, U-Net) is counted at the first size that fits.
+        sizes = [input_size] if args.input else [input_size] + [(input_size[0], side, side) for side in FALLBACK_SIDES]
+        for size in sizes:
+            try:
+                row["parameters"], macs = model_cost(name, size, num_classes=10, macs=with_macs)
+                row["input"] = list(size)
+                break
+            except ModelError as error:  # one model that cannot take this input must not hide the others
+                row["parameters"], macs, last_error = None, None, error
+        if row["parameters"] is None:
+            failures.append(f"{name}: {last_error}")
         if with_macs:
             row.update(macs=macs, flops=None if macs is None else 2 * macs)
         rows.append(row)
@@ -97,10 +108,13 @@ def run_models(args) -> int:
             macs = ""
             if with_macs:
                 macs = " " + ("n/a" if row["macs"] is None else f"{row['macs'] / 1e9:.4f}").rjust(8)
+            if row["input"] != list(input_size):
+                description = textwrap.shorten(f"(at {'x'.join(map(str, row['input']))}) {row['description']}", 70)
             print(f"{row['name']:{name_width}} {row['family']:{family_width}} {parameters}{macs}  {row['source']:12} "
                   f"{description}")
         if with_macs:
-            print(f"GMACs: multiply-accumulates per {'x'.join(map(str, input_size))} image (1 MAC = 2 FLOPs)")
+            print(f"GMACs: multiply-accumulates per {'x'.join(map(str, input_size))} image (1 MAC = 2 FLOPs; "
+                  "models marked 'at CxHxW' are counted at that size)")
     for failure in failures:
         print(f"cnnkit models: {failure}", file=sys.stderr)
     return 0

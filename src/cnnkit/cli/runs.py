@@ -102,13 +102,22 @@ def add_predict(commands) -> None:
 
 
 def run_predict(args) -> int:
+    if args.top_k < 1:
+        raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
+    if not Path(args.run_dir).exists():
+        raise CnnkitError(f"{args.run_dir}: no such run directory or model file")
+    _check_checkpoint_bytes(Path(args.run_dir))
+    missing = [path for path in args.images if not Path(path).exists()]
+    if len(missing) == len(args.images):  # checked before torch is imported: the mistake answers at once
+        raise CnnkitError(f"image file not found: {missing[0]}. Check the path." if len(missing) == 1
+                          else f"none of the {len(missing)} images exist (first: {missing[0]})")
     from cnnkit.api import load
+    from cnnkit.data.images import is_image_file
     from cnnkit.export import load_predictor, recorded_task
+    from cnnkit.errors import DataError
     from cnnkit.tasks import PredictOptions, task_info
 
     info = task_info(recorded_task(args.run_dir))
-    if args.top_k < 1:
-        raise CnnkitError(f"--top-k must be 1 or more, got {args.top_k}")
     if info.exportable:  # the backends run exported graphs: --backend picks one
         predictor = load_predictor(args.run_dir, backend=args.backend, device=args.device,
                                    trust_code=args.trust_code)
@@ -116,10 +125,70 @@ def run_predict(args) -> int:
         predictor = load(args.run_dir, device=args.device)
     options = PredictOptions(top_k=args.top_k, score_threshold=args.score_threshold,
                              out=Path(args.out) if args.out else None)
-    results = info.predict(predictor, args.images, options)
+    images, failed = _expand_images(args.images, is_image_file)
+    try:
+        results = info.predict(predictor, images, options) if images else []
+    except DataError:
+        # One unreadable file (a multi-page TIFF, a truncated JPEG ...) costs its own line, not the others'.
+        results = []
+        for image in images:
+            try:
+                results.extend(info.predict(predictor, [image], options))
+            except DataError as error:
+                failed.append((image, str(error)))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for result in results:
             print(info.prediction_text(result))
+    if failed and not results:  # nothing to show: an error, as for any other mistake
+        if len(failed) == 1:
+            raise CnnkitError(failed[0][1] if failed[0][1] != "not found" else f"image file not found: {failed[0][0]}")
+        raise CnnkitError(f"none of the {len(failed)} inputs could be predicted: "
+                          + "; ".join(f"{image} ({reason})" for image, reason in failed[:10]))
+    if failed:
+        print(f"cnnkit predict: {len(failed)} of {len(failed) + len(results)} inputs could not be predicted:",
+              file=sys.stderr)
+        for image, reason in failed:
+            print(f"  {image}: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_checkpoint_bytes(path: Path) -> None:
+    """A truncated .safetensors checkpoint is reported before torch is imported (its header is JSON)."""
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if path.suffix != ".safetensors" or not path.is_file():
+        return  # the full load says what is wrong
+    problem = f"{path} is not a readable safetensors checkpoint (it may be truncated: retrain or restore it from a copy)"
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise CnnkitError(problem)
+        try:
+            header = json.loads(file.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise CnnkitError(problem) from None
+    if 8 + length + end > size:
+        raise CnnkitError(problem)
+
+
+def _expand_images(paths: list[str], is_image_file) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files as given, directories as their image files (sorted, not recursive); missing paths as failures."""
+    images, failed = [], []
+    for path in paths:
+        folder = Path(path)
+        if folder.is_dir():
+            found = sorted(str(child) for child in folder.iterdir() if child.is_file() and is_image_file(child))
+            if not found:
+                failed.append((path, "a directory with no image files"))
+            images.extend(found)
+        elif not folder.exists():
+            failed.append((path, "not found"))
+        else:
+            images.append(path)
+    return images, failed

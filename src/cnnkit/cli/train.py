@@ -52,20 +52,45 @@ def add_train(commands) -> None:
 
 
 def run_train(args) -> int:
-    from cnnkit.api import train
     from cnnkit.config import parse_key_values
 
     overrides = parse_key_values(args.overrides)
     for name in ("task", "data", "model", "epochs", "out", "name"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.resume and args.config:
+        raise CnnkitError("--resume takes the settings of the run; do not combine it with --config")
+    check_settings(args.config, overrides, args.resume)  # before torch is imported: mistakes answer at once
+    from cnnkit.api import train
+
     if args.resume:
-        if args.config:
-            raise CnnkitError("--resume takes the settings of the run; do not combine it with --config")
         train(resume=args.resume, **overrides)
     else:
         train(args.config, **overrides)
     return 0
+
+
+def check_settings(config_file: str | None, overrides: dict, resume: str | None = None):
+    """Resolve and validate the settings (and that the data and a resumed run exist) without importing torch.
+
+    Returns:
+        The TrainConfig the run would use.
+    """
+    from pathlib import Path
+
+    from cnnkit.config import as_config
+    from cnnkit.errors import CheckpointError, DatasetNotFoundError
+
+    if resume is not None:
+        if not (Path(resume) / "last.safetensors").is_file():
+            raise CheckpointError(f"cannot resume from {resume}: no last.safetensors there")
+        return as_config(Path(resume) / "config.yaml", overrides)
+    config = as_config(config_file, overrides)
+    data = Path(config.data).expanduser()
+    if any(separator in config.data for separator in ("/", "\\")) and not data.exists():
+        raise DatasetNotFoundError(f"dataset {config.data!r}: no such file or folder.\n"
+                                   "give fashion-mnist, a folder of class folders (or train/ and test/), or a .csv")
+    return config
 
 
 def add_augment(commands) -> None:
@@ -90,15 +115,17 @@ def add_augment(commands) -> None:
 
 
 def run_augment(args) -> int:
-    from cnnkit.config import make_config, parse_key_values
-    from cnnkit.tasks.classification.preview import save_preview
+    from cnnkit.config import parse_key_values
 
     overrides = parse_key_values(args.overrides)
     if args.data:
         overrides["data"] = args.data
     if args.count < 1:
         raise CnnkitError(f"--count must be 1 or more, got {args.count}")
-    path = save_preview(make_config(args.config, overrides), args.out, count=args.count)
+    config = check_settings(args.config, overrides)
+    from cnnkit.tasks.classification.preview import save_preview
+
+    path = save_preview(config, args.out, count=args.count)
     print(f"wrote {path}")
     return 0
 
@@ -141,13 +168,15 @@ def add_lr_find(commands) -> None:
 
 def run_lr_find(args) -> int:
     from cnnkit.config import parse_key_values
-    from cnnkit.api import lr_find
-    from cnnkit.engine.lr_finder import plot_lr_find
 
     overrides = parse_key_values(args.overrides)
     for name in ("data", "model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    check_settings(args.config, overrides)
+    from cnnkit.api import lr_find
+    from cnnkit.engine.lr_finder import plot_lr_find
+
     result = lr_find(args.config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps, **overrides)
     print(result.summary())
     print(f"plot: {plot_lr_find(result, args.out)}")

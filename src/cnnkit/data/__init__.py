@@ -115,10 +115,12 @@ def _has_class_folders(folder: Path) -> bool:
     return folder.is_dir() and any(entry.is_dir() and not entry.name.startswith(".") for entry in folder.iterdir())
 
 
-def _load_train_test_folders(root: Path, channels: int | None, size: tuple[int, int] | None) -> DatasetSplits:
-    train = load_image_folder(root / "train", channels=channels, size=size)
+def _load_train_test_folders(root: Path, channels: int | None, size: tuple[int, int] | None,
+                             max_bad_fraction: float = 0.01) -> DatasetSplits:
+    train = load_image_folder(root / "train", channels=channels, size=size, max_bad_fraction=max_bad_fraction)
     # The test split is decoded like the training split, whatever its own images look like.
-    test = load_image_folder(root / "test", channels=train.channels, size=train.image_size)
+    test = load_image_folder(root / "test", channels=train.channels, size=train.image_size,
+                             max_bad_fraction=max_bad_fraction)
     unknown = sorted(set(test.classes) - set(train.classes))
     if unknown:
         raise DataError(
@@ -137,6 +139,7 @@ def load_dataset(
     channels: int | None = None,
     size: tuple[int, int] | None = None,
     download: bool = True,
+    max_bad_fraction: float = 0.01,
 ) -> DatasetSplits:
     """Loads a dataset into memory from a name, a folder or a CSV file.
 
@@ -150,6 +153,7 @@ def load_dataset(
         size: (height, width); None keeps the dataset's own (for image folders: their common
             size, or the median size when they differ).
         download: For Fashion-MNIST, download the files when they are found nowhere.
+        max_bad_fraction: Image folders and CSVs: unreadable files skipped (see ``load_image_folder``).
 
     Returns:
         The splits. Image folders with a train/test split decode the test images with the
@@ -167,14 +171,15 @@ def load_dataset(
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"dataset spec {text!r} is a file but not a .csv file.\n{ACCEPTED_SPECS}")
-        return DatasetSplits(train := load_csv(path, channels=channels, size=size), None, list(train.classes), path.stem)
+        train = load_csv(path, channels=channels, size=size, max_bad_fraction=max_bad_fraction)
+        return DatasetSplits(train, None, list(train.classes), path.stem)
     if path.is_dir():
         if fashion_mnist_files_in(path) is not None or fashion_mnist_files_in(path / "fashion-mnist") is not None:
             train, test = load_fashion_mnist(root=path, download=False)
             return DatasetSplits(_adapt(train, channels, size), _adapt(test, channels, size), list(FASHION_MNIST_CLASSES), "fashion-mnist")
         if _has_class_folders(path / "train") and _has_class_folders(path / "test"):
-            return _load_train_test_folders(path, channels, size)
-        train = load_image_folder(path, channels=channels, size=size)
+            return _load_train_test_folders(path, channels, size, max_bad_fraction)
+        train = load_image_folder(path, channels=channels, size=size, max_bad_fraction=max_bad_fraction)
         return DatasetSplits(train, None, list(train.classes), path.name)
     if any(separator in text for separator in ("/", "\\")) or path.suffix:
         raise DatasetNotFoundError(f"dataset {text!r}: no such file or folder.\n{ACCEPTED_SPECS}")

@@ -68,6 +68,10 @@ _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 
 
+class ImageSizeWarning(UserWarning):
+    """The images differ in size and no image_size was given: all are resized to the median size."""
+
+
 class SkippedImagesWarning(UserWarning):
     """Some images could not be decoded and were left out.
 
@@ -134,7 +138,7 @@ def _report_bad(bad: list[tuple[Path, str]], total: int, max_bad_fraction: float
             "or raise max_bad_fraction."
         )
     message = f"{source}: skipped {len(bad)} unreadable {noun} of {total}: {listed}{more}"
-    logger.warning(message)
+    # One warning, no log line as well: the CLI prints it once, in words (cnnkit.cli.show_warning).
     warnings.warn(SkippedImagesWarning(message, list(bad), total), stacklevel=3)
 
 
@@ -175,7 +179,10 @@ def _probe_all(
                 round(statistics.median(probed[index][1][0] for index in candidates)),
                 round(statistics.median(probed[index][1][1] for index in candidates)),
             )
-            logger.info("%s: images have %d different sizes; resizing all to the median %s (H, W)", source, len(sizes), size)
+            warnings.warn(ImageSizeWarning(
+                f"{source}: the images have {len(sizes)} different sizes and no image_size was given; all are "
+                f"resized to their median, {size[0]}x{size[1]} (HxW). Set image_size=N to choose (smaller trains "
+                "faster; e.g. image_size=64)"), stacklevel=2)
     if channels is None:
         # Modes that cannot hold colour decide at once; any other mode is decoded as RGB and its
         # pixels are checked afterwards.

@@ -2,8 +2,18 @@
 
 Read `fit` and `train_one_epoch` top to bottom: forward under autocast, loss, backward (scaled for
 fp16), gradient clipping, optimizer step every `accumulate_steps` batches, schedule step, EMA update.
-After every epoch: validation, a line in `metrics.jsonl`, the `last` checkpoint (everything needed to
-resume) and, when the monitored metric improved, the `best` checkpoint (weights only).
+After every epoch: validation, a line in `metrics.jsonl`, the `best` checkpoint (weights only) when the
+monitored metric improved, then the `last` checkpoint (everything needed to resume). Writing `last` is the
+epoch's commit point: a kill before it leaves the previous epoch committed, and `resume` drops the
+metrics lines and temporaries written after it (a `best` written after it is rewritten by the same,
+deterministic epoch). A `best` left behind by runs written before this order is repaired on resume when
+`last` holds its weights.
+
+Training that does nothing or diverges is an error, not a success: the batch is fitted to the data
+(`cnnkit.config.fit_batch_size`: at least MIN_STEPS_PER_EPOCH steps per epoch, said once at the start),
+an epoch without a step raises, a loss that is not finite for NONFINITE_LIMIT optimizer steps in a row
+stops the run (those steps are skipped, so the weights stay finite), and a model whose loss or weights
+are not finite is never written as `best`. metrics.jsonl is strict JSON (a non-finite value is null).
 
 Determinism: the batch order, augmentation and dropout of epoch `e` depend only on (seed, e, rank), and
 the LR only on the optimizer step, so stopping after epoch 2 and resuming gives the same weights as an
@@ -24,13 +34,21 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from cnnkit.config import TrainConfig
+from cnnkit.config import MIN_STEPS_PER_EPOCH, TrainConfig, fit_batch_size
 from cnnkit.device import resolve_precision
 from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
-from cnnkit.errors import CheckpointError, ConfigError
+from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
+from cnnkit.files import atomic_write_text, sweep_temporaries
+
+# Optimizer steps in a row with a NaN/inf loss before the run stops (each is skipped, not applied).
+NONFINITE_LIMIT = 3
+
+
+class TrainingError(CnnkitError):
+    """Training cannot make progress: no step in an epoch, or a loss that stays NaN/inf."""
 
 
 @dataclass
@@ -81,6 +99,8 @@ class Trainer:
         if dist_info.enabled and config.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = task.model = model
+        # Before the optimizer: the default LR scales with the (fitted) batch size.
+        self.batch_note = self._fit_batch_to_data()
         self.optimizer = make_optimizer(model, config, head_parameters)
         self.steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_steps)
         self.lr_factor = lr_factor_function(config, self.steps_per_epoch)
@@ -128,9 +148,9 @@ class Trainer:
             improved = self._update_best(metrics) if validated or not self.monitor.startswith("val_") else False
             if self.dist.is_main:
                 self._log(metrics, improved)
-                self.save("last")
                 if improved:
                     self.save("best", metrics)
+                self.save("last")  # the commit point of this epoch (see the module docstring)
             history.append(metrics)
             for callback in self.callbacks:
                 if hasattr(callback, "on_epoch_end"):
@@ -141,8 +161,24 @@ class Trainer:
             if patience and self.state.epochs_without_improvement >= patience:
                 self._print(f"early stopping: {self.monitor} has not improved for {patience} epochs")
                 break
-        best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else {})
+        best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else None)
+        if best is None:  # nothing left to train (a resumed, finished run): the logged best epoch
+            best = self._logged_metrics(self.state.best_epoch) or {}
         return best
+
+    def _logged_metrics(self, epoch: int) -> dict[str, Any] | None:
+        """The metrics.jsonl line of `epoch`, or None."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return None
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("epoch") == epoch:
+                return entry
+        return None
 
     def _fit_head_only(self) -> dict[str, Any]:
         """epochs=0 (feature extraction with a probe head): the epoch-start callbacks fit the head, no SGD step
@@ -161,8 +197,9 @@ class Trainer:
         improved = self._update_best(metrics) if self.monitor in metrics else False
         if self.dist.is_main:
             self._log(metrics, improved)
+            if improved or self.monitor not in metrics:
+                self.save("best", metrics)
             self.save("last")
-            self.save("best", metrics)
         return metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -178,6 +215,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         seen, has_accuracy, started = 0, False, time.perf_counter()
+        step_finite, nonfinite_in_a_row = True, 0
         num_batches = len(self.train_loader)
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=None if config.progress and self.dist.is_main else True,  # None: only on a terminal
@@ -192,7 +230,20 @@ class Trainer:
                     result = task.training_step(model, images, targets)
                 loss = result["loss"] / config.accumulate_steps
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
+            step_finite = step_finite and bool(torch.isfinite(result["loss"].detach()))
+            if is_step and not step_finite and self.scaler is None:  # (GradScaler skips inf/NaN steps itself)
+                self.optimizer.zero_grad(set_to_none=True)  # skip it: one bad batch must not poison the weights
+                self.scheduler.step()
+                self.state.global_step += 1
+                nonfinite_in_a_row += 1
+                if nonfinite_in_a_row >= NONFINITE_LIMIT:
+                    bar.close()
+                    raise TrainingError(self._divergence_message(epoch, index, nonfinite_in_a_row))
+                step_finite = True
+                bar.update()
+                continue
             if is_step:
+                nonfinite_in_a_row, step_finite = 0, True
                 if self.scaler:
                     self.scaler.unscale_(self.optimizer)
                 if config.grad_clip_norm:
@@ -219,6 +270,10 @@ class Trainer:
             if index % 20 == 0:
                 bar.set_postfix(loss=f"{float(result['loss'].detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
         bar.close()
+        if seen == 0:
+            raise TrainingError(
+                f"epoch {epoch + 1} had no training batch ({getattr(self.train_loader, 'num_samples', 0)} training "
+                "images for this process): add images, lower val_fraction, or check the dataset")
         totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
                                              torch.tensor(float(seen), device=self.device, dtype=torch.float64)]),
                                 self.dist)
@@ -244,6 +299,39 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _fit_batch_to_data(self) -> str:
+        """Cap the training batch so an epoch has at least MIN_STEPS_PER_EPOCH steps; return the note that says so.
+
+        The loaders read `batch_size` when they count and cut batches, so setting it is enough; the config
+        records the global batch (the default LR scales with it; config.yaml is written after this).
+        """
+        loader = self.train_loader
+        per_process, samples = getattr(loader, "batch_size", None), getattr(loader, "num_samples", None)
+        if not isinstance(per_process, int) or not isinstance(samples, int) or samples == 0:
+            return ""
+        fitted = fit_batch_size(per_process, samples)
+        if fitted == per_process:
+            return ""
+        loader.batch_size = fitted
+        world = self.dist.world_size
+        requested, self.config.batch_size = self.config.batch_size, fitted * world
+        if isinstance(self.record.get("config"), dict):
+            self.record["config"]["batch_size"] = fitted * world
+        return (f"batch_size {requested} -> {fitted * world}: {samples * world} training images, and an epoch "
+                f"takes at least {MIN_STEPS_PER_EPOCH} steps (a larger batch is capped to images / "
+                f"{MIN_STEPS_PER_EPOCH}; the default LR scales with it)")
+
+    def _divergence_message(self, epoch: int, index: int, count: int) -> str:
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (f"the training loss was NaN or infinite for {count} optimizer steps in a row (epoch {epoch + 1}, "
+                f"batch {index + 1}, lr {lr:.3g}); stopped without a new best checkpoint. Usual causes: an LR too "
+                "high (try lr=... a tenth of it, or `cnnkit lr-find`), no gradient clipping (grad_clip_norm=1), "
+                "fp16 overflow (precision=fp32), or NaN in the data or the pretrained weights")
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(tensor).all()) for tensor in self.eval_model.state_dict().values()
+                   if tensor.is_floating_point())
+
     def _update_best(self, metrics: dict[str, Any]) -> bool:
         name = self.monitor
         if name not in metrics:
@@ -251,6 +339,12 @@ class Trainer:
             raise ConfigError(f"monitor={name!r} is not a metric of this run; choose one of: {known}")
         value, best = metrics[name], self.state.best_value
         lower_is_better = "loss" in name
+        losses_finite = all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and v is not None)
+        if not (math.isfinite(value) and losses_finite and self._weights_finite()):
+            # A model whose outputs (or weights) are NaN is never the best one.
+            self.state.epochs_without_improvement += 1
+            self._print(f"epoch {metrics['epoch']}: {name} or the loss is not finite; not a candidate for best")
+            return False
         improved = best is None or (value < best if lower_is_better else value > best)
         if improved:
             self.state.best_value, self.state.best_epoch = value, metrics["epoch"]
@@ -264,9 +358,11 @@ class Trainer:
             tqdm.write(text)
 
     def _log(self, metrics: dict[str, Any], improved: bool) -> None:
+        strict = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
         with open(self.run_dir / "metrics.jsonl", "a") as file:
-            file.write(json.dumps(metrics) + "\n")
-        shown = [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith(("train_loss", "train_acc", "val_loss", "val_acc"))]
+            file.write(json.dumps(strict, allow_nan=False) + "\n")
+        shown = [f"{k} {v:.4f}" for k, v in metrics.items()
+                 if k.startswith(("train_loss", "train_acc", "val_loss", "val_acc")) and v is not None]
         mark = " *" if improved else ""
         self._print(f"epoch {metrics['epoch']}/{self.config.epochs}  " + "  ".join(shown) +
                     f"  lr {metrics['lr']:.3g}  {metrics['epoch_seconds']:.1f}s{mark}")
@@ -275,7 +371,7 @@ class Trainer:
     def save(self, kind: str, metrics: dict[str, Any] | None = None) -> Path:
         """Write `best` (evaluation weights and record) or `last` (everything needed to resume)."""
         path = self.run_dir / f"{kind}.safetensors"
-        record = {**self.record, "epoch": self.state.epoch}
+        record = {**self.record, "epoch": self.state.epoch, "monitor": self.monitor}
         if metrics is not None:
             record["metrics"] = metrics
         if kind == "best":
@@ -308,3 +404,38 @@ class Trainer:
         self.scheduler.last_epoch = self.state.global_step
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.lr_factor(self.state.global_step)
+        if self.dist.is_main:
+            self._recover_run_dir()
+
+    def _recover_run_dir(self) -> None:
+        """Undo what a kill after the last commit point (`last`) left: temporaries, later metrics lines, a stale best."""
+        for temporary in sweep_temporaries(self.run_dir):
+            self._print(f"resume: removed {temporary.name}, left by an interrupted write")
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if metrics_path.is_file():
+            kept, seen_epochs = [], set()
+            lines = metrics_path.read_text().splitlines()
+            for line in lines:
+                try:
+                    epoch = json.loads(line)["epoch"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by the kill
+                if epoch <= self.state.epoch and epoch not in seen_epochs:
+                    kept.append(line)
+                    seen_epochs.add(epoch)
+            if len(kept) != len(lines):
+                atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
+        self._repair_best(metrics_path)
+
+    def _repair_best(self, metrics_path: Path) -> None:
+        """A best checkpoint behind the best epoch `last` records (runs killed under the old write order)."""
+        best_path = self.run_dir / "best.safetensors"
+        best_epoch = self.state.best_epoch
+        if best_epoch == 0 or (best_path.is_file() and ckpt.read_record(best_path).get("epoch") == best_epoch):
+            return
+        if best_epoch != self.state.epoch:
+            self._print(f"resume: best.safetensors is not epoch {best_epoch}'s and its weights are gone; "
+                        "the next improvement replaces it")
+            return
+        self.save("best", self._logged_metrics(best_epoch))
+        self._print(f"resume: best.safetensors rewritten from epoch {best_epoch} (held in last.safetensors)")

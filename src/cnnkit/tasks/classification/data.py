@@ -60,7 +60,7 @@ def prepare_data(config, preprocessing: Preprocessing | None = None) -> Prepared
                 mean, std = estimate_mean_std(train, sampled_channels, sampled_size, seed=config.seed)
                 preprocessing = Preprocessing(sampled_channels, sampled_size, tuple(mean), tuple(std))
             return PreparedData(train, val, files.test, list(files.classes), preprocessing)
-    splits = load_dataset(config.data, channels=channels, size=size)
+    splits = load_dataset(config.data, channels=channels, size=size, max_bad_fraction=config.max_bad_fraction)
     train_indices, val_indices = train_val_split(len(splits.train), config.val_fraction, config.seed,
                                                  labels=splits.train.labels)
     train = splits.train.subset(train_indices)
@@ -106,4 +106,4 @@ def make_loader(dataset: ArrayDataset | FileSplit, preprocessing: Preprocessing,
         return TensorLoader(dataset.images, dataset.labels, **options)
     workers = config.num_workers if config.num_workers >= 0 else min(8, max(0, (os.cpu_count() or 1) - 1))
     return StreamingLoader(dataset, preprocessing.channels, tuple(preprocessing.image_size),
-                           num_workers=workers, **options)
+                           num_workers=workers, max_bad_fraction=config.max_bad_fraction, **options)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+from cnnkit.errors import CheckpointError
 from cnnkit.tasks.base import PredictOptions
 
 
@@ -19,6 +22,9 @@ def predict_images(classifier, images: list[str], options: PredictOptions) -> li
     results = []
     for path in images:
         top = classifier.predict([path], top_k=options.top_k)[0]
+        if not all(math.isfinite(probability) for _, probability in top):
+            raise CheckpointError(f"the model's outputs for {path} are not finite (NaN or inf): its weights are "
+                                  "broken (a diverged or damaged checkpoint); retrain it or use another checkpoint")
         results.append({"image": path, "predictions": [{"class": c, "probability": p} for c, p in top]})
     return results
 
