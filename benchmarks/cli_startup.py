@@ -29,7 +29,7 @@ COMMANDS = [
     ("non-finite setting", ["train", "lr=.inf"], 0.5),
     ("missing data folder", ["train", "--data", "no/such/folder"], 0.5),
     ("resume a missing run", ["train", "--resume", "no-such-run"], 0.5),
-    ("unknown option", ["train", "--epoch", "3"], 0.5),
+    ("unknown option", ["train", "--epohcs", "3"], 0.5),
     ("predict: missing image", ["predict", ".", "missing.png"], 0.5),
 ]
 

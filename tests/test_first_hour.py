@@ -209,3 +209,39 @@ def test_version():
 
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"cnnkit {__version__}"
+
+
+# -- 6: the README says how to reach the `cnnkit` that make installed ---------------------------------------
+def test_readme_says_how_to_get_cnnkit_on_the_path():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    setup = readme[readme.index("## Two commands on a fresh machine"):readme.index("## The command line")]
+    assert "source .venv/bin/activate" in setup and ".venv/bin/cnnkit" in setup
+
+
+# -- 7: every model gets a parameter count, without stderr noise --------------------------------------------
+def test_models_counts_every_model_quietly():
+    result = run_cli("models", "--json", timeout=300)
+    assert result.returncode == 0
+    assert result.stderr == ""
+    rows = json.loads(result.stdout)
+    assert all(row["parameters"] for row in rows), [row["name"] for row in rows if not row["parameters"]]
+    detector = next(row for row in rows if row["name"] == "yolo_fastnet")
+    assert detector["input"] != [1, 28, 28]  # counted at a size that fits it
+
+
+# -- smaller items ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, usage", [
+    (["models", "summary", "--help"], "usage: cnnkit models summary [-h]"),
+    (["data", "make-scenes", "--help"], "usage: cnnkit data make-scenes [-h]"),
+])
+def test_subcommand_usage_lines_are_not_garbled(command, usage):
+    result = run_cli(*command)
+    assert result.returncode == 0 and result.stdout.startswith(usage), result.stdout[:200]
+
+
+def test_runs_lists_the_runs(trained_run):
+    result = run_cli("runs", trained_run[0].parent)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[:2]
+    assert header.split()[:6] == ["run", "task", "model", "data", "epochs", "best"]
+    assert row.split()[:3] == ["run", "classify", "fastnet"] and "val_accuracy" in row

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from cnnkit.errors import ConfigError
 from cnnkit.files import atomic_write_text
@@ -497,4 +496,6 @@ def as_config(config: "TrainConfig | dict | str | Path | None" = None,
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
+    import yaml  # here, not at the top: `cnnkit --help` and every settings error skip importing it
+
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 import json
 import sys
 import textwrap
@@ -83,7 +84,9 @@ def run_models(args) -> int:
         sizes = [input_size] if args.input else [input_size] + [(input_size[0], side, side) for side in FALLBACK_SIDES]
         for size in sizes:
             try:
-                row["parameters"], macs = model_cost(name, size, num_classes=10, macs=with_macs)
+                with warnings.catch_warnings():  # builders' notes (torchvision's trainable layers ...) are noise here
+                    warnings.simplefilter("ignore")
+                    row["parameters"], macs = model_cost(name, size, num_classes=10, macs=with_macs)
                 row["input"] = list(size)
                 break
             except ModelError as error:  # one model that cannot take this input must not hide the others

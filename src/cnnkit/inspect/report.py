@@ -205,6 +205,13 @@ def _curves_section(history: list[dict], out: Path) -> str:
             axis.plot(*zip(*points), marker="o", markersize=3, label=name)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("epoch")
+        epochs = sorted({line["epoch"] for line in history if isinstance(line.get("epoch"), int)})
+        if len(epochs) <= 10:  # whole epochs only (one epoch: a single tick, not 0.96 ... 1.04)
+            axis.set_xticks(epochs)
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     path = _save(figure, out / "curves.png")
