@@ -63,8 +63,7 @@ def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowe
     """The FastAPI app serving `handler` within `limits` (see the module docstring for the routes).
 
     Args:
-        allowed_hosts: Host header values to answer (lower case; `limits.loopback_hosts(port)` on loopback),
-            or None for any.
+        allowed_hosts: Host names to answer (any port; `limits.loopback_hosts(host)` on loopback), or None for any.
         docs: Serve FastAPI's /docs page (its scripts come from a CDN).
     """
     executor = BoundedExecutor(limits.workers, limits.queue_size, limits.timeout_s)
@@ -203,5 +202,5 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: s
     shown = f"[{host}]" if ":" in host else host
     print(f"cnnkit serve: {info['run']} ({info['task']}, {len(info.get('classes', []))} classes, backend "
           f"{info['backend']}) at http://{shown}:{port}/  (POST /predict, GET /healthz, Ctrl-C stops)", flush=True)
-    app = create_app(handler, limits, allowed_hosts=loopback_hosts(port, host) if loopback else None, docs=docs)
+    app = create_app(handler, limits, allowed_hosts=loopback_hosts(host) if loopback else None, docs=docs)
     uvicorn.Server(server_config(app, limits, host, port, log_level="info")).run()

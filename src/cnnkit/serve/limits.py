@@ -86,20 +86,24 @@ class ServeError(CnnkitError):
                             headers=self.headers)
 
 
+# Refusals sent before the body is read close the connection: the unread rest cannot start the next request.
+CLOSE = {"Connection": "close"}
+
+
 class BadRequest(ServeError):
-    status, code = 400, "bad_request"
+    status, code, headers = 400, "bad_request", CLOSE
 
 
 class InvalidHost(ServeError):
-    status, code = 400, "invalid_host"
+    status, code, headers = 400, "invalid_host", CLOSE
 
 
 class RequestTimeout(ServeError):
-    status, code, headers = 408, "request_timeout", {"Connection": "close"}
+    status, code, headers = 408, "request_timeout", CLOSE
 
 
 class LengthRequired(ServeError):
-    status, code = 411, "length_required"
+    status, code, headers = 411, "length_required", CLOSE
 
 
 class PayloadTooLarge(ServeError):
@@ -107,7 +111,7 @@ class PayloadTooLarge(ServeError):
 
 
 class BodyTooLarge(PayloadTooLarge):
-    headers = {"Connection": "close"}  # the rest of the body is never read: the connection cannot be reused
+    headers = CLOSE  # the rest of the body is never read
 
 
 class UnsupportedImage(ServeError):
@@ -130,10 +134,17 @@ def _megabytes(count: int) -> str:
     return f"{count / 2**20:.1f} MiB"
 
 
-def loopback_hosts(port: int | None, host: str = "127.0.0.1") -> frozenset[str]:
-    """The Host header values a server bound to loopback `host` accepts: its names, with and without the port."""
-    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host.lower()}
-    return frozenset([*names, *(f"{name}:{port}" for name in names if port is not None)])
+def loopback_hosts(host: str = "127.0.0.1") -> frozenset[str]:
+    """The names a server bound to loopback `host` answers to in the Host header (any port)."""
+    return frozenset({"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host.lower()})
+
+
+def host_name(header: str) -> str:
+    """The name part of a Host header: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "[::1]"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[:header.find("]") + 1] if "]" in header else header
+    return header.rsplit(":", 1)[0] if ":" in header else header
 
 
 class BodySizeLimit:
@@ -142,7 +153,7 @@ class BodySizeLimit:
     Args:
         app: The ASGI app.
         max_body_bytes: Largest body, counted as it is read.
-        allowed_hosts: Host header values accepted (lower case), or None to accept any (a public bind).
+        allowed_hosts: Host names accepted (lower case, any port; `loopback_hosts`), or None for any (a public bind).
         read_timeout_s: Longest the body may take to arrive.
     """
 
@@ -155,8 +166,8 @@ class BodySizeLimit:
         headers: dict[bytes, list[bytes]] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name.lower(), []).append(value)
-        host = b",".join(headers.get(b"host", [])).decode("latin-1").strip().lower()
-        if self.allowed_hosts is not None and host not in self.allowed_hosts:
+        host = b",".join(headers.get(b"host", [])).decode("latin-1")
+        if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
             return InvalidHost(f"Host {host[:100]!r} is not this server's name; a server bound to loopback answers "
                                f"only {', '.join(sorted(self.allowed_hosts))} (use --host to serve other names)")
         if scope["method"] not in ("POST", "PUT", "PATCH"):
