@@ -109,7 +109,7 @@ def run_predict(args) -> int:
     _check_checkpoint_bytes(Path(args.run_dir))
     missing = [path for path in args.images if not Path(path).exists()]
     if len(missing) == len(args.images):  # checked before torch is imported: the mistake answers at once
-        raise CnnkitError(f"image file not found: {missing[0]}. Check the path." if len(missing) == 1
+        raise CnnkitError(_not_found(missing[0]) if len(missing) == 1
                           else f"none of the {len(missing)} images exist (first: {missing[0]})")
     from cnnkit.api import load
     from cnnkit.data.images import is_image_file
@@ -143,7 +143,7 @@ def run_predict(args) -> int:
             print(info.prediction_text(result))
     if failed and not results:  # nothing to show: an error, as for any other mistake
         if len(failed) == 1:
-            raise CnnkitError(failed[0][1] if failed[0][1] != "not found" else f"image file not found: {failed[0][0]}")
+            raise CnnkitError(failed[0][1] if failed[0][1] != "not found" else _not_found(failed[0][0]))
         raise CnnkitError(f"none of the {len(failed)} inputs could be predicted: "
                           + "; ".join(f"{image} ({reason})" for image, reason in failed[:10]))
     if failed:
@@ -153,6 +153,10 @@ def run_predict(args) -> int:
             print(f"  {image}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _not_found(path: str) -> str:
+    return f"image file not found: {path}. Check the path ({Path(path).name} not found in {Path(path).parent})"
 
 
 def _check_checkpoint_bytes(path: Path) -> None:
