@@ -198,3 +198,8 @@ def test_cli_trains_evaluates_verifies_and_searches(glyphs, tmp_path):
     assert json.loads(search.stdout)[0]["matches"][0]["name"] == first.name  # a itself is enrolled
     wrong = run_cli("embed", run, tmp_path / "missing.png")
     assert wrong.returncode == 2 and "not found" in wrong.stderr
+    # export with the parity check, then the ONNX file gives the checkpoint's embedding
+    assert run_cli("export", run, "--dynamic-batch").returncode == 0
+    from_onnx = json.loads(run_cli("predict", run / "export" / "best.onnx", a, "--json").stdout)[0]["embedding"]
+    from_torch = json.loads(run_cli("embed", run, a, "--json", "--device", "cpu").stdout)[0]["embedding"]
+    assert max(abs(x - y) for x, y in zip(from_onnx, from_torch)) < 1e-4
