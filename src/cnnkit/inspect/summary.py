@@ -283,11 +283,12 @@ def _summarize(model: nn.Module, shape: tuple[int, ...], depth: int | None, labe
         return sum(p.numel() for p in fresh)
 
     called = {record.module for record in calls}
+    chosen = []  # (record, own parameters of a container or None for a whole-module row, MACs x 2)
     for record in calls:
         if depth is not None and record.depth > depth:
             continue
         if record.is_leaf or record.depth == depth:
-            parameters, flops = take(record.module.parameters()), record.flops
+            chosen.append((record, None, record.flops))
         else:  # a container: only what its own forward() adds, including the weights of children it
             # uses without calling them (nn.MultiheadAttention's out_proj, F.linear(x, self.qkv.weight))
             own = list(record.module.parameters(recurse=False)) + [
@@ -295,9 +296,19 @@ def _summarize(model: nn.Module, shape: tuple[int, ...], depth: int | None, labe
                 if id(p) in tracker.used_parameters]
             if not own and record.flops == record.child_flops:
                 continue
-            parameters, flops = take(own), record.flops - record.child_flops
+            chosen.append((record, own, record.flops - record.child_flops))
+    # Whole-module rows (leaves, folded rows) claim their parameters first, in call order; containers then
+    # get only what no called layer inside them claims. A container whose layers sit in a ModuleDict or
+    # ModuleList it never calls (a detector's trunk stages) would otherwise take them all, leaving its
+    # convolutions at 0 parameters.
+    claimed = {index: take(record.module.parameters())
+               for index, (record, own, _) in enumerate(chosen) if own is None}
+    claimed.update({index: take(own) for index, (record, own, _) in enumerate(chosen) if own is not None})
+    for index, (record, own, flops) in enumerate(chosen):
+        if own is not None and not claimed[index] and flops == 0:
+            continue  # a container left with nothing of its own
         rows.append(LayerRow(record.name, type(record.module).__name__, record.depth, record.call,
-                             record.output_shape, parameters, flops // 2, record.field))
+                             record.output_shape, claimed[index], flops // 2, record.field))
 
     all_parameters = list(model.parameters())
     outputs = [t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
