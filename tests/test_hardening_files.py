@@ -358,3 +358,13 @@ def test_hostile_detection_annotations_are_data_errors(tmp_path):
         with pytest.raises(DataError, match=words) as caught:
             read_voc_file(path, ["a"], tmp_path)
         assert name in str(caught.value)
+
+
+def test_max_image_pixels_setting_caps_training_reads(image_folder, tmp_path):
+    """The pixel cap is a training setting: 28x28 images above a cap of 100 pixels are all skipped (an error)."""
+    from conftest import run_cli
+
+    result = run_cli("train", "--data", image_folder / "train", "--epochs", 1, "--out", tmp_path,
+                     "max_image_pixels=100", "report=false")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "max_image_pixels" in run_cli("train", "--help").stdout

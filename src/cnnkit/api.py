@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from cnnkit.config import TrainConfig, as_config, save_config
+from cnnkit.data.images import set_max_pixels
 from cnnkit.device import resolve_device, resolve_precision, training_device
 from cnnkit.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from cnnkit.engine.optim import make_optimizer
@@ -66,6 +67,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: str 
         config = as_config(config, overrides)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    set_max_pixels(config.max_image_pixels)  # the decompression-bomb cap of every image file read in training
     device = training_device(config.device)
     if resume is None:
         get_entry(config.model)  # an unknown name (or a bad YAML spec) fails now, not after loading the data

@@ -88,6 +88,8 @@ class TrainConfig:
     num_workers: int = setting(-1, "decoding processes for streamed data; -1 picks min(8, cores - 1)")
     max_bad_fraction: float = setting(
         0.01, "image folders / CSVs: unreadable files skipped while at most max(1, this x N) are bad; 0: none")
+    max_image_pixels: int = setting(
+        89_478_485, "image files declaring more pixels (width x height) are skipped as unreadable (bombs)")
 
     # --- model ---
     model: str = setting("fastnet", "a registered name; `cnnkit models` lists them")
@@ -254,7 +256,7 @@ class TrainConfig:
                 raise ConfigError(f"{setting_field.name}={value} must be a finite number")
         at_least = {"weight_decay": 0.0, "num_threads": 0, "num_workers": -1, "warmup_epochs": 0.0,
                     "early_stopping_patience": 0, "min_lr_ratio": 0.0, "momentum": 0.0, "step_gamma": 0.0,
-                    "max_bad_fraction": 0.0, "translate": 0, "seed": 0}
+                    "max_bad_fraction": 0.0, "translate": 0, "seed": 0, "max_image_pixels": 1}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be >= {low}")
