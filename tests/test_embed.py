@@ -203,3 +203,22 @@ def test_cli_trains_evaluates_verifies_and_searches(glyphs, tmp_path):
     from_onnx = json.loads(run_cli("predict", run / "export" / "best.onnx", a, "--json").stdout)[0]["embedding"]
     from_torch = json.loads(run_cli("embed", run, a, "--json", "--device", "cpu").stdout)[0]["embedding"]
     assert max(abs(x - y) for x, y in zip(from_onnx, from_torch)) < 1e-4
+
+
+def test_margin_head_gets_its_own_learning_rate():
+    from cnnkit.config import TrainConfig
+    from cnnkit.engine.optim import make_optimizer
+    from cnnkit.registry import create_model
+    from cnnkit.tasks.embed.setup import check_settings
+
+    model = create_model("embedder", num_classes=5, embedding_dim=8, input_size=28)
+    scales = {f"margin_head.{name}": 10.0 for name, _ in model.margin_head.named_parameters()}
+    optimizer = make_optimizer(model, TrainConfig(lr=0.1), scales)
+    head = {id(p) for p in model.margin_head.parameters()}
+    for group in optimizer.param_groups:
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1 and group["lr"] == pytest.approx(1.0 if in_head.pop() else 0.1)
+    with pytest.raises(ConfigError, match="margin_lr_multiplier"):
+        from cnnkit.engine.distributed import DistInfo
+
+        check_settings(TrainConfig(task="embed", margin_lr_multiplier=0.0), DistInfo())

@@ -174,6 +174,8 @@ class TrainConfig:
     subcenters: int = setting(1, "task=embed, arcface: centres per identity (sub-center ArcFace; 3 is the paper's)")
     images_per_identity: int = setting(4, "task=embed, triplet/contrastive: K images of each of batch_size / K "
                                        "identities per batch (P x K sampling)")
+    margin_lr_multiplier: float = setting(1.0, "task=embed: the margin head's LR (the identities' centres) as a "
+                                          "multiple of the network's")
 
     # --- run ---
     monitor: str | None = setting(

@@ -17,14 +17,23 @@ from cnnkit.config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
-                     head_names: set[str] | None = None, backbone_lr_ratio: float = 1.0) -> list[dict]:
+                     head_names: set[str] | dict[str, float] | None = None, backbone_lr_ratio: float = 1.0) -> list[dict]:
     """Weights with decay, and norm parameters and biases (1-D tensors) without.
 
     Decaying BN/LayerNorm scales and biases only fights the normalisation and hurts accuracy
     (Goyal et al. 2017, "Accurate, Large Minibatch SGD"; the timm default does the same).
-    With `head_names` (transfer learning), the backbone's groups get `backbone_lr_ratio` x `lr`.
-    Frozen parameters stay in the groups: they get no gradient, so optimizers skip them until released.
+    With `head_names` (transfer learning), the backbone's groups get `backbone_lr_ratio` x `lr`; given as a
+    dict of name -> multiplier instead (embed's margin head), those parameters get multiplier x `lr` and the
+    others `lr`. Frozen parameters stay in the groups: they get no gradient, so optimizers skip them until
+    released.
     """
+    if isinstance(head_names, dict):
+        scaled: dict[tuple[float, bool], list] = {}
+        for name, parameter in model.named_parameters():
+            scaled.setdefault((head_names.get(name, 1.0), parameter.ndim > 1), []).append(parameter)
+        return [{"params": parameters, "weight_decay": weight_decay if decays else 0.0,
+                 **({"lr": lr * multiplier} if lr is not None else {})}
+                for (multiplier, decays), parameters in sorted(scaled.items())]
     groups: dict[tuple[bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         is_backbone = head_names is not None and name not in head_names
@@ -57,12 +66,13 @@ def peak_lr(config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig,
-                   head_names: set[str] | None = None) -> torch.optim.Optimizer:
+                   head_names: set[str] | dict[str, float] | None = None) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, or AdamW, with `peak_lr(config)` as the peak learning rate.
 
     Args:
         head_names: Parameters at the peak LR, the others at peak x config.backbone_lr_ratio (a pretrained
-            backbone: cnnkit.transfer.head_parameter_names); None: every parameter at the peak LR.
+            backbone: cnnkit.transfer.head_parameter_names); or name -> LR multiplier (embed's margin head);
+            None: every parameter at the peak LR.
     """
     lr = peak_lr(config)
     groups = parameter_groups(model, config.weight_decay, lr, head_names, config.backbone_lr_ratio)

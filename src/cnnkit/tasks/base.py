@@ -126,7 +126,8 @@ class TaskSetup:
         header: One line printed when training starts (model, data sizes ...).
         callbacks: Extra Trainer callbacks (e.g. transfer learning's unfreezing schedule).
         head_parameters: Names of the parameters that train at the full LR while the rest (a pretrained
-            backbone) trains at lr x backbone_lr_ratio; None: one LR for all.
+            backbone) trains at lr x backbone_lr_ratio; or name -> LR multiplier for some parameters (the
+            margin head of an embedding); None: one LR for all.
         find_unused_parameters: Tell DDP that some parameters get no gradient (frozen layers).
     """
 
@@ -136,7 +137,7 @@ class TaskSetup:
     record: dict[str, Any]
     header: str = ""
     callbacks: list[Callable] = field(default_factory=list)
-    head_parameters: set[str] | None = None  # transfer learning: the head's parameter names (their own LR)
+    head_parameters: set[str] | dict[str, float] | None = None  # their own LR: transfer's head, embed's margin head
     find_unused_parameters: bool = False  # DDP: layers frozen for transfer learning get no gradient
 
 

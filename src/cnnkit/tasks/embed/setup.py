@@ -21,6 +21,8 @@ def check_settings(config, dist_info) -> None:
         raise ConfigError(f"embed_loss={config.embed_loss!r} is not one of {', '.join(EMBED_LOSSES)}")
     if config.embedding_dim < 1 or config.subcenters < 1 or config.images_per_identity < 2:
         raise ConfigError("embedding_dim and subcenters must be 1 or more, images_per_identity 2 or more")
+    if not config.margin_lr_multiplier > 0:
+        raise ConfigError(f"margin_lr_multiplier={config.margin_lr_multiplier} must be greater than 0")
     if config.embed_loss in PAIR_LOSSES and config.batch_size // config.images_per_identity < 2:
         raise ConfigError(f"embed_loss={config.embed_loss}: batch_size {config.batch_size} holds fewer than 2 identities "
                           f"of images_per_identity={config.images_per_identity}; raise batch_size")
@@ -67,8 +69,11 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     sizes = (f"{len(data.train)} train images of {len(data.train_identities)} identities / "
              f"{len(data.val) if data.val else 0} val images of {len(data.val.classes) if data.val else 0} other "
              f"identities, {size}x{data.preprocessing.channels}, loss {config.embed_loss}")
+    # The margin head's own LR (the class centres move at margin_lr_multiplier x the network's LR).
+    scales = {f"margin_head.{name}": config.margin_lr_multiplier for name, _ in model.margin_head.named_parameters()} \
+        if model.margin_head is not None and config.margin_lr_multiplier != 1.0 else None
     return TaskSetup(task, train_loader, val_loader, record, describe_run(config, model, device, sizes),
-                     [print_embedding_metrics])
+                     [print_embedding_metrics], head_parameters=scales)
 
 
 def print_embedding_metrics(trainer, metrics: dict) -> None:
