@@ -27,6 +27,28 @@ import torch.nn.functional as F
 
 from cnnkit.errors import ConfigError
 
+# RGB -> YIQ, and its inverse computed once (a per-batch linalg.inv on a GPU waits for the host).
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def _on(device: torch.device, constant: torch.Tensor, _cache: dict = {}) -> torch.Tensor:  # noqa: B006 - the cache
+    """A module constant on `device`, copied there once per device (no blocking copy per batch)."""
+    if device.type == "cpu":
+        return constant
+    key = (id(constant), device)
+    if key not in _cache:
+        _cache[key] = constant.to(device)
+    return _cache[key]
+
+
+def _params_to(params: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An epoch's parameters of one batch, on the images' device without blocking the host."""
+    from cnnkit.data.augment import _to_device  # augment.py imports this module: imported at call time
+
+    return _to_device(params, device)
+
 
 def _as_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32)
@@ -92,7 +114,7 @@ class RandomWarp:
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, channels, height, width = images.shape
-        theta = self.matrices(params, height, width).to(images.device)
+        theta = _params_to(self.matrices(params, height, width), images.device)
         grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
         warped = F.grid_sample(_as_float(images), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return _to_uint8(warped), labels
@@ -112,13 +134,13 @@ class ColorJitter:
         return torch.stack([factor(self.brightness), factor(self.contrast), factor(self.saturation), hue], dim=1)
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = params.to(images.device)
+        params = _params_to(params, images.device)
         x = _as_float(images)
         view = (-1, 1, 1, 1)
         if self.brightness:
             x = x * params[:, 0].view(view)
         rgb = x.shape[1] == 3
-        weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+        weights = _on(x.device, _LUMA)
         if self.contrast:
             gray = (x * weights).sum(1, keepdim=True) if rgb else x
             mean = gray.clamp(0, 255).mean(dim=(1, 2, 3), keepdim=True)
@@ -133,14 +155,13 @@ class ColorJitter:
     @staticmethod
     def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
         """Rotate each image's chroma (I, Q of YIQ) by its angle: a hue shift that keeps luma."""
-        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                              device=x.device)
+        to_yiq, from_yiq = _on(x.device, _TO_YIQ), _on(x.device, _FROM_YIQ)
         angle = turns * 2 * math.pi
         rotation = torch.zeros(len(x), 3, 3, device=x.device)
         rotation[:, 0, 0] = 1
         rotation[:, 1, 1], rotation[:, 1, 2] = torch.cos(angle), -torch.sin(angle)
         rotation[:, 2, 1], rotation[:, 2, 2] = torch.sin(angle), torch.cos(angle)
-        matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq  # (B, 3, 3)
+        matrix = from_yiq @ rotation @ to_yiq  # (B, 3, 3)
         return torch.einsum("bij,bjhw->bihw", matrix, x)
 
 
@@ -164,7 +185,7 @@ class RandomErasing:
 
     def apply(self, images: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, height, width = images.shape
-        params = params.to(images.device)
+        params = _params_to(params, images.device)
         erase, top, left, box_h, box_w = params.T
         rows = torch.arange(height, device=images.device).view(1, -1, 1) + 0.5
         cols = torch.arange(width, device=images.device).view(1, 1, -1) + 0.5

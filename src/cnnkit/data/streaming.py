@@ -10,8 +10,11 @@ sample of them, and
 Inside, a ``torch.utils.data.DataLoader`` runs ``FileDataset`` in worker processes: decode to
 the model's size (``decode_image``, as prediction does), then a ``torchvision.transforms.v2``
 pipeline per uint8 sample (hflip -> ``RandomHorizontalFlip``, translate t -> ``RandomCrop(size,
-padding=t)``, the augmentations of ``augment.py``). Normalization is batched, on the device,
-with ``TensorLoader``'s arithmetic: an un-augmented batch is bit-identical to its batch.
+padding=t)``, the augmentations of ``augment.py``). With ``resized_crop`` the file is decoded at
+its own size and ``RandomResizedCrop`` cuts from it (the ImageNet recipe), rather than from an image
+already squashed to the model's size. Normalization is batched, on the device, with
+``TensorLoader``'s arithmetic: an un-augmented batch is bit-identical to its batch. The workers live
+for the whole run (persistent) and batches come in pinned memory on CUDA.
 
 Determinism (what holds across resume, worker counts and world sizes):
 
@@ -22,11 +25,13 @@ Determinism (what holds across resume, worker counts and world sizes):
   not on workers, ranks or resume. Its values are not ``TensorLoader``'s, its distribution is.
 - The main process's global torch RNG is never consumed (the Trainer seeds dropout from it).
 
-Unreadable files are skipped (the batch comes out smaller; a batch of only unreadable files is
-left out, one batch fewer than ``len``: under DDP that would desynchronize the ranks),
-counted, and named in one ``SkippedImagesWarning`` (and a log line) at the end of each epoch.
+Unreadable files are skipped (the batch comes out smaller), counted, and named in one ``SkippedImagesWarning`` (and a log line) at the end of each epoch.
 More than ``max(1, floor(max_bad_fraction * num_samples))`` raises ``DataError`` as soon as
-the count is passed; under DDP each rank counts its own shard.
+the count is passed; under DDP each rank counts its own shard. A training batch (``shuffle``) of
+only unreadable files is replaced by readable files of the rank's later batches, decoded in the main
+process, so every rank yields exactly ``len`` batches (one rank a batch short would leave the others
+waiting in DDP's gradient all-reduce). An evaluation batch of only unreadable files is left out: the
+evaluation loop communicates only after its last batch.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -231,6 +236,19 @@ class _SeededFileDataset(FileDataset):
         return None if sample is None else (*sample, index)
 
 
+class _EpochBatches:
+    """The batch sampler of the persistent DataLoader: the current epoch's batches of keys."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class StreamingLoader:
     """Batches decoded from files by DataLoader workers; the interface of ``TensorLoader``.
 
@@ -242,8 +260,8 @@ class StreamingLoader:
         split: The files and labels.
         channels: 1 or 3, as ``decode_image``.
         size: (height, width) every image is resized to.
-        num_workers: DataLoader worker processes (0 decodes in the main process). Workers
-            start anew each epoch (persistent workers off).
+        num_workers: DataLoader worker processes (0 decodes in the main process). The workers
+            persist from epoch to epoch (each sample's augmentation is seeded by its own key).
         max_bad_fraction: Unreadable files allowed per epoch (see the module docstring).
         oversample: With ``shuffle``, class-balanced epochs drawn with replacement (``loader.epoch_order``).
     """
@@ -296,8 +314,18 @@ class StreamingLoader:
         self.epoch = 0
         self.skipped: list[tuple[Path, str]] = []  # (path, reason) skipped in the last epoch
         self._reasons: dict[int, str] = {}
-        transform = build_transform(augment, self.size)
-        self.dataset = _SeededFileDataset(split.paths, split.labels.tolist(), split.classes, channels, self.size, transform)
+        transform, decode_size = build_transform(augment, self.size), self.size
+        if augment is not None and augment.resized_crop:
+            # RandomResizedCrop from the decoded file, then the rest of the pipeline at the model's size.
+            from torchvision.transforms import v2
+
+            crop = v2.RandomResizedCrop(self.size, scale=(augment.resized_crop, 1.0), antialias=True)
+            rest = build_transform(replace(augment, resized_crop=0.0), self.size)
+            transform, decode_size = (v2.Compose([crop, rest]) if rest is not None else crop), None
+        self.dataset = _SeededFileDataset(split.paths, split.labels.tolist(), split.classes, channels, decode_size,
+                                          transform)
+        self._batches = _EpochBatches()
+        self._loader: torch.utils.data.DataLoader | None = None
         # (x / 255 - mean) / std == x * scale + shift, exactly as TensorLoader and Preprocessing.normalize.
         self._scale = torch.tensor([1 / (255 * s) for s in self.std], device=self.device).view(1, -1, 1, 1)
         self._shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=self.device).view(1, -1, 1, 1)
@@ -338,33 +366,65 @@ class StreamingLoader:
         epoch = self.epoch
         self.epoch += 1
         batches = self.epoch_batches(epoch)
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=batches,
-            num_workers=self.num_workers,
-            collate_fn=collate_skip_bad,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            # Only seeds the workers' base seed; given, so the global RNG is not consumed.
-            generator=epoch_generator(self.seed, epoch, _DATALOADER_STREAM),
-        )
+        self._batches.batches = batches
+        if self._loader is None or self.num_workers == 0:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_sampler=self._batches,
+                num_workers=self.num_workers,
+                collate_fn=collate_skip_bad,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                # Only seeds the workers' base seed; given, so the global RNG is not consumed.
+                generator=epoch_generator(self.seed, epoch, _DATALOADER_STREAM),
+            )
+        loader = self._loader
         source = f"streaming loader, epoch {epoch}" + (f", rank {self.rank}/{self.world_size}" if self.world_size > 1 else "")
         allowed = max(1, math.floor(self.max_bad_fraction * self.num_samples)) if self.max_bad_fraction > 0 else 0
         bad: dict[int, None] = {}  # file indices skipped this epoch, an ordered set
-        for keys, batch in zip(batches, loader):
-            returned = set() if batch is None else set(batch[2].tolist())
-            missing = [index for index, _ in keys if index not in returned and index not in bad]
+
+        def count_bad(missing: list[int]) -> None:
             if missing:
                 bad.update(dict.fromkeys(missing))
                 if len(bad) > allowed:
                     _report_bad(self._named(bad), self.num_samples, self.max_bad_fraction, source)  # raises
+
+        for position, (keys, batch) in enumerate(zip(batches, loader)):
+            returned = set() if batch is None else set(batch[2].tolist())
+            count_bad([index for index, _ in keys if index not in returned and index not in bad])
             if batch is None:
-                continue
+                if not self.shuffle:
+                    continue  # evaluation: see the module docstring
+                batch = self._replacement(batches, position, bad, count_bad, source)
             images, labels, _ = batch
             images = images.to(self.device, non_blocking=True)  # (B, C, H, W) uint8: 4x less to copy than float
             yield self._normalize(images), labels.to(self.device, non_blocking=True)
         self.skipped = self._named(bad)
         _report_bad(self.skipped, self.num_samples, self.max_bad_fraction, source)
+
+    def _replacement(self, batches: list[list[tuple[int, int]]], position: int, bad: dict[int, None], count_bad,
+                     source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch of readable files for training batch `position`, whose files were all unreadable.
+
+        Decoded in this process from the keys of the following batches (then the earlier ones), each with its
+        own augmentation seed: the same replacement whatever the number of workers.
+        """
+        wanted = len(batches[position])
+        later = [key for batch in batches[position + 1:] + batches[:position] for key in batch]
+        samples = []
+        for key in later:
+            if key[0] in bad:
+                continue
+            sample = self.dataset[key]
+            if sample is None:
+                count_bad([key[0]])
+                continue
+            samples.append(sample)
+            if len(samples) == wanted:
+                break
+        if not samples:
+            raise DataError(f"{source}: every file of this process's shard is unreadable")
+        return collate_skip_bad(samples)
 
     def _named(self, bad: dict[int, None]) -> list[tuple[Path, str]]:
         """(path, reason) of skipped files; the reason comes from decoding once more in this process."""

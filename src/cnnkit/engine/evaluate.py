@@ -2,6 +2,14 @@
 
 A task (cnnkit.tasks.base.Task) turns batches into metrics: `to_device`, `evaluation_step`, `update_meter`
 into the meter from `new_meter`. Under DDP each rank evaluates its shard and the meter's tensors are summed.
+
+Under DDP the shards may differ by a batch (evaluation loaders are unpadded so every item counts once; a rank
+may even have none). That is safe because nothing here communicates inside the loop: the model is the
+unwrapped module (no DDP forward, so no buffer broadcast; SyncBatchNorm in eval mode uses its running
+statistics), and the one collective, the sum of the meter's tensors, comes after the last batch on every
+rank. The meters accumulate on the device of the outputs (no host copy per batch); `all_reduce_sum` reduces
+them on the rank's device, as NCCL requires. tests/test_gpu_path.py runs this with gloo ranks of 2, 1 and
+0 batches.
 """
 
 from __future__ import annotations

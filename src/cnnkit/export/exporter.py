@@ -18,6 +18,7 @@ So the target path only ever holds an export that passed its parity check.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.files import atomic_write_text
+from cnnkit.files import atomic_write_text, current_umask
 from cnnkit.export.errors import ExportError
 from cnnkit.export.formats import INPUT_NAME, OUTPUT_NAME, ExportFormat, get_format
 from cnnkit.export.parity import DEFAULT_TOLERANCE, check_parity, parity_inputs
@@ -104,8 +105,9 @@ def export_model(model: nn.Module, record: dict[str, Any], format: str, path: st
                  tolerance: float = DEFAULT_TOLERANCE, source: dict[str, Any] | None = None) -> ExportResult:
     """Export any model with a cnnkit record (task, classes, preprocessing ...) to `path`, parity-checked.
 
-    The model is exported in fp32 on the CPU as it is given (a copy is not made: it is put in eval mode).
-    See `export_run` for the arguments and errors.
+    The model is exported in fp32 on the CPU. The caller's model is left as it was: one already in fp32 on the
+    CPU is used as it is (in eval mode for the export, its mode restored after); one on a GPU or in another
+    dtype is copied, and the copy moved. See `export_run` for the arguments and errors.
     """
     started = time.perf_counter()
     from cnnkit.tasks import task_info
@@ -115,7 +117,26 @@ def export_model(model: nn.Module, record: dict[str, Any], format: str, path: st
     export_format = get_format(format)
     path = Path(path)
     preprocessing = Preprocessing.from_dict(record["preprocessing"])
-    model = model.to("cpu", torch.float32).eval()
+    modes = [(module, module.training) for module in model.modules()]  # e.g. frozen BatchNorm stays in eval
+    try:
+        return _export(_cpu_fp32(model).eval(), record, export_format, path, dynamic_batch, tolerance, source,
+                       preprocessing, started)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _cpu_fp32(model: nn.Module) -> nn.Module:
+    """`model` if all its parameters and buffers are fp32 (or integer) CPU tensors, else a CPU fp32 copy."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors):
+        return model
+    return copy.deepcopy(model).to("cpu", torch.float32)
+
+
+def _export(model: nn.Module, record: dict[str, Any], export_format: ExportFormat, path: Path, dynamic_batch: bool,
+            tolerance: float, source: dict[str, Any] | None, preprocessing: Preprocessing,
+            started: float) -> ExportResult:
     metadata = {**record, "export": {
         "format": export_format.name, "exporter": export_format.exporter, "torch": torch.__version__,
         "input": {"name": INPUT_NAME, "shape": ["batch" if dynamic_batch else 1, preprocessing.channels,
@@ -143,6 +164,7 @@ def export_model(model: nn.Module, record: dict[str, Any], format: str, path: st
         exported = export_format.load(temporary)
         parity = check_parity(model, exported, preprocessing, dynamic_batch, tolerance,
                               label=f"the {export_format.name} export of {record['architecture']['name']}")
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 otherwise: as cnnkit.files.atomic_write
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -81,9 +81,10 @@ class SegmentationLoss(nn.Module):
         self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # A buffer: `.to(device)` of the module moves it once; it is copied here only if the loss was not moved.
         weights = self.class_weights
-        if weights is not None:
-            weights = weights.to(logits.device)
+        if weights is not None and weights.device != logits.device:
+            self.class_weights = weights = weights.to(logits.device)
         total = logits.new_zeros((), dtype=torch.float32)
         for weight, name in self.terms:
             if name == "ce":

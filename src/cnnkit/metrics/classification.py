@@ -12,6 +12,25 @@ from __future__ import annotations
 import torch
 
 
+def follow_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`tensors`, moved to `device` if they are elsewhere (a meter's state follows its first batch)."""
+    return tuple(tensor if tensor.device == device else tensor.to(device) for tensor in tensors)
+
+
+def count_pairs(index: torch.Tensor, size: int) -> torch.Tensor:
+    """How often each value in 0..size-1 occurs in `index` (int64, (size,)).
+
+    On the CPU `torch.bincount` (as measured; values must be < size). Elsewhere a scatter-add into a fixed-size
+    buffer, because bincount on CUDA reads the largest value back to the host to size its output (a sync per
+    batch); there a value == size marks an item not to count (masking would sync too).
+    """
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=size)
+    counts = torch.zeros(size + 1, dtype=torch.int64, device=index.device)
+    counts.index_add_(0, index.flatten(), torch.ones_like(index.flatten(), dtype=torch.int64))
+    return counts[:size]
+
+
 class ClassificationMeter:
     """Accumulates a confusion matrix (rows: true class, columns: predicted) and the summed loss."""
 
@@ -22,12 +41,17 @@ class ClassificationMeter:
         self.loss_sum = torch.zeros((), dtype=torch.float64)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor | float = 0.0) -> None:
-        """Add a batch: logits (B, K), integer targets (B,), and the batch's summed loss."""
+        """Add a batch: logits (B, K), integer targets (B,), and the batch's summed loss.
+
+        The counts stay on the logits' device (moved there at the first batch): no host copy, no GPU sync per
+        batch; `compute` reads them once.
+        """
         num_classes = len(self.class_names)
-        predictions = logits.argmax(dim=1).cpu()
-        index = targets.cpu() * num_classes + predictions
-        self.confusion += torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
-        self.loss_sum += float(loss_sum)
+        self.confusion, self.loss_sum = follow_device(logits.device, self.confusion, self.loss_sum)
+        predictions = logits.argmax(dim=1)
+        index = targets.to(logits.device) * num_classes + predictions
+        self.confusion += count_pairs(index, num_classes * num_classes).view(num_classes, num_classes)
+        self.loss_sum += loss_sum.detach().double().sum() if isinstance(loss_sum, torch.Tensor) else float(loss_sum)
 
     def tensors(self) -> list[torch.Tensor]:
         """The state to sum across ranks."""

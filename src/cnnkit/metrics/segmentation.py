@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from cnnkit.data.segmentation import IGNORE_INDEX
+from cnnkit.metrics.classification import count_pairs, follow_device
 
 
 class SegmentationMeter:
@@ -40,11 +41,16 @@ class SegmentationMeter:
         if predictions.dim() == targets.dim() + 1:
             predictions = predictions.argmax(dim=1)
         num_classes = len(self.class_names)
-        predictions, targets = predictions.flatten().cpu().long(), targets.flatten().cpu().long()
+        # The counts stay on the predictions' device: no copy of whole masks to the host, no sync per batch.
+        self.confusion, self.loss_sum = follow_device(predictions.device, self.confusion, self.loss_sum)
+        predictions, targets = predictions.flatten().long(), targets.flatten().to(predictions.device).long()
         counted = targets != self.ignore_index
-        index = targets[counted] * num_classes + predictions[counted]
-        self.confusion += torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
-        self.loss_sum += float(loss_sum)
+        if predictions.device.type == "cpu":
+            index = targets[counted] * num_classes + predictions[counted]
+        else:  # boolean indexing would read the count back; uncounted pixels go to the extra bin instead
+            index = torch.where(counted, targets * num_classes + predictions, num_classes ** 2)
+        self.confusion += count_pairs(index, num_classes ** 2).view(num_classes, num_classes)
+        self.loss_sum += loss_sum.detach().double().sum() if isinstance(loss_sum, torch.Tensor) else float(loss_sum)
 
     def tensors(self) -> list[torch.Tensor]:
         """The state to sum across processes."""

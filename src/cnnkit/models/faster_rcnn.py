@@ -5,7 +5,8 @@ Networks", NeurIPS (a region proposal network (RPN) shares the backbone's featur
 that classifies and refines its proposals); Lin et al. 2017, "Feature Pyramid Networks for Object Detection",
 CVPR (a top-down pathway gives every scale a map with deep semantics; anchors of one size per level).
 The implementation is torchvision's (`FasterRCNN`, `FeaturePyramidNetwork`, `MultiScaleRoIAlign`, the last
-computed as two matrix products by cnnkit.layers.roi_align: same numbers, faster on CPUs); this module
+computed as two matrix products by cnnkit.layers.roi_align on CPUs: same numbers, faster there; torchvision's
+kernel on CUDA); this module
 chooses its parts and sizes. How it descends from R-CNN and Fast R-CNN: see rcnn.py.
 
 What changes for 128-px scenes, and why:

@@ -23,7 +23,7 @@ classifier, box, objectness, RPN box and mask losses).
   of `mask_layers` 3x3 convolutions of `mask_channels` (the paper: four of 256) on 14x14 RoIs, upsampled to
   28x28 masks. The mask head and RoIAlign's backward dominated the CPU profile before these cuts; RoIAlign
   is now computed as two matrix products (cnnkit.layers.roi_align, ~4x faster than torchvision's kernel
-  forward + backward in bf16 at these sizes).
+  forward + backward in bf16 at these sizes; on the CPU only: CUDA runs torchvision's kernel).
 """
 
 from __future__ import annotations
