@@ -222,3 +222,9 @@ def test_margin_head_gets_its_own_learning_rate():
         from cnnkit.engine.distributed import DistInfo
 
         check_settings(TrainConfig(task="embed", margin_lr_multiplier=0.0), DistInfo())
+
+
+def test_cli_make_glyphs_refuses_a_folder_in_use(tmp_path):
+    (tmp_path / "old.txt").write_text("mine")
+    result = run_cli("data", "make-glyphs", tmp_path)
+    assert result.returncode == 2 and "not empty" in result.stderr and (tmp_path / "old.txt").read_text() == "mine"
