@@ -175,15 +175,6 @@ def server_config(app: FastAPI, limits: ServeLimits, host: str = "127.0.0.1", po
     return uvicorn.Config(app, host=host, port=port, http=protocol, timeout_graceful_shutdown=5, **options)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
           limits: ServeLimits = ServeLimits(), trust_code: bool = False, docs: bool = False) -> None:
     """Serve a run over HTTP until interrupted; the Python twin of `cnnkit serve`.
