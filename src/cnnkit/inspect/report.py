@@ -9,7 +9,9 @@ base64 PNG and loads nothing from the network: it can be mailed or archived as o
 
 Sections: overview, config, model summary, training curves (every run); for classification also the
 confusion matrix, per-class metrics, the most confidently wrong images, first-layer filters, feature maps
-and Grad-CAM of a few images. The test split is used when the dataset has one, else the validation split;
+and Grad-CAM of a few images; for other tasks what their package's `TaskInfo.report_sections` draws
+(detection: mAP, per-class AP, PR curves, predictions beside the ground truth; segmentation: mIoU, per-class
+IoU/Dice, masks; embeddings: ROC, CMC, score histograms, a PCA of the identities, the hardest false matches). The test split is used when the dataset has one, else the validation split;
 it is evaluated once, in batches, with the run's precision (so the numbers match `cnnkit evaluate`).
 A section that cannot be drawn (no conv layer, data moved away) says why in the report instead of
 failing: the report is written at the end of every training run and must not lose it.
@@ -19,10 +21,8 @@ Written here: plots with matplotlib (Agg backend, no display), HTML with the sta
 
 from __future__ import annotations
 
-import base64
 import html
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,12 @@ from pathlib import Path
 import torch
 
 from cnnkit.errors import CheckpointError, CnnkitError
+from cnnkit.tasks.plots import check_time as _check_time
+from cnnkit.tasks.plots import html_image as _img
+from cnnkit.tasks.plots import missing as _missing
+from cnnkit.tasks.plots import plot_image_grid  # noqa: F401 - cnnkit.inspect.maximize draws with it from here
+from cnnkit.tasks.plots import pyplot as _pyplot
+from cnnkit.tasks.plots import save_figure as _save
 
 NUM_WRONG = 16        # most confidently wrong images shown
 NUM_SAMPLES = 4       # images (of different classes) for Grad-CAM; the first also for feature maps
@@ -56,48 +62,6 @@ class Evaluation:
     total: int                                     # images in the split (metrics["count"] may be fewer)
     wrong: list[tuple[float, int, int, torch.Tensor]] = field(default_factory=list)  # (p, predicted, true, image)
     samples: list[tuple[int, torch.Tensor]] = field(default_factory=list)            # (true class, image)
-
-
-def plot_image_grid(images: torch.Tensor | list[torch.Tensor], labels: list[str], title: str, path: str | Path,
-                    columns: int | None = None, cmap: str = "gray") -> Path:
-    """Draw uint8 images (C, H, W), C = 1 or 3, sizes may differ, as a grid with a label above each image.
-
-    One-channel images use `cmap` over the full uint8 range; three-channel images are drawn as RGB.
-    """
-    plt = _pyplot()
-    count = len(images)
-    columns = columns or max(1, math.ceil(math.sqrt(count)))
-    rows = max(1, math.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns + 0.2, 2.0 * rows + 0.6), squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index < count:
-            picture = images[index].cpu()
-            if picture.shape[0] == 1:
-                axis.imshow(picture[0].numpy(), cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
-            else:
-                axis.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
-            axis.set_title(labels[index], fontsize=7)
-    figure.suptitle(title, fontsize=10)
-    return _save(figure, Path(path))
-
-
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend: files only, no display needed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    _pyplot().close(figure)
-    return path
 
 
 def write_report(run_dir: str | Path, *, device: str = "cpu", max_seconds: float = 60.0) -> Path:
@@ -136,11 +100,13 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", max_seconds: float
     facts: dict[str, str] = {}
     from cnnkit.tasks import task_info
 
-    if task_info(task).report_details:
+    info = task_info(task)
+    if info.report_details:
         sections += _classification_sections(run_dir, device, out, started + max_seconds, facts)
+    elif info.report_sections is not None:
+        sections += _task_sections(info.report_sections, task, run_dir, device, out, started + max_seconds, facts)
     else:
-        sections.append(Section("task", "Task", f"<p>This is a <b>{html.escape(str(task))}</b> run: the report "
-                                "shows its config, model and training curves.</p>"))
+        sections.append(_task_note(task))
     facts["report made in"] = f"{time.perf_counter() - started:.1f} s"
     path = run_dir / "report.html"
     atomic_write_text(path, _render(run_dir, record, history, facts, sections))
@@ -153,10 +119,6 @@ def _guarded(section_id: str, title: str, build) -> Section:
         return Section(section_id, title, build())
     except Exception as error:  # noqa: BLE001 - see the module docstring: the report must still be written
         return Section(section_id, title, _missing(error))
-
-
-def _missing(error: Exception) -> str:
-    return f'<p class="missing">Not available: {html.escape(str(error) or type(error).__name__)}</p>'
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -217,6 +179,28 @@ def _curves_section(history: list[dict], out: Path) -> str:
     path = _save(figure, out / "curves.png")
     return (_img(path, "training curves") + "<p>Train values are averages over each epoch's augmented "
             "batches; validation values are measured after the epoch.</p>")
+
+
+def _task_sections(report_sections, task: str, run_dir: Path, device: str, out: Path, deadline: float,
+                   facts: dict[str, str]) -> list[Section]:
+    """The task package's own sections (TaskInfo.report_sections), from its predictor of the run."""
+    from cnnkit.tasks import load_run
+
+    try:
+        predictor = load_run(run_dir, device=device)
+        task_facts, parts = report_sections(predictor, out, deadline)
+    except Exception as error:  # noqa: BLE001 - data moved away, for example: config, model and curves remain
+        return [_task_note(task, error)]
+    facts.update(task_facts)
+    return [Section(section_id, title, body) for section_id, title, body in parts]
+
+
+def _task_note(task: str, error: Exception | None = None) -> Section:
+    """The section of a run whose task draws nothing more (or whose evaluation failed: why)."""
+    why = "" if error is None else ('<p class="missing">Its evaluation could not be made: '
+                                    f"{html.escape(str(error) or type(error).__name__)}</p>")
+    return Section("task", "Task", f"<p>This is a <b>{html.escape(str(task))}</b> run: the report shows its "
+                   f"config, model and training curves.</p>{why}")
 
 
 def _classification_sections(run_dir: Path, device: str, out: Path, deadline: float,
@@ -348,12 +332,6 @@ def _filters(classifier, out: Path) -> str:
                                                 "range: trained first layers look like edge and colour detectors.</p>")
 
 
-def _check_time(deadline: float) -> None:
-    if time.perf_counter() > deadline:
-        raise TimeoutError("skipped: the time budget (max_seconds) was spent; `cnnkit report RUN_DIR "
-                           "--max-seconds 600` draws it")
-
-
 def _features(classifier, evaluation: Evaluation, out: Path, deadline: float) -> str:
     """The first FEATURE_CHANNELS channels of the first, middle and last conv layers, one row per layer."""
     from cnnkit.inspect.visualize import _normalize_each, feature_maps
@@ -396,13 +374,6 @@ def _gradcam(classifier, evaluation: Evaluation, out: Path, deadline: float) -> 
     return (f"<p>Where the evidence for the predicted class lies: Grad-CAM at layer {html.escape(', '.join(layers))}"
             " (chosen for the model's family; <code>cnnkit explain --layer</code> picks another). The last pictures "
             "explain confidently wrong predictions.</p>" + f'<div class="row">{"".join(pictures)}</div>')
-
-
-def _img(path: Path, alt: str, css: str = "") -> str:
-    """An <img> with the PNG embedded (data URI), captioned with the file's name beside the report."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure class="{css}"><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>report/{html.escape(path.name)}</figcaption></figure>")
 
 
 STYLE = """

@@ -67,6 +67,7 @@ class DetectionMeter:
         if unknown or not self.iou_types:
             raise ValueError(f"iou_type must be 'bbox', 'segm' or both, got {iou_type!r}")
         self.images: list[dict] = []  # per image: {"height", "width", "targets": [...], "predictions": [...]}
+        self._evaluations: dict = {}  # iou_type -> the last COCOeval of these images (precision_recall reuses it)
 
     def update(self, predictions: list[dict], targets: list[dict]) -> None:
         """Adds a batch.
@@ -94,6 +95,7 @@ class DetectionMeter:
                                      "labels": _numpy(prediction["labels"]).astype(numpy.int64).reshape(-1),
                                      "masks": _rles(prediction["masks"]) if segm else None}
             self.images.append(record)
+        self._evaluations.clear()
 
     def tensors(self) -> list[torch.Tensor]:
         return []
@@ -166,6 +168,7 @@ class DetectionMeter:
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
+        self._evaluations[iou_type] = evaluation
         return evaluation
 
     def compute(self, per_class: bool = False) -> dict:
@@ -195,6 +198,27 @@ class DetectionMeter:
         if per_class:
             result["per_class"] = per_class_values
         return result
+
+
+    def precision_recall(self, iou_type: str = "bbox", iou_threshold: float = 0.5) -> dict:
+        """Per class, its precision-recall curve as COCOeval measured it: (recall levels (101,), precision (101,)),
+        at IoU `iou_threshold` (one of 0.5, 0.55, ..., 0.95), all areas, 100 detections per image; None for a
+        class without ground truth. Precision is 0 past the highest recall reached. Reuses `compute`'s evaluation.
+        """
+        if iou_type not in self.iou_types:
+            raise ValueError(f"iou_type {iou_type!r} was not measured (this meter has {', '.join(self.iou_types)})")
+        evaluation = self._evaluations.get(iou_type) or self._evaluate(iou_type)
+        if evaluation is None:
+            return {name: None for name in self.class_names}
+        thresholds = evaluation.params.iouThrs
+        level = int(numpy.abs(thresholds - iou_threshold).argmin())
+        if abs(thresholds[level] - iou_threshold) > 1e-6:
+            raise ValueError(f"iou_threshold must be one of {', '.join(f'{t:.2f}' for t in thresholds)}")
+        recall = numpy.asarray(evaluation.params.recThrs, dtype=numpy.float64)
+        # precision: (IoU thresholds T, recall levels R, classes K, area ranges A, max detections M); -1: no ground truth
+        precision = evaluation.eval["precision"][level, :, :, 0, -1]
+        return {name: None if (precision[:, k] < 0).all() else (recall, numpy.clip(precision[:, k], 0.0, 1.0))
+                for k, name in enumerate(self.class_names)}
 
 
 def coco_ap_table(result: dict) -> str:

@@ -170,6 +170,10 @@ class TaskInfo:
         served: Whether `cnnkit serve` serves it (top-k classes and Grad-CAM: classifier predictors).
         report_details: Whether the report evaluates it as a classifier (confusion matrix, mistakes,
             Grad-CAM); otherwise the report shows config, model and curves.
+        report_sections: The report's task part, as (predictor, out_dir, deadline) -> (facts, sections): facts
+            {label: text} for the report's overview, sections [(id, title, HTML body)], pictures saved as PNG
+            in out_dir (RUN_DIR/report), work past `deadline` (a time.perf_counter() value) skipped or cut
+            short. None: the report shows config, model and curves only (or the classifier's details).
     """
 
     name: str
@@ -182,6 +186,7 @@ class TaskInfo:
     exportable: bool = False
     served: bool = False
     report_details: bool = False
+    report_sections: Callable | None = None
 
 
 def build_record(task: str, architecture: dict, classes: list[str], preprocessing: dict, config) -> dict[str, Any]:

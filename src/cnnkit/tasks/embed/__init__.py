@@ -12,6 +12,7 @@
     predictor.py  Embedder: what `cnnkit.load` returns (embed, verify, evaluate)
     gallery.py    Gallery: enrolled embeddings, exact cosine search, stored as safetensors + JSON
     output.py     what `cnnkit evaluate` / `predict` print
+    report.py     the run report's part: ROC, CMC, score histograms, PCA, hardest false matches
 """
 
 from cnnkit.tasks.base import TaskInfo
@@ -19,12 +20,14 @@ from cnnkit.tasks.embed.data import IdentityData, PKLoader, make_loader, read_id
 from cnnkit.tasks.embed.gallery import Gallery
 from cnnkit.tasks.embed.output import evaluation_text, predict_images, prediction_text
 from cnnkit.tasks.embed.predictor import Embedder
+from cnnkit.tasks.embed.report import report_sections
 from cnnkit.tasks.embed.setup import setup
 from cnnkit.tasks.embed.task import EmbeddingMeter, EmbedTask
 
 TASK = TaskInfo(name="embed", setup=setup, predictor=Embedder, evaluation_text=evaluation_text,
                 evaluation_saved="verification and identification metrics", predict=predict_images,
-                prediction_text=prediction_text, exportable=True)
+                prediction_text=prediction_text, exportable=True,
+                report_sections=report_sections)
 
 __all__ = ["TASK", "EmbedTask", "Embedder", "EmbeddingMeter", "Gallery", "IdentityData", "PKLoader", "make_loader",
            "read_identities", "setup"]

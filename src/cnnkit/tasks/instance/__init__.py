@@ -18,17 +18,20 @@ detection kept, highest score drawn last so it stays on top) and as an overlay o
     setup.py      setup: detection's detector_setup with masks
     predictor.py  InstanceSegmenter: what `cnnkit.load` returns
     output.py     RLE JSON, instance-id PNG and overlay per image; what `cnnkit evaluate` / `predict` print
+    report.py     the run report's part: detection's, with mask mAP and drawn masks
 """
 
 from cnnkit.tasks.base import TaskInfo, unique_stems
 from cnnkit.tasks.instance.output import (decode_masks, draw_instances, evaluation_text, instance_id_mask,
                                           predict_images, prediction_text, write_predictions)
 from cnnkit.tasks.instance.predictor import InstanceSegmenter
+from cnnkit.tasks.instance.report import report_sections
 from cnnkit.tasks.instance.setup import make_instance_loader, setup
 from cnnkit.tasks.instance.task import MASK_THRESHOLD, InstanceTask, read_instance_data
 
 TASK = TaskInfo(name="instance", setup=setup, predictor=InstanceSegmenter, evaluation_text=evaluation_text,
-                evaluation_saved="per-class metrics", predict=predict_images, prediction_text=prediction_text)
+                evaluation_saved="per-class metrics", predict=predict_images, prediction_text=prediction_text,
+                report_sections=report_sections)
 
 __all__ = ["MASK_THRESHOLD", "TASK", "InstanceSegmenter", "InstanceTask", "decode_masks", "draw_instances",
            "instance_id_mask", "make_instance_loader", "read_instance_data", "setup", "unique_stems",

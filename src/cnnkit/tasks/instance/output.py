@@ -10,7 +10,8 @@ import torch
 
 from cnnkit.files import atomic_write_text
 from cnnkit.tasks.base import PredictOptions, unique_stems
-from cnnkit.tasks.detection.output import PALETTE, draw_detections, map_summary
+from cnnkit.tasks.detection.output import PALETTE, draw_detections, map_summary, save_drawings
+from cnnkit.tasks.plots import upscale
 from cnnkit.tasks.detection.output import predict_images as predict_detections
 from cnnkit.tasks.instance.task import MASK_THRESHOLD
 
@@ -38,21 +39,31 @@ def instance_id_mask(objects: list[dict], height: int, width: int) -> numpy.ndar
     return ids
 
 
-def draw_instances(image: torch.Tensor, objects: list[dict]) -> torch.Tensor:
-    """The uint8 (3, H, W) image with each object's mask tinted (alpha 0.5) and its box and label drawn."""
+def draw_instances(image: torch.Tensor, objects: list[dict], min_side: int = 0,
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
+    """The uint8 (3, H, W) image with each object's mask tinted (alpha 0.5) and its box and label drawn.
+
+    Args:
+        objects: As `predict` gives them (RLE "mask"), or with `masks` given: bool (N, H, W), one per object.
+        min_side: Enlarge the image, masks and boxes first until the shorter side reaches this (readable labels).
+    """
     from torchvision.utils import draw_segmentation_masks
 
+    if masks is None:
+        masks = torch.from_numpy(decode_masks(objects, image.shape[1], image.shape[2])).bool()
+    picture, factor = upscale(image, min_side) if min_side else (image, 1)
     if not objects:
-        return image
-    masks = torch.from_numpy(decode_masks(objects, image.shape[1], image.shape[2])).bool()
+        return picture
+    masks = upscale(masks, min_side)[0] if factor > 1 else masks
     colours = [PALETTE[o["label"] % len(PALETTE)] for o in objects]
-    tinted = draw_segmentation_masks(image, masks, alpha=0.5, colors=colours)
-    return draw_detections(tinted, objects)
+    tinted = draw_segmentation_masks(picture, masks.bool(), alpha=0.5, colors=colours)
+    return draw_detections(tinted, [{**o, "box": [v * factor for v in o["box"]]} for o in objects])
 
 
 def write_predictions(segmenter, images: list[str], out: Path, score_threshold: float) -> list[dict]:
     """For each image: OUT/NAME.json (objects with RLE masks), OUT/NAME-mask.png (instance ids),
-    OUT/NAME-overlay.png (masks, boxes and labels drawn). Returns one entry per image."""
+    OUT/NAME-overlay.png (masks, boxes and labels drawn) and for small images OUT/NAME-overlay-readable.png
+    (enlarged, labels readable). Returns one entry per image."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -66,8 +77,9 @@ def write_predictions(segmenter, images: list[str], out: Path, score_threshold: 
         files = {"json": out / f"{name}.json", "mask": out / f"{name}-mask.png", "overlay": out / f"{name}-overlay.png"}
         atomic_write_text(files["json"], json.dumps(entry, indent=2) + "\n")
         Image.fromarray(instance_id_mask(objects, height, width), mode="L").save(files["mask"])
-        Image.fromarray(draw_instances(image, objects).permute(1, 2, 0).numpy()).save(files["overlay"])
-        results.append({**entry, **{key: str(value) for key, value in files.items()}})
+        drawings = save_drawings(lambda side: draw_instances(image, objects, side), image, files["overlay"])
+        results.append({**entry, **{key: str(value) for key, value in files.items()},
+                        **({"readable": drawings["readable"]} if "readable" in drawings else {})})
     return results
 
 
@@ -84,4 +96,5 @@ def predict_images(segmenter, images: list[str], options: PredictOptions) -> lis
 
 def prediction_text(result: dict) -> str:
     shown = ", ".join(f"{o['class']} {o['score']:.2f}" for o in result["objects"]) or "nothing"
-    return f"{result['image']}: {shown} -> {result['mask']}, {result['overlay']}"
+    readable = f" (enlarged: {result['readable']})" if "readable" in result else ""
+    return f"{result['image']}: {shown} -> {result['mask']}, {result['overlay']}{readable}"

@@ -18,6 +18,7 @@ masks match the input files.
     setup.py      setup: model, pretrained backbone (cnnkit.transfer.load_matching), loss, record
     predictor.py  Segmenter: what `cnnkit.load` returns (predict, predict_proba, evaluate at full resolution)
     output.py     mask PNG (VOC palette) and overlay per image, what `cnnkit evaluate` / `predict` print
+    report.py     the run report's part: test mIoU, per-class IoU/Dice, masks beside the truth
 """
 
 from cnnkit.tasks.base import TaskInfo
@@ -25,12 +26,14 @@ from cnnkit.tasks.segmentation.data import SegmentationData, make_loader, pixel_
 from cnnkit.tasks.segmentation.output import (evaluation_text, overlay, palette, predict_images, prediction_text,
                                               write_predictions)
 from cnnkit.tasks.segmentation.predictor import Segmenter
+from cnnkit.tasks.segmentation.report import report_sections
 from cnnkit.tasks.segmentation.setup import print_segmentation_metrics, setup
 from cnnkit.tasks.segmentation.task import VALUE_RANGE, SegmentationTask, predict_logits
 from cnnkit.transfer import load_matching as load_pretrained  # segmentation's name for it before cnnkit.transfer
 
 TASK = TaskInfo(name="segment", setup=setup, predictor=Segmenter, evaluation_text=evaluation_text,
-                evaluation_saved="per-class metrics", predict=predict_images, prediction_text=prediction_text)
+                evaluation_saved="per-class metrics", predict=predict_images, prediction_text=prediction_text,
+                report_sections=report_sections)
 
 __all__ = ["TASK", "VALUE_RANGE", "SegmentationData", "SegmentationTask", "Segmenter", "load_pretrained",
            "make_loader", "overlay", "palette", "pixel_class_weights", "predict_logits", "prepare_data", "setup",
