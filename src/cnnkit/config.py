@@ -193,6 +193,8 @@ class TrainConfig:
     progress: bool = setting(True, "show a progress bar")
     report: bool = setting(
         True, "write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends")
+    logger: str = setting("none", "also log to a viewer: none, or tensorboard (RUN_DIR/tensorboard/ event files: "
+                                  "scalars per epoch, hparams, the report's pictures; pip install 'cnnkit[tensorboard]')")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -210,6 +212,7 @@ class TrainConfig:
             "task": tuple(TASKS),
             "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
             "detect_augment": ("none", "light", "default", "strong"),  # cnnkit.data.detection.transforms presets
+            "logger": ("none", "tensorboard"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

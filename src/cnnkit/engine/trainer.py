@@ -125,6 +125,9 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         # Evaluation is compiled too where compiling pays (CUDA); on the CPU it measured no gain (config.compile).
         self._compiled_eval: dict[int, nn.Module] = {}
+        # logger=tensorboard: RUN_DIR/tensorboard/ event files beside metrics.jsonl (rank 0 only)
+        self.tensorboard = (tensorboard_writer(self.run_dir / "tensorboard")
+                            if config.logger == "tensorboard" and dist_info.is_main else None)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
@@ -168,6 +171,9 @@ class Trainer:
         best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else None)
         if best is None:  # nothing left to train (a resumed, finished run): the logged best epoch
             best = self._logged_metrics(self.state.best_epoch) or {}
+        if self.tensorboard is not None:
+            log_hparams(self.tensorboard, self.config, best)
+            self.tensorboard.close()
         return best
 
     def _logged_metrics(self, epoch: int) -> dict[str, Any] | None:
@@ -377,8 +383,13 @@ class Trainer:
         shown = [f"{k} {v:.4f}" for k, v in metrics.items()
                  if k.startswith(("train_loss", "train_acc", "val_loss", "val_acc")) and v is not None]
         mark = " *" if improved else ""
+        # The LR at the epoch's start (metrics.jsonl's "lr") -> at its end (what the progress bar showed last).
+        end_lr = self.optimizer.param_groups[0]["lr"]
+        lr = f"{metrics['lr']:.3g}" + (f"->{end_lr:.3g}" if f"{end_lr:.3g}" != f"{metrics['lr']:.3g}" else "")
         self._print(f"epoch {metrics['epoch']}/{self.config.epochs}  " + "  ".join(shown) +
-                    f"  lr {metrics['lr']:.3g}  {metrics['epoch_seconds']:.1f}s{mark}")
+                    f"  lr {lr}  {metrics['epoch_seconds']:.1f}s{mark}")
+        if self.tensorboard is not None:
+            log_scalars(self.tensorboard, metrics)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, kind: str, metrics: dict[str, Any] | None = None) -> Path:
@@ -455,3 +466,35 @@ class Trainer:
             return
         self.save("best", self._logged_metrics(best_epoch))
         self._print(f"resume: best.safetensors rewritten from epoch {best_epoch} (held in last.safetensors)")
+
+
+# ---------------------------------------------------------------------- TensorBoard (logger=tensorboard)
+def tensorboard_writer(log_dir: Path):
+    """A torch.utils.tensorboard SummaryWriter writing event files to `log_dir`.
+
+    Raises:
+        ConfigError: The tensorboard package (an optional extra) is not installed.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'cnnkit[tensorboard]' "
+                          "(or leave logger=none; metrics.jsonl is written either way)") from None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def log_scalars(writer, metrics: dict[str, Any]) -> None:
+    """Every number of an epoch's metrics.jsonl line as a scalar at step = epoch (finite values only)."""
+    for key, value in metrics.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            writer.add_scalar(key, value, metrics["epoch"])
+    writer.flush()
+
+
+def log_hparams(writer, config: TrainConfig, best: dict[str, Any]) -> None:
+    """The config as hparams, with the best epoch's numbers (as best/<name>) as their metrics."""
+    hparams = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+               for key, value in config.to_dict().items()}
+    results = {f"best/{key}": value for key, value in best.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    writer.add_hparams(hparams, results, run_name=".")
