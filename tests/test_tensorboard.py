@@ -43,7 +43,7 @@ def test_a_short_run_writes_event_files_that_tensorboard_reads(tmp_path, image_f
 
 
 def test_without_the_package_the_error_names_the_extra(tmp_path, monkeypatch):
-    from cnnkit.engine.trainer import tensorboard_writer
+    from cnnkit.engine.tensorboard import tensorboard_writer
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'cnnkit\[tensorboard\]'"):

@@ -248,3 +248,22 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def truncate_metrics(metrics_path: Path, last_epoch: int) -> None:
+    """Keep metrics.jsonl's lines of epochs up to `last_epoch` (the last commit point), each epoch once: a kill
+    between an epoch's metrics line and its `last` checkpoint must not leave it twice after the resume."""
+    if not metrics_path.is_file():
+        return
+    kept, seen_epochs = [], set()
+    lines = metrics_path.read_text().splitlines()
+    for line in lines:
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by the kill
+        if epoch <= last_epoch and epoch not in seen_epochs:
+            kept.append(line)
+            seen_epochs.add(epoch)
+    if len(kept) != len(lines):
+        atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))

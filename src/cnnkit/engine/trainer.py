@@ -40,8 +40,9 @@ from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum, barrier, check_same_on_all_ranks
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
+from cnnkit.engine.tensorboard import log_hparams, log_scalars, tensorboard_writer
 from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
-from cnnkit.files import atomic_write_text, sweep_temporaries
+from cnnkit.files import sweep_temporaries
 
 # Optimizer steps in a row with a NaN/inf loss before the run stops (each is skipped, not applied).
 NONFINITE_LIMIT = 3
@@ -439,19 +440,7 @@ class Trainer:
         for temporary in sweep_temporaries(self.run_dir):
             self._print(f"resume: removed {temporary.name}, left by an interrupted write")
         metrics_path = self.run_dir / "metrics.jsonl"
-        if metrics_path.is_file():
-            kept, seen_epochs = [], set()
-            lines = metrics_path.read_text().splitlines()
-            for line in lines:
-                try:
-                    epoch = json.loads(line)["epoch"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by the kill
-                if epoch <= self.state.epoch and epoch not in seen_epochs:
-                    kept.append(line)
-                    seen_epochs.add(epoch)
-            if len(kept) != len(lines):
-                atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
+        ckpt.truncate_metrics(metrics_path, self.state.epoch)
         self._repair_best(metrics_path)
 
     def _repair_best(self, metrics_path: Path) -> None:
@@ -466,35 +455,3 @@ class Trainer:
             return
         self.save("best", self._logged_metrics(best_epoch))
         self._print(f"resume: best.safetensors rewritten from epoch {best_epoch} (held in last.safetensors)")
-
-
-# ---------------------------------------------------------------------- TensorBoard (logger=tensorboard)
-def tensorboard_writer(log_dir: Path):
-    """A torch.utils.tensorboard SummaryWriter writing event files to `log_dir`.
-
-    Raises:
-        ConfigError: The tensorboard package (an optional extra) is not installed.
-    """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'cnnkit[tensorboard]' "
-                          "(or leave logger=none; metrics.jsonl is written either way)") from None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def log_scalars(writer, metrics: dict[str, Any]) -> None:
-    """Every number of an epoch's metrics.jsonl line as a scalar at step = epoch (finite values only)."""
-    for key, value in metrics.items():
-        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            writer.add_scalar(key, value, metrics["epoch"])
-    writer.flush()
-
-
-def log_hparams(writer, config: TrainConfig, best: dict[str, Any]) -> None:
-    """The config as hparams, with the best epoch's numbers (as best/<name>) as their metrics."""
-    hparams = {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-               for key, value in config.to_dict().items()}
-    results = {f"best/{key}": value for key, value in best.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
-    writer.add_hparams(hparams, results, run_name=".")

@@ -121,7 +121,7 @@ def _tensorboard_images(run_dir: Path, out: Path, step: int) -> str:
         import numpy
         from PIL import Image
 
-        from cnnkit.engine.trainer import tensorboard_writer
+        from cnnkit.engine.tensorboard import tensorboard_writer
 
         writer = tensorboard_writer(run_dir / "tensorboard")
         pictures = sorted(out.glob("*.png"))
