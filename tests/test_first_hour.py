@@ -245,3 +245,10 @@ def test_runs_lists_the_runs(trained_run):
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:6] == ["run", "task", "model", "data", "epochs", "best"]
     assert row.split()[:3] == ["run", "classify", "fastnet"] and "val_accuracy" in row
+
+
+def test_run_name_cannot_leave_the_out_folder(tmp_path):
+    """name=../../x wrote outside --out (issue 26 item 8): a plain folder name is required, said in one line."""
+    result = run_cli("train", "--out", tmp_path / "runs", "name=../../escaped", "--epochs", 1, cwd=tmp_path)
+    assert result.returncode == 2 and "plain folder name" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()

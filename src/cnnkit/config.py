@@ -202,6 +202,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Check value ranges and choices; raise ConfigError naming the field."""
         self._validate_numbers()
+        if self.name is not None and (not self.name.strip() or self.name in (".", "..")
+                                      or any(sep in self.name for sep in ("/", "\\", "\0"))):
+            raise ConfigError(f"name={self.name!r} must be a plain folder name (no / or \\, not . or ..): the run "
+                              "directory goes inside `out`; use out=DIR to choose where")
         choices = {
             "optimizer": ("sgd", "adamw"),
             "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
