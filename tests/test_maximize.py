@@ -99,3 +99,22 @@ def test_cli_maximize_writes_png(trained_run, tmp_path, capsys):
                                (["--layer", "stem.0", "--steps", "0"], "--steps must be 1 or more")]:
         assert main(["inspect", "maximize", str(run_dir), *arguments, "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_long_title_on_a_narrow_grid_is_wrapped_not_clipped(tmp_path, monkeypatch):
+    import torch
+
+    import cnnkit.tasks.plots as plots
+
+    titles = []
+    original = plots.save_figure
+
+    def keep_title(figure, path):
+        titles.append(figure._suptitle.get_text())
+        return original(figure, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep_title)
+    images = [torch.zeros(1, 28, 28, dtype=torch.uint8)] * 2
+    plots.plot_image_grid(images, ["a", "b"], "inputs that excite classes (logit; p: the model's probability for them)",
+                          tmp_path / "grid.png")
+    assert "\n" in titles[0] and max(len(line) for line in titles[0].splitlines()) <= 4 * 14

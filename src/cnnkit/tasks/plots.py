@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable
@@ -59,7 +60,10 @@ def plot_image_grid(images: torch.Tensor | list[torch.Tensor], labels: list[str]
             else:
                 axis.imshow(picture[:3].permute(1, 2, 0).numpy(), interpolation="nearest")
             axis.set_title(labels[index], fontsize=7)
-    figure.suptitle(title, fontsize=10)
+    # A long title on a narrow grid (maximize's 2-4 images) was clipped: wrap it to the figure's width
+    # (about 14 characters per inch at 10 pt).
+    width_inches = figure.get_size_inches()[0]
+    figure.suptitle(textwrap.fill(title, width=max(20, int(width_inches * 14))), fontsize=10)
     return save_figure(figure, Path(path))
 
 
