@@ -193,8 +193,9 @@ class TrainConfig:
     progress: bool = setting(True, "show a progress bar")
     report: bool = setting(
         True, "write report.html (curves, confusion matrix, mistakes, Grad-CAM ...) when training ends")
-    logger: str = setting("none", "also log to a viewer: none, or tensorboard (RUN_DIR/tensorboard/ event files: "
-                                  "scalars per epoch, hparams, the report's pictures; pip install 'cnnkit[tensorboard]')")
+    logger: str = setting("none", "also log to a viewer: none, tensorboard (RUN_DIR/tensorboard/ event files; pip "
+                                  "install 'cnnkit[tensorboard]') or mlflow ($MLFLOW_TRACKING_URI, else RUN_DIR/mlruns; "
+                                  "pip install 'cnnkit[mlflow]'): scalars per epoch, the config, the report's pictures")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -216,7 +217,7 @@ class TrainConfig:
             "task": tuple(TASKS),
             "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
             "detect_augment": ("none", "light", "default", "strong"),  # cnnkit.data.detection.transforms presets
-            "logger": ("none", "tensorboard"),
+            "logger": ("none", "tensorboard", "mlflow"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -40,7 +40,7 @@ from cnnkit.engine import checkpoint as ckpt
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum, barrier, check_same_on_all_ranks
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
-from cnnkit.engine.tensorboard import log_hparams, log_scalars, tensorboard_writer
+from cnnkit.engine.run_loggers import open_run_logger
 from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
 from cnnkit.files import sweep_temporaries
 
@@ -126,9 +126,8 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
         # Evaluation is compiled too where compiling pays (CUDA); on the CPU it measured no gain (config.compile).
         self._compiled_eval: dict[int, nn.Module] = {}
-        # logger=tensorboard: RUN_DIR/tensorboard/ event files beside metrics.jsonl (rank 0 only)
-        self.tensorboard = (tensorboard_writer(self.run_dir / "tensorboard")
-                            if config.logger == "tensorboard" and dist_info.is_main else None)
+        # logger=tensorboard|mlflow: the epochs also go to that viewer (rank 0 only; cnnkit.engine.run_loggers)
+        self.run_logger = open_run_logger(config.logger, self.run_dir) if dist_info.is_main else None
 
     # ------------------------------------------------------------------ the loop
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
@@ -172,9 +171,8 @@ class Trainer:
         best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else None)
         if best is None:  # nothing left to train (a resumed, finished run): the logged best epoch
             best = self._logged_metrics(self.state.best_epoch) or {}
-        if self.tensorboard is not None:
-            log_hparams(self.tensorboard, self.config, best)
-            self.tensorboard.close()
+        if self.run_logger is not None:
+            self.run_logger.finish(self.config, best)
         return best
 
     def _logged_metrics(self, epoch: int) -> dict[str, Any] | None:
@@ -389,8 +387,8 @@ class Trainer:
         lr = f"{metrics['lr']:.3g}" + (f"->{end_lr:.3g}" if f"{end_lr:.3g}" != f"{metrics['lr']:.3g}" else "")
         self._print(f"epoch {metrics['epoch']}/{self.config.epochs}  " + "  ".join(shown) +
                     f"  lr {lr}  {metrics['epoch_seconds']:.1f}s{mark}")
-        if self.tensorboard is not None:
-            log_scalars(self.tensorboard, metrics)
+        if self.run_logger is not None:
+            self.run_logger.log_epoch(metrics)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, kind: str, metrics: dict[str, Any] | None = None) -> Path:

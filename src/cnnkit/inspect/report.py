@@ -107,34 +107,23 @@ def write_report(run_dir: str | Path, *, device: str = "cpu", max_seconds: float
         sections += _task_sections(info.report_sections, task, run_dir, device, out, started + max_seconds, facts)
     else:
         sections.append(_task_note(task))
-    if record.get("config", {}).get("logger") == "tensorboard":
-        facts["tensorboard"] = _tensorboard_images(run_dir, out, len(history))
+    logger = record.get("config", {}).get("logger", "none")
+    if logger != "none":
+        facts[logger] = _viewer_pictures(logger, run_dir, out, len(history))
     facts["report made in"] = f"{time.perf_counter() - started:.1f} s"
     path = run_dir / "report.html"
     atomic_write_text(path, _render(run_dir, record, history, facts, sections))
     return path
 
 
-def _tensorboard_images(run_dir: Path, out: Path, step: int) -> str:
-    """Add the report's PNGs to RUN_DIR/tensorboard (a run trained with logger=tensorboard) as images report/NAME."""
+def _viewer_pictures(kind: str, run_dir: Path, out: Path, step: int) -> str:
+    """Add the report's PNGs to the viewer the run logged to (logger=tensorboard|mlflow) as report/NAME."""
+    from cnnkit.engine.run_loggers import log_report_pictures
+
     try:
-        import numpy
-        from PIL import Image
-
-        from cnnkit.engine.tensorboard import tensorboard_writer
-
-        writer = tensorboard_writer(run_dir / "tensorboard")
-        pictures = sorted(out.glob("*.png"))
-        try:
-            for path in pictures:
-                with Image.open(path) as image:
-                    writer.add_image(f"report/{path.stem}", numpy.asarray(image.convert("RGB")), step,
-                                     dataformats="HWC")
-        finally:
-            writer.close()
+        return log_report_pictures(kind, run_dir, sorted(out.glob("*.png")), step)
     except Exception as error:  # noqa: BLE001 - the report itself must still be written
         return f"pictures not added ({error})"
-    return f"{len(pictures)} pictures added to {run_dir / 'tensorboard'} (tensorboard --logdir {run_dir})"
 
 
 def _guarded(section_id: str, title: str, build) -> Section:
