@@ -4,15 +4,20 @@ Routes:
     GET  /          the web page (page.py)
     GET  /healthz   {"status": "ok", "model": {...}, "queue": {"pending", "capacity"}, "limits": {...}}
     POST /predict   multipart form with the image in the field "file"; query top_k (1-100, default 5) and
-                    explain (Grad-CAM overlay as a PNG data URL, default false) -> JSON
+                    explain (Grad-CAM overlay as a PNG data URL, default false) -> JSON; an embedder answers
+                    as /embed
+    POST /embed     embedders only: the image in the field "file" -> {"embedding": [...], "dimension": D}
+    POST /verify    embedders only: two images in the fields "first" and "second" -> {"score", "threshold",
+                    "same"} (cosine similarity against the run's threshold)
     GET  /docs      the OpenAPI page FastAPI generates, only with docs=True (`cnnkit serve --docs`): it loads
                     its scripts from a CDN, so it is off by default; /openapi.json is always there
 
-The request path for /predict: SlowClientProtocol (headers within read_timeout_s, else the connection is
+The request path for /predict (and /embed, /verify): SlowClientProtocol (headers within read_timeout_s, else the connection is
 closed) -> BodySizeLimit (Host, Content-Length vs Transfer-Encoding, the body read and counted: 400/408/
 411/413) -> FastAPI parses the multipart
 form -> BoundedExecutor admits the job or answers 503 -> on a worker thread: open_image (header only:
-415/413) -> handler.predict (decode: 422; the model) -> JSON; the whole job bounded by the timeout (504).
+415/413; /verify checks both headers before decoding either) -> handler.predict or handler.verify (decode:
+422; the model) -> JSON; the whole job bounded by the timeout (504).
 Every error is JSON: {"error": code, "status": status, "detail": message}, Starlette's own (404, 405,
 a malformed multipart body) included.
 """
@@ -38,24 +43,45 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cnnkit.serve.handlers import TaskHandler, load_handler
 from cnnkit.serve.limits import BodySizeLimit, PayloadTooLarge, ServeError, ServeLimits, loopback_hosts, open_image
-from cnnkit.serve.page import PAGE
+from cnnkit.serve.page import PAGE, no_page
 from cnnkit.serve.queue import BoundedExecutor
 
 logger = logging.getLogger("cnnkit.serve")
 
 
-def _job(handler: TaskHandler, limits: ServeLimits, data: bytes, top_k: int, explain: bool) -> dict[str, Any]:
-    """What a worker thread does for one request: check the header, decode, predict."""
-    started = time.perf_counter()
+def _opened(data: bytes, limits: ServeLimits) -> tuple[Any, dict[str, Any]]:
+    """An upload opened and checked (header only: format, pixels declared, pixels decoded), and its header."""
     image = open_image(data, limits.max_pixels)
     if image.format != "JPEG" and image.width * image.height > limits.max_decoded_pixels:
         raise PayloadTooLarge(f"the {image.format} image is {image.width} x {image.height} = "
                               f"{image.width * image.height:,} pixels, decoded at full size; this server decodes at "
                               f"most {limits.max_decoded_pixels:,} (JPEGs up to {limits.max_pixels:,}): send a "
                               "smaller image, or a JPEG")
-    header = {"format": image.format, "width": image.width, "height": image.height, "mode": image.mode}
+    return image, {"format": image.format, "width": image.width, "height": image.height, "mode": image.mode}
+
+
+def _job(handler: TaskHandler, limits: ServeLimits, data: bytes, top_k: int, explain: bool) -> dict[str, Any]:
+    """What a worker thread does for one request: check the header, decode, predict."""
+    started = time.perf_counter()
+    image, header = _opened(data, limits)
     result = handler.predict(image, top_k, explain)
     return {**result, "image": header, "timing_ms": {"total": 1000 * (time.perf_counter() - started)}}
+
+
+def _verify_job(handler: TaskHandler, limits: ServeLimits, first: bytes, second: bytes) -> dict[str, Any]:
+    """/verify on a worker thread: both headers checked before either image is decoded, then the handler."""
+    started = time.perf_counter()
+    (first_image, first_header), (second_image, second_header) = _opened(first, limits), _opened(second, limits)
+    result = handler.verify(first_image, second_image)
+    return {**result, "images": [first_header, second_header],
+            "timing_ms": {"total": 1000 * (time.perf_counter() - started)}}
+
+
+# What a malformed request to each route should have sent (the 422 answer says it).
+UPLOAD_HINTS = {"/verify": "two images in fields named 'first' and 'second', e.g. curl -F first=@a.png "
+                           "-F second=@b.png http://HOST:PORT/verify",
+                "/embed": "the image in a field named 'file', e.g. curl -F file=@face.png http://HOST:PORT/embed"}
+UPLOAD_HINT = "the image in a field named 'file', e.g. curl -F file=@shoe.png http://HOST:PORT/predict"
 
 
 def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowed_hosts: frozenset[str] | None = None,
@@ -68,8 +94,11 @@ def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowe
     """
     executor = BoundedExecutor(limits.workers, limits.queue_size, limits.timeout_s)
     info = handler.info()
+    endpoints = getattr(handler, "endpoints", ("predict",))
+    page_fits = getattr(handler, "page", True)
+    routes = ", ".join(f"/{name}" for name in endpoints)
     app = FastAPI(title=f"cnnkit: {info.get('run', 'model')}", version="1",
-                  description="POST an image to /predict; GET / for a web page.",
+                  description=f"POST images to {routes}" + ("; GET / for a web page." if page_fits else "."),
                   docs_url="/docs" if docs else None, redoc_url=None)
     app.add_middleware(BodySizeLimit, max_body_bytes=limits.max_body_bytes, allowed_hosts=allowed_hosts,
                        read_timeout_s=limits.read_timeout_s)
@@ -81,11 +110,11 @@ def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowe
         return error.response()
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}" for problem in error.errors())
+        hint = UPLOAD_HINTS.get(request.url.path, UPLOAD_HINT)
         return JSONResponse({"error": "invalid_request", "status": 422,
-                             "detail": f"{problems}. Send multipart/form-data with the image in a field named "
-                                       "'file', e.g. curl -F file=@shoe.png http://HOST:PORT/predict"}, 422)
+                             "detail": f"{problems}. Send multipart/form-data with {hint}"}, 422)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
@@ -101,7 +130,7 @@ def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowe
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
-        return PAGE
+        return PAGE if page_fits else no_page(info, endpoints)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -115,6 +144,21 @@ def create_app(handler: TaskHandler, limits: ServeLimits = ServeLimits(), allowe
                       ) -> dict[str, Any]:
         data = await file.read()
         return await executor.run(partial(_job, handler, limits, data, top_k, explain))
+
+    if "embed" in endpoints:
+        @app.post("/embed")
+        async def embed(file: UploadFile = File(description="the image (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM)")
+                        ) -> dict[str, Any]:
+            data = await file.read()
+            return await executor.run(partial(_job, handler, limits, data, 1, False))
+
+    if "verify" in endpoints:
+        @app.post("/verify")
+        async def verify(first: UploadFile = File(description="the first image"),
+                         second: UploadFile = File(description="the second image")) -> dict[str, Any]:
+            # Both are already in memory: BodySizeLimit read the whole body, at most max_body_bytes together.
+            first_data, second_data = await first.read(), await second.read()
+            return await executor.run(partial(_verify_job, handler, limits, first_data, second_data))
 
     return app
 
@@ -191,7 +235,9 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, backend: s
         print(f"cnnkit serve: warning: listening on {host}, reachable from other machines; the server has no "
               "authentication, so put it behind a proxy that has, or use the default 127.0.0.1", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    print(f"cnnkit serve: {info['run']} ({info['task']}, {len(info.get('classes', []))} classes, backend "
-          f"{info['backend']}) at http://{shown}:{port}/  (POST /predict, GET /healthz, Ctrl-C stops)", flush=True)
+    size = f"{len(info['classes'])} classes" if "classes" in info else f"{info.get('dimension')}-d embeddings"
+    routes = ", ".join(f"/{name}" for name in getattr(handler, "endpoints", ("predict",)))
+    print(f"cnnkit serve: {info['run']} ({info['task']}, {size}, backend {info['backend']}) at "
+          f"http://{shown}:{port}/  (POST {routes}, GET /healthz, Ctrl-C stops)", flush=True)
     app = create_app(handler, limits, allowed_hosts=loopback_hosts(host) if loopback else None, docs=docs)
     uvicorn.Server(server_config(app, limits, host, port, log_level="info")).run()

@@ -1,13 +1,16 @@
 """Task handlers: what the server does with a checked image, chosen by the run's recorded task.
 
-    handler = load_handler("runs/RUN", backend="auto")       # tasks whose TaskInfo says served
+    handler = load_handler("runs/RUN", backend="auto")       # tasks whose TaskInfo names a `serve_as` kind
     handler.info()                                           # for /healthz and the web page
     handler.predict(image, top_k=5, explain=True)            # a JSON-ready dict
+    handler.verify(first, second)                            # embedders: same identity or not
 
-The app (app.py) knows nothing about classes, boxes or masks: it checks limits, opens the image header
-(limits.py), runs `handler.predict` on a worker thread (queue.py) and returns its dict. Serving a new task
-is one class with `info()` and `predict()`, chosen in `load_handler` for the tasks whose TaskInfo says
-`served`; the web page draws a "gradcam" overlay picture when a handler returns one (boxes or masks can come the same way).
+The app (app.py) knows nothing about classes, boxes or embeddings: it checks limits, opens the image header
+(limits.py), runs the handler on a worker thread (queue.py) and returns its dict. A handler lists the routes it
+answers in `endpoints` ("predict" always; "embed", "verify") and whether the web page fits it (`page`). Serving
+a new kind of task is one class with `check()`, `info()` and `predict()`, added to `HANDLERS` under the kind its
+tasks' TaskInfo names in `serve_as`; the web page draws a "gradcam" overlay picture when a handler returns one
+(boxes or masks can come the same way).
 """
 
 from __future__ import annotations
@@ -55,8 +58,35 @@ def reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return small.transpose(method) if method is not None else small
 
 
+def decode_upload(image: Image.Image, preprocessing) -> torch.Tensor:
+    """A uint8 (1, C, H, W) batch of the model's size from an opened (header-checked) upload.
+
+    Raises:
+        UnreadableImage: The pixel data is corrupt or truncated (422).
+    """
+    try:
+        # As cnnkit.data.images does for files: a large JPEG decodes at 1/2..1/8 scale, down to twice the
+        # model's size (a no-op for other formats), so `cnnkit predict` and the server see the same pixels.
+        image.draft(None, (2 * max(preprocessing.image_size),) * 2)
+        image.load()  # the pixel data is decoded here: truncated or corrupt files fail now
+        image = reduced(image, preprocessing.image_size)
+    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
+        raise UnreadableImage(f"the image data is corrupt or truncated ({error}); send the complete file") from None
+    return decode_image(image, preprocessing.channels, preprocessing.image_size).unsqueeze(0)  # (1, C, H, W)
+
+
+def _failure(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 class TaskHandler(Protocol):
     """What the server needs from a task."""
+
+    endpoints: tuple[str, ...]  # the POST routes it answers: "predict", and "embed", "verify" for embedders
+    page: bool  # whether the web page (page.py, a classifier's) fits its answers
+
+    def check(self, source: Path) -> None:
+        """Run the model on one blank image before serving; CheckpointError if it cannot."""
 
     def info(self) -> dict[str, Any]:
         """Task, labels, input size and backend: shown by /healthz and the web page."""
@@ -100,6 +130,9 @@ class ClassificationHandler:
     """
 
     task = "classification"
+    kind = "classification"  # as the refusal of an unserved task lists it
+    endpoints = ("predict",)
+    page = True
 
     def __init__(self, classifier, explainer: torch.nn.Module | None, name: str, backend: str):
         self.classifier, self.explainer, self.name, self.backend = classifier, explainer, name, backend
@@ -133,10 +166,9 @@ class ClassificationHandler:
         try:
             probabilities = self.classifier.predict_proba(blank)
         except Exception as error:  # noqa: BLE001 - whatever the model raises, the run cannot be served
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             raise CheckpointError(f"{source}: the model fails on a blank {preprocessing.channels} x "
-                                  f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image ({reason}); "
-                                  "retrain or export the run again") from None
+                                  f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image "
+                                  f"({_failure(error)}); retrain or export the run again") from None
         expected = (1, len(self.classifier.classes))
         if tuple(probabilities.shape) != expected or not bool(torch.isfinite(probabilities).all()):
             raise CheckpointError(f"{source}: the model answers a blank image with {tuple(probabilities.shape)} "
@@ -150,16 +182,7 @@ class ClassificationHandler:
                 "explain": self.explainer is not None}
 
     def predict(self, image: Image.Image, top_k: int, explain: bool) -> dict[str, Any]:
-        preprocessing = self.classifier.preprocessing
-        try:
-            # As cnnkit.data.images does for files: a large JPEG decodes at 1/2..1/8 scale, down to twice the
-            # model's size (a no-op for other formats), so `cnnkit predict` and the server see the same pixels.
-            image.draft(None, (2 * max(preprocessing.image_size),) * 2)
-            image.load()  # the pixel data is decoded here: truncated or corrupt files fail now
-            image = reduced(image, preprocessing.image_size)
-        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError ...
-            raise UnreadableImage(f"the image data is corrupt or truncated ({error}); send the complete file") from None
-        batch = decode_image(image, preprocessing.channels, preprocessing.image_size).unsqueeze(0)  # (1, C, H, W)
+        batch = decode_upload(image, self.classifier.preprocessing)  # (1, C, H, W) uint8
         probabilities = self.classifier.predict_proba(batch)[0]
         values, indices = probabilities.topk(min(top_k, len(self.classifier.classes)))
         result: dict[str, Any] = {
@@ -180,9 +203,89 @@ class ClassificationHandler:
                 "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
 
+class EmbeddingHandler:
+    """A unit-length embedding per image (/embed, and /predict alike), and verification of two images (/verify)
+    against the run's threshold (chosen on the validation identities).
+
+    Args:
+        embedder: An Embedder on any backend (cnnkit.export.load_predictor).
+        name: The run's name, for /healthz.
+        backend: The backend's name, for /healthz.
+    """
+
+    kind = "embedding"
+    endpoints = ("predict", "embed", "verify")
+    page = False  # the page shows classes; an embedding is a list of numbers best read by a program
+
+    def __init__(self, embedder, name: str, backend: str):
+        self.embedder, self.name, self.backend = embedder, name, backend
+        self.task = embedder.record["task"]
+        self.dimension: int | None = None  # known once check() ran the model
+
+    @classmethod
+    def from_run(cls, run: Path, backend: str, trust_code: bool = False) -> EmbeddingHandler:
+        from cnnkit.export import load_predictor
+        from cnnkit.export.runtimes import RuntimeModel
+
+        embedder = load_predictor(run, backend=backend, device="cpu", trust_code=trust_code)
+        used = embedder.model.runtime if isinstance(embedder.model, RuntimeModel) else "torch"
+        name = run.name if embedder.run_dir is None else (run if run.is_dir() else run.parent).name
+        return cls(embedder, name, used)
+
+    def check(self, source: Path) -> None:
+        """Run the model on one blank image and learn the embedding's dimension.
+
+        Raises:
+            CheckpointError: The model raises, or its output is not one finite vector.
+        """
+        preprocessing = self.embedder.preprocessing
+        blank = torch.zeros(1, preprocessing.channels, *preprocessing.image_size, dtype=torch.uint8)
+        try:
+            embeddings = self.embedder.embed(blank)
+        except Exception as error:  # noqa: BLE001 - whatever the model raises, the run cannot be served
+            raise CheckpointError(f"{source}: the model fails on a blank {preprocessing.channels} x "
+                                  f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image "
+                                  f"({_failure(error)}); retrain or export the run again") from None
+        if embeddings.dim() != 2 or len(embeddings) != 1 or embeddings.shape[1] < 1 \
+                or not bool(torch.isfinite(embeddings).all()):
+            raise CheckpointError(f"{source}: the model answers a blank image with {tuple(embeddings.shape)} values"
+                                  f"{'' if torch.isfinite(embeddings).all() else ' that are not finite'}, expected "
+                                  "one finite embedding (1, D); retrain or export the run again")
+        self.dimension = int(embeddings.shape[1])
+
+    def info(self) -> dict[str, Any]:
+        preprocessing = self.embedder.preprocessing
+        return {"task": self.task, "run": self.name, "backend": self.backend, "dimension": self.dimension,
+                "threshold": round(self.embedder.threshold, 4),
+                "input": {"channels": preprocessing.channels, "image_size": list(preprocessing.image_size)}}
+
+    def predict(self, image: Image.Image, top_k: int = 5, explain: bool = False) -> dict[str, Any]:
+        """{"task", "embedding", "dimension"}; `top_k` and `explain` (classifier options) are ignored."""
+        embedding = self.embedder.embed(decode_upload(image, self.embedder.preprocessing))[0]
+        return {"task": self.task, "embedding": [round(value, 6) for value in embedding.tolist()],
+                "dimension": len(embedding)}
+
+    def verify(self, first: Image.Image, second: Image.Image) -> dict[str, Any]:
+        """{"task", "score", "threshold", "same"}: cosine similarity against the run's threshold, as
+        Embedder.verify computes it for files."""
+        preprocessing = self.embedder.preprocessing
+        decoded = []
+        for image in (first, second):
+            decoded.append(decode_upload(image, preprocessing))
+            image.close()  # its full-size pixels are freed before the second is decoded: one at a time, as /predict
+        a, b = self.embedder.embed(torch.cat(decoded))  # (2, C, H, W) -> two (D,) unit vectors
+        score, threshold = float((a * b).sum()), self.embedder.threshold
+        return {"task": self.task, "score": round(score, 4), "threshold": round(threshold, 4),
+                "same": score >= threshold}
+
+
+# TaskInfo.serve_as -> the handler serving that kind of task.
+HANDLERS: dict[str, type] = {"classifier": ClassificationHandler, "embedder": EmbeddingHandler}
+
+
 def load_handler(run: str | Path, backend: str = "auto", trust_code: bool = False) -> TaskHandler:
-    """The handler for a run directory (or checkpoint, or exported file) whose task the table marks `served`,
-    checked with one blank image. `trust_code`: allow exported TorchScript / .pt2 files (they are code)."""
+    """The handler for a run directory (or checkpoint, or exported file) whose task's TaskInfo names a `serve_as`
+    kind (HANDLERS), checked with one blank image. `trust_code`: allow exported TorchScript / .pt2 files (they are code)."""
     from cnnkit.export import recorded_task
     from cnnkit.export.formats import format_of_file
     from cnnkit.task_table import TASKS
@@ -192,8 +295,12 @@ def load_handler(run: str | Path, backend: str = "auto", trust_code: bool = Fals
     if format_of_file(run) is None and not run.exists():
         raise CnnkitError(f"{run} does not exist; pass the run directory that `cnnkit train` printed")
     task = recorded_task(run)
-    if task not in TASKS or not task_info(task).served:
-        raise ConfigError(f"cnnkit serve does not serve {task} runs yet (it serves: {ClassificationHandler.task})")
-    handler = ClassificationHandler.from_run(run, backend, trust_code)
+    kind = task_info(task).serve_as if task in TASKS else None
+    if kind not in HANDLERS:
+        served = [(HANDLERS[info.serve_as].kind, name) for name in TASKS
+                  if (info := task_info(name)).serve_as in HANDLERS]
+        raise ConfigError(f"cnnkit serve does not serve {task} runs yet (it serves: "
+                          f"{', '.join(f'{kind} (--task {name})' for kind, name in served)})")
+    handler = HANDLERS[kind].from_run(run, backend, trust_code)
     handler.check(run)
     return handler

@@ -1,4 +1,5 @@
-"""The web page served at `GET /`: upload an image, see the top classes and the Grad-CAM overlay.
+"""The web page served at `GET /`: upload an image, see the top classes and the Grad-CAM overlay (classifiers;
+other handlers get `no_page`, which lists their routes).
 
 One self-contained HTML document (inline CSS and JavaScript, nothing fetched from other hosts), kept as a
 Python string so it ships inside the package without package-data configuration. It asks /healthz what
@@ -137,3 +138,15 @@ describe();
 </body>
 </html>
 """
+
+
+def no_page(info: dict, endpoints: tuple[str, ...]) -> str:
+    """What `GET /` shows for a handler the page above does not fit (an embedder): the routes to call instead."""
+    from html import escape
+
+    routes = "".join(f"<li><code>POST /{escape(name)}</code></li>" for name in endpoints)
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>cnnkit</title></head><body>\n'
+            f"<h1>cnnkit &mdash; {escape(str(info.get('run', 'model')))}</h1>\n"
+            f"<p>This {escape(str(info.get('task', '')))} run has no upload page (the page shows a classifier's "
+            f"classes); send images to its routes as multipart/form-data (<code>/healthz</code> describes the "
+            f"model).</p>\n<ul>{routes}<li><code>GET /healthz</code></li></ul>\n</body></html>\n")

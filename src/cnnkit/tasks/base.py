@@ -167,7 +167,8 @@ class TaskInfo:
             where the task draws or saves masks).
         prediction_text: One predict result -> the line `cnnkit predict` prints for it.
         exportable: Whether `cnnkit export` (and the ONNX Runtime / OpenVINO predict backends) take its runs.
-        served: Whether `cnnkit serve` serves it (top-k classes and Grad-CAM: classifier predictors).
+        serve_as: The kind of `cnnkit serve` handler for its runs (cnnkit.serve.handlers.HANDLERS):
+            "classifier" (/predict: top-k classes and Grad-CAM), "embedder" (/embed, /verify); None: not served.
         report_details: Whether the report evaluates it as a classifier (confusion matrix, mistakes,
             Grad-CAM); otherwise the report shows config, model and curves.
         report_sections: The report's task part, as (predictor, out_dir, deadline) -> (facts, sections): facts
@@ -184,9 +185,14 @@ class TaskInfo:
     predict: Callable
     prediction_text: Callable[[dict], str]
     exportable: bool = False
-    served: bool = False
+    serve_as: str | None = None
     report_details: bool = False
     report_sections: Callable | None = None
+
+    @property
+    def served(self) -> bool:
+        """Whether `cnnkit serve` serves its runs."""
+        return self.serve_as is not None
 
 
 def build_record(task: str, architecture: dict, classes: list[str], preprocessing: dict, config) -> dict[str, Any]:

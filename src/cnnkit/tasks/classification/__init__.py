@@ -17,7 +17,7 @@ from cnnkit.tasks.classification.task import ClassificationTask, predict_logits
 
 TASK = TaskInfo(name="classify", setup=setup, predictor=Classifier, evaluation_text=evaluation_text,
                 evaluation_saved="per-class metrics and confusion matrix", predict=predict_images,
-                prediction_text=prediction_text, exportable=True, served=True, report_details=True)
+                prediction_text=prediction_text, exportable=True, serve_as="classifier", report_details=True)
 
 __all__ = ["TASK", "ClassificationTask", "Classifier", "PreparedData", "make_loader", "predict_logits",
            "prepare_data", "setup"]

@@ -26,7 +26,7 @@ from cnnkit.tasks.embed.task import EmbeddingMeter, EmbedTask
 
 TASK = TaskInfo(name="embed", setup=setup, predictor=Embedder, evaluation_text=evaluation_text,
                 evaluation_saved="verification and identification metrics", predict=predict_images,
-                prediction_text=prediction_text, exportable=True,
+                prediction_text=prediction_text, exportable=True, serve_as="embedder",
                 report_sections=report_sections)
 
 __all__ = ["TASK", "EmbedTask", "Embedder", "EmbeddingMeter", "Gallery", "IdentityData", "PKLoader", "make_loader",
