@@ -251,6 +251,15 @@ def check_split(split: str) -> None:
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
 
 
+def pick_split(data, split: str, config, what: str = "split", why: str = ""):
+    """`data.test` or `data.val` for `evaluate(split)`; a clear error when the data has none."""
+    chosen = data.test if split == "test" else data.val
+    if chosen is None:
+        raise ConfigError(f"the dataset {config.data} has no {split} {what}{f' ({why})' if why else ''}; "
+                          "evaluate with --split val")
+    return chosen
+
+
 def describe_run(config, model: nn.Module, device: torch.device, sizes: str, extra: str = "",
                  precision: bool = True) -> str:
     """The line `cnnkit train` prints first: model, parameters, data, device, precision, epochs."""

@@ -12,7 +12,7 @@ from cnnkit.data.preprocess import Preprocessing
 from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.errors import ConfigError
-from cnnkit.tasks.base import check_split, config_of
+from cnnkit.tasks.base import check_split, config_of, pick_split
 from cnnkit.tasks.classification.data import make_loader, prepare_data
 from cnnkit.tasks.classification.task import ClassificationTask, predict_logits
 
@@ -60,10 +60,7 @@ class Classifier:
         check_split(split)
         config = config_of(self.record)
         data = prepare_data(config, self.preprocessing)
-        dataset = data.test if split == "test" else data.val
-        if dataset is None:
-            raise ConfigError(f"the dataset {config.data} has no {split} split (folder or CSV data without a "
-                              "test/ folder); evaluate with --split val")
+        dataset = pick_split(data, split, config, why="folder or CSV data without a test/ folder")
         loader = make_loader(dataset, self.preprocessing, config, self.device, train=False)
         task = ClassificationTask(self.model, self.classes, tta=self.tta)
         meter = evaluate_split(task, self.model, loader, self.device, resolve_precision(config.precision, self.device))

@@ -12,8 +12,8 @@ import torch.nn as nn
 from cnnkit.data.images import decode_image
 from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
-from cnnkit.errors import ConfigError, DataError
-from cnnkit.tasks.base import check_split, config_of
+from cnnkit.errors import DataError
+from cnnkit.tasks.base import check_split, config_of, pick_split
 from cnnkit.tasks.detection.data import make_detection_loader, read_detection_data
 from cnnkit.tasks.detection.task import DetectionTask
 
@@ -77,9 +77,7 @@ class Detector:
         check_split(split)
         config = config_of(self.record)
         data = self.read_data(config, verbose=False, splits=("train", split))
-        annotations = data.test if split == "test" else data.val
-        if annotations is None:
-            raise ConfigError(f"the dataset {config.data} has no {split} split; evaluate with --split val")
+        annotations = pick_split(data, split, config)
         task = self.task_class(self.model, self.classes)
         loader = make_detection_loader(annotations, config, train=False, masks=self.masks,
                                        eval_batch_size=self.eval_batch_size)

@@ -11,8 +11,7 @@ import torch.nn as nn
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
-from cnnkit.errors import ConfigError
-from cnnkit.tasks.base import check_split, config_of
+from cnnkit.tasks.base import check_split, config_of, pick_split
 from cnnkit.tasks.embed.data import make_loader, read_identities
 from cnnkit.tasks.embed.task import EmbedTask
 
@@ -77,10 +76,7 @@ class Embedder:
         check_split(split)
         config = config_of(self.record)
         data = read_identities(config, self.preprocessing)
-        dataset = data.test if split == "test" else data.val
-        if dataset is None:
-            raise ConfigError(f"the dataset {config.data} has no {split} identities (a folder with train/ and test/ "
-                              "identity folders has them); evaluate with --split val")
+        dataset = pick_split(data, split, config, "identities", "a folder with train/ and test/ identity folders has them")
         loader = make_loader(dataset, self.preprocessing, config, self.device, train=False)
         meter = evaluate_split(EmbedTask(self.model), self.model, loader, self.device,
                                resolve_precision(config.precision, self.device))

@@ -13,8 +13,7 @@ from cnnkit.data.preprocess import Preprocessing
 from cnnkit.data.segmentation import SegmentationDataset, SegmentationLoader, check_masks, read_image
 from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
-from cnnkit.errors import ConfigError
-from cnnkit.tasks.base import check_split, config_of
+from cnnkit.tasks.base import check_split, config_of, pick_split
 from cnnkit.tasks.segmentation.data import prepare_data
 from cnnkit.tasks.segmentation.task import SegmentationTask, predict_logits
 
@@ -74,9 +73,7 @@ class Segmenter:
         check_split(split)
         config = config_of(self.record)
         data = prepare_data(config, self.preprocessing, check=False)
-        files = data.test if split == "test" else data.val
-        if files is None:
-            raise ConfigError(f"the dataset {config.data} has no {split} split; evaluate with --split val")
+        files = pick_split(data, split, config)
         check_masks(files, self.ignore_index)
         # The files as they are (no resizing): each mask is scored at its own resolution.
         dataset = SegmentationDataset(files, self.preprocessing.channels, None, self.ignore_index)
