@@ -176,3 +176,15 @@ def test_a_model_that_cannot_run_is_refused_before_serving(tmp_path):
     save_file(load_file(run / "best.safetensors"), str(run / "best.safetensors"), metadata={"cnnkit": json.dumps(record)})
     with pytest.raises(CheckpointError, match="the model fails on a blank 3 x 28 x 28 image"):
         load_handler(run, backend="torch")
+
+
+def test_a_file_of_a_supported_format_that_cannot_be_read_is_422_not_415():
+    """A TIFF Pillow cannot open was refused as 'not an image in a supported format (..., TIFF, ...)' (issue 24)."""
+    from cnnkit.serve.limits import UnreadableImage, UnsupportedImage, open_image
+
+    with pytest.raises(UnreadableImage, match="starts like a TIFF file") as unreadable:
+        open_image(b"II*\x00" + bytes(40), 10**6)
+    assert unreadable.value.status == 422
+    with pytest.raises(UnsupportedImage) as unsupported:
+        open_image(b"%!PS-Adobe-3.0 EPSF", 10**6)
+    assert unsupported.value.status == 415

@@ -62,10 +62,12 @@ endpoints:
   GET  /          a web page: upload an image, see the top classes and the Grad-CAM overlay
   POST /predict   multipart form, image in the field "file"; ?top_k=5&explain=true -> JSON
   GET  /healthz   the model, the queue and the limits, as JSON
+embedding runs (--task embed): POST /embed (field "file") -> the embedding; POST /verify (fields "first" and
+  "second") -> score, threshold, same; /predict answers as /embed; GET / lists the routes
 refusals (JSON {"error", "status", "detail"}, never a traceback):
   413 body over --max-body-mib (read from Content-Length, before the body) or image over --max-pixels
   (read from the image header, before decoding); 411 no Content-Length; 415 not an image or an
-  unsupported format; 422 a corrupt image or a malformed request; 503 all workers busy and --queue full;
+  unsupported format; 422 a corrupt image (or a file of a supported format that cannot be read) or a malformed request; 503 all workers busy and --queue full;
   504 no answer within --timeout seconds; 400 both Content-Length and Transfer-Encoding, or (bound to
   loopback) a Host header that is not this machine's (DNS rebinding); 408 a body slower than --read-timeout
   (a client whose headers are slower is disconnected)
@@ -80,7 +82,7 @@ examples:
 """
     parser = commands.add_parser(
         "serve", help="serve a trained run over HTTP, with a web page",
-        description="Serve a classification run over HTTP (FastAPI + uvicorn) until Ctrl-C. Decoding and\n"
+        description="Serve a classification or embedding run over HTTP (FastAPI + uvicorn) until Ctrl-C. Decoding and\n"
                     "inference run on worker threads, off the event loop. Binds to loopback by default: the\n"
                     "server has no authentication.",
         epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -40,6 +40,10 @@ from cnnkit.errors import CnnkitError, ConfigError
 
 # Pillow format names accepted: the decoders cnnkit reads training images with (cnnkit.data.images).
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# How the supported formats' files start: a file that starts like one but does not open is unreadable (422),
+# not "an unsupported format" (415) whose message would list its own format as supported.
+MAGIC_BYTES = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+               (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"), (b"P6", "PPM"), (b"P5", "PPM"))
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
+        claimed = next((name for magic, name in MAGIC_BYTES if data.startswith(magic)), None)
+        if claimed is not None:  # a supported format's file that Pillow cannot read (a multi-page or odd TIFF ...)
+            raise UnreadableImage(f"the upload starts like a {claimed} file but cannot be read as one (an unusual "
+                                  f"variant of the format, or a damaged file); send it as PNG or JPEG") from None
         raise UnsupportedImage(f"the upload is not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
     except Image.DecompressionBombError as error:  # Pillow's own limit (179 MP) refuses even to open it
         raise PayloadTooLarge(f"the image declares too many pixels for this server (at most {max_pixels:,}): "
