@@ -188,3 +188,23 @@ def test_a_file_of_a_supported_format_that_cannot_be_read_is_422_not_415():
     with pytest.raises(UnsupportedImage) as unsupported:
         open_image(b"%!PS-Adobe-3.0 EPSF", 10**6)
     assert unsupported.value.status == 415
+
+
+def test_a_non_finite_answer_for_one_image_is_an_error_not_null():
+    """serve answered "probability": null when the model gave NaN for an input (issue 26 item 4)."""
+    import torch
+    from PIL import Image
+
+    from cnnkit.serve.handlers import ClassificationHandler, ModelOutputError
+
+    class NaNClassifier:
+        classes = ["a", "b"]
+        preprocessing = type("P", (), {"channels": 1, "image_size": (4, 4)})()
+
+        def predict_proba(self, batch):
+            return torch.tensor([[float("nan"), 0.5]])
+
+    handler = ClassificationHandler(NaNClassifier(), None, "run", "torch")
+    with pytest.raises(ModelOutputError, match="not finite") as error:
+        handler.predict(Image.new("L", (4, 4)), top_k=2, explain=False)
+    assert error.value.status == 500

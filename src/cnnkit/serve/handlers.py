@@ -28,7 +28,7 @@ from PIL import Image
 
 from cnnkit.data.images import decode_image
 from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
-from cnnkit.serve.limits import UnreadableImage
+from cnnkit.serve.limits import ServeError, UnreadableImage
 
 OVERLAY_MIN_SIDE = 224  # small inputs (28 x 28) are enlarged so the overlay is visible on the page
 # Modes Image.reduce averages correctly (the alpha ones premultiplied, as compositing onto black needs).
@@ -77,6 +77,12 @@ def decode_upload(image: Image.Image, preprocessing) -> torch.Tensor:
 
 def _failure(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+class ModelOutputError(ServeError):
+    """The model answered with NaN or inf: a server-side failure, said in cnnkit's envelope (500)."""
+
+    status, code = 500, "model_output_not_finite"
 
 
 class TaskHandler(Protocol):
@@ -184,6 +190,9 @@ class ClassificationHandler:
     def predict(self, image: Image.Image, top_k: int, explain: bool) -> dict[str, Any]:
         batch = decode_upload(image, self.classifier.preprocessing)  # (1, C, H, W) uint8
         probabilities = self.classifier.predict_proba(batch)[0]
+        if not bool(torch.isfinite(probabilities).all()):  # never "probability": null (issue 26, item 4)
+            raise ModelOutputError("the model's output for this image is not finite (NaN or inf): its weights or "
+                                   "this input break it; retrain the run or check the image")
         values, indices = probabilities.topk(min(top_k, len(self.classifier.classes)))
         result: dict[str, Any] = {
             "task": self.task,
@@ -262,6 +271,9 @@ class EmbeddingHandler:
     def predict(self, image: Image.Image, top_k: int = 5, explain: bool = False) -> dict[str, Any]:
         """{"task", "embedding", "dimension"}; `top_k` and `explain` (classifier options) are ignored."""
         embedding = self.embedder.embed(decode_upload(image, self.embedder.preprocessing))[0]
+        if not bool(torch.isfinite(embedding).all()):
+            raise ModelOutputError("the model's embedding of this image is not finite (NaN or inf); retrain the run "
+                                   "or check the image")
         return {"task": self.task, "embedding": [round(value, 6) for value in embedding.tolist()],
                 "dimension": len(embedding)}
 
@@ -275,6 +287,9 @@ class EmbeddingHandler:
             image.close()  # its full-size pixels are freed before the second is decoded: one at a time, as /predict
         a, b = self.embedder.embed(torch.cat(decoded))  # (2, C, H, W) -> two (D,) unit vectors
         score, threshold = float((a * b).sum()), self.embedder.threshold
+        if not math.isfinite(score):
+            raise ModelOutputError("the model's embeddings of these images are not finite (NaN or inf); retrain the "
+                                   "run or check the images")
         return {"task": self.task, "score": round(score, 4), "threshold": round(threshold, 4),
                 "same": score >= threshold}
 
