@@ -9,6 +9,8 @@ from pathlib import Path
 from cnnkit.errors import CnnkitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+FACE_CROP_HELP = ("crop each photo to its one face first (OpenCV's face detector; pip install 'cnnkit[faces]'); "
+                  "a photo with no face or several is an error naming it")
 
 
 def add_embed(commands) -> None:
@@ -22,6 +24,7 @@ def add_embed(commands) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--json", action="store_true", help="print JSON: one entry per image with its embedding")
     parser.add_argument("--npy", metavar="FILE.npy", help="write the (N, D) float32 embeddings, in argument order")
+    parser.add_argument("--face-crop", action="store_true", help=FACE_CROP_HELP)
     parser.add_argument("--device", default="auto")
 
 
@@ -30,7 +33,7 @@ def run_embed(args) -> int:
 
     embedder = _embedder(load(args.run_dir, device=args.device), args.run_dir)
     _check_files(args.images)
-    embeddings = embedder.embed(args.images)
+    embeddings = embedder.embed(_faces(args.images, args.face_crop))
     if args.npy:
         import numpy
 
@@ -62,6 +65,7 @@ def add_verify(commands) -> None:
     parser.add_argument("--threshold", type=float, help="cosine similarity from which two images match "
                         "(default: the run's)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--face-crop", action="store_true", help=FACE_CROP_HELP)
     parser.add_argument("--device", default="auto")
 
 
@@ -70,6 +74,8 @@ def run_verify(args) -> int:
 
     if bool(args.pairs) == (len(args.images) == 2) or (not args.pairs and len(args.images) != 2):
         raise CnnkitError("give two images, or --pairs FILE (and no images)")
+    if args.pairs and args.face_crop:
+        raise CnnkitError("--face-crop applies to two images, not to --pairs (crop the pairs' images beforehand)")
     if not args.pairs:
         _check_files(args.images)
     embedder = _embedder(load(args.run_dir, device=args.device), args.run_dir)
@@ -83,7 +89,7 @@ def run_verify(args) -> int:
                 f"{result['verification_accuracy']:.4f} +- {result['verification_accuracy_std']:.4f}, AUC "
                 f"{result['auc']:.4f}, EER {result['eer']:.4f}, TAR@FAR=1e-3 {result['tar_at_far_0.001']:.4f}")
     else:
-        result = embedder.verify(*args.images)
+        result = embedder.verify(*_faces(args.images, args.face_crop))
         text = (f"{'same' if result['same'] else 'different'}: similarity {result['score']:.4f} "
                 f"(threshold {result['threshold']:.4f})")
     print(json.dumps(result, indent=2) if args.json else text)
@@ -108,6 +114,7 @@ def add_gallery(commands) -> None:
     parser.add_argument("--name", help="add: one name for all the images given")
     parser.add_argument("--top-k", type=int, default=5, metavar="K")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--face-crop", action="store_true", help=FACE_CROP_HELP)
     parser.add_argument("--device", default="auto")
 
 
@@ -126,7 +133,7 @@ def run_gallery(args) -> int:
     files = _collect(args.items) if args.action == "add" else args.items
     _check_files(files)
     embedder = _embedder(load(args.run_dir, device=args.device), args.run_dir)
-    embeddings = embedder.embed(files)
+    embeddings = embedder.embed(_faces(files, args.face_crop))
     if args.action == "add":
         gallery.run = gallery.run or str(args.run_dir)
         gallery.add([args.name or Path(file).parent.name for file in files], embeddings)
@@ -150,6 +157,15 @@ def _embedder(predictor, run_dir):
         raise CnnkitError(f"{run_dir} is a {predictor.record.get('task')} run; this command needs an embedding run "
                           "(cnnkit train --task embed)")
     return predictor
+
+
+def _faces(files: list[str], face_crop: bool) -> list:
+    """The files as given, or (--face-crop) each one's face as a PIL image, for the run's preprocessing to resize."""
+    if not face_crop:
+        return files
+    from cnnkit.data.faces import crop_face
+
+    return [crop_face(file) for file in files]
 
 
 def _check_files(files: list[str]) -> None:
