@@ -87,9 +87,9 @@ def _rgb(image: Any) -> tuple[numpy.ndarray, str]:
 
 
 def _detect(rgb: numpy.ndarray) -> list[tuple[int, int, int, int]]:
+    detector = _cascade()  # first: it turns a missing OpenCV into the message naming the extra
     import cv2
 
-    detector = _cascade()
     height, width = rgb.shape[:2]
     scale = min(1.0, MAX_SIDE / max(height, width))
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
