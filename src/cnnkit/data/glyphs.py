@@ -31,7 +31,14 @@ CHARACTERS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
               + "".join(chr(c) for c in range(0x391, 0x3AA) if c != 0x3A2)
               + "".join(chr(c) for c in range(0x3B1, 0x3CA))
               + "".join(chr(c) for c in range(0x410, 0x450))
-              + "!?#$%&@*+=<>()[]{}/\\|~^§¶€£¥©®ßæøðþłđħŋ")
+              + "!?#$%&@*+=<>()[]{}/\\|~^§¶€£¥©®ßæøðþłđħŋ"
+              # More scripts, where the installed fonts draw them (Noto has most): more identities
+              + "".join(chr(c) for c in [*range(0x531, 0x557), *range(0x561, 0x587)])  # Armenian
+              + "".join(chr(c) for c in range(0x10D0, 0x10FB))  # Georgian
+              + "".join(chr(c) for c in range(0x5D0, 0x5EB))  # Hebrew
+              + "".join(chr(c) for c in range(0x905, 0x93A))  # Devanagari
+              + "".join(chr(c) for c in range(0xE01, 0xE2F))  # Thai
+              + "".join(chr(c) for c in range(0x13A0, 0x13F5)))  # Cherokee
 
 
 @dataclass(frozen=True)
