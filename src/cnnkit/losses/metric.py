@@ -20,7 +20,9 @@ Embeddings are L2-normalised (B, D) vectors; labels are identity indices (B,).
   max(0, margin - d)^2 for different ones, averaged over the pairs present of each kind, margin 0.5.
 
 Hand-written: the formulas are a few lines each and need to live with cnnkit's margin head and sampler;
-pytorch-metric-learning is the test oracle (tests/test_embed.py), not a dependency.
+pytorch-metric-learning is the test oracle (tests/test_embed_oracle.py: batch-hard triplet, ArcFace and CosFace
+give its values to 1e-5), not a dependency. The contrastive loss is Hadsell's squared form; PML's
+ContrastiveLoss uses unsquared distances averaged over the non-zero terms, so the two differ by design.
 """
 
 from __future__ import annotations
