@@ -79,6 +79,18 @@ def _failure(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
+def run_on_blank(source: Path, preprocessing, run) -> torch.Tensor:
+    """`run` (predict_proba, embed ...) on one blank uint8 image of the run's size: what every handler's check
+    starts with. Raises CheckpointError naming `source` when the model fails on it."""
+    blank = torch.zeros(1, preprocessing.channels, *preprocessing.image_size, dtype=torch.uint8)
+    try:
+        return run(blank)
+    except Exception as error:  # noqa: BLE001 - whatever the model raises, the run cannot be served
+        raise CheckpointError(f"{source}: the model fails on a blank {preprocessing.channels} x "
+                              f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image "
+                              f"({_failure(error)}); retrain or export the run again") from None
+
+
 class ModelOutputError(ServeError):
     """The model answered with NaN or inf: a server-side failure, said in cnnkit's envelope (500)."""
 
@@ -167,14 +179,7 @@ class ClassificationHandler:
         Raises:
             CheckpointError: The model raises, or its output is not one finite score per class.
         """
-        preprocessing = self.classifier.preprocessing
-        blank = torch.zeros(1, preprocessing.channels, *preprocessing.image_size, dtype=torch.uint8)
-        try:
-            probabilities = self.classifier.predict_proba(blank)
-        except Exception as error:  # noqa: BLE001 - whatever the model raises, the run cannot be served
-            raise CheckpointError(f"{source}: the model fails on a blank {preprocessing.channels} x "
-                                  f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image "
-                                  f"({_failure(error)}); retrain or export the run again") from None
+        probabilities = run_on_blank(source, self.classifier.preprocessing, self.classifier.predict_proba)
         expected = (1, len(self.classifier.classes))
         if tuple(probabilities.shape) != expected or not bool(torch.isfinite(probabilities).all()):
             raise CheckpointError(f"{source}: the model answers a blank image with {tuple(probabilities.shape)} "
@@ -247,14 +252,7 @@ class EmbeddingHandler:
         Raises:
             CheckpointError: The model raises, or its output is not one finite vector.
         """
-        preprocessing = self.embedder.preprocessing
-        blank = torch.zeros(1, preprocessing.channels, *preprocessing.image_size, dtype=torch.uint8)
-        try:
-            embeddings = self.embedder.embed(blank)
-        except Exception as error:  # noqa: BLE001 - whatever the model raises, the run cannot be served
-            raise CheckpointError(f"{source}: the model fails on a blank {preprocessing.channels} x "
-                                  f"{preprocessing.image_size[0]} x {preprocessing.image_size[1]} image "
-                                  f"({_failure(error)}); retrain or export the run again") from None
+        embeddings = run_on_blank(source, self.embedder.preprocessing, self.embedder.embed)
         if embeddings.dim() != 2 or len(embeddings) != 1 or embeddings.shape[1] < 1 \
                 or not bool(torch.isfinite(embeddings).all()):
             raise CheckpointError(f"{source}: the model answers a blank image with {tuple(embeddings.shape)} values"
