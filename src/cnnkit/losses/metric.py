@@ -28,7 +28,6 @@ ContrastiveLoss uses unsquared distances averaged over the non-zero terms, so th
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnkit.errors import ConfigError

@@ -27,9 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnkit.errors import ConfigError
 
-from cnnkit.config import LOSS_NAMES, parse_loss_spec  # the spec is a setting: parsed with the config
+from cnnkit.config import parse_loss_spec  # noqa: F401 - the spec is a setting, parsed with the config; re-exported
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy
-import torch
 
 from cnnkit.tasks.detection import Detector
 from cnnkit.tasks.instance.task import MASK_THRESHOLD, InstanceTask, read_instance_data

@@ -27,7 +27,7 @@ from cnnkit.tasks.segmentation.output import (evaluation_text, overlay, palette,
                                               write_predictions)
 from cnnkit.tasks.segmentation.predictor import Segmenter
 from cnnkit.tasks.segmentation.report import report_sections
-from cnnkit.tasks.segmentation.setup import print_segmentation_metrics, setup
+from cnnkit.tasks.segmentation.setup import setup
 from cnnkit.tasks.segmentation.task import VALUE_RANGE, SegmentationTask, predict_logits
 from cnnkit.transfer import load_matching as load_pretrained  # segmentation's name for it before cnnkit.transfer
 
