@@ -18,7 +18,7 @@ LAYERS = [
     {"layers", "models", "registry", "data"},
     {"losses", "metrics", "engine", "transfer"},
     {"tasks"},
-    {"inspect", "export", "serve"},
+    {"inspect", "export", "serve", "search"},
     {"api", "cli", "__main__"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
