@@ -41,6 +41,24 @@ def fit_batch_size(batch_size: int, num_images: int) -> int:
     return max(1, min(batch_size, num_images // MIN_STEPS_PER_EPOCH))
 
 
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str | float, name: str = "budget") -> float:
+    """"15m" -> 900.0, "1h30m" -> 5400.0, "90s", "1.5h". A bare number is refused: minutes or hours?"""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        raise ConfigError(f"{name}={text!r} has no unit: write {name}={text:g}m (minutes), {name}={text:g}s or "
+                          f"{name}={text:g}h")
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", str(text).strip().lower())
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", str(text).strip().lower()).strip():
+        raise ConfigError(f"{name}={text!r} is not a duration: write e.g. {name}=15m, {name}=900s, {name}=1.5h "
+                          f"or {name}=1h30m")
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not seconds > 0:
+        raise ConfigError(f"{name}={text!r} must be longer than 0 seconds")
+    return seconds
+
+
 def setting(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
     """A TrainConfig field whose `help` is the line `cnnkit train --help` prints beside it."""
     if factory is not None:
@@ -114,6 +132,10 @@ class TrainConfig:
     # --- optimization ---
     epochs: int = setting(
         10, "passes over the training split (0: none, for feature extraction whose probe head is the training)")
+    budget: str | float | None = setting(
+        None, 'train for this long instead of a number of epochs: "15m", "900s", "1.5h", "1h30m". The Trainer times '
+              "its steps, plans the epochs and the LR schedule to end inside the budget, and re-plans as it goes "
+              "(the last epoch may be partial); counted from the first step")
     optimizer: str = setting("sgd", '"sgd" (Nesterov momentum) or "adamw"')
     lr: float | None = setting(
         None, "peak learning rate; None: 0.2 (SGD) or 2e-3 (AdamW) per 256 images of batch, scaled linearly")
@@ -257,6 +279,8 @@ class TrainConfig:
             raise ConfigError("val_fraction=0 leaves nothing to validate on; set monitor=train_loss "
                               "or keep a validation fraction")
         self._validate_class_imbalance()
+        if self.budget is not None:
+            self.budget_seconds()  # checks the text
 
     def _validate_numbers(self) -> None:
         """Every number finite and in a range the code can use (inf/nan LRs train nothing and "succeed")."""
@@ -299,6 +323,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def budget_seconds(self) -> float | None:
+        """`budget` in seconds ("15m" -> 900.0), None without a budget."""
+        return None if self.budget is None else parse_duration(self.budget, "budget")
 
     def augment_config(self) -> AugmentConfig:
         """The training loader's AugmentConfig (MixUp/CutMix go to the task, not the loader)."""

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from cnnkit.config import MIN_STEPS_PER_EPOCH, TrainConfig, fit_batch_size
 from cnnkit.device import configure_backends, resolve_precision
 from cnnkit.engine import checkpoint as ckpt
+from cnnkit.engine.budget import BudgetPlanner
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum, barrier, check_same_on_all_ranks
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
@@ -61,6 +62,7 @@ class TrainState:
     best_value: float | None = None
     best_epoch: int = 0
     epochs_without_improvement: int = 0
+    train_seconds: float = 0.0  # time spent training so far (a time budget resumes from it)
 
 
 class Trainer:
@@ -105,7 +107,9 @@ class Trainer:
         self.batch_note = self._fit_batch_to_data()
         self.optimizer = make_optimizer(model, config, head_parameters)
         self.steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_steps)
-        self.lr_factor = lr_factor_function(config, self.steps_per_epoch)
+        self.budget = self._make_budget()
+        self.lr_factor = lr_factor_function(config, self.steps_per_epoch,
+                                            (lambda: self.budget.total_steps) if self.budget else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.ema = None
         if config.ema_decay > 0:
@@ -139,25 +143,41 @@ class Trainer:
         config, history = self.config, []
         if config.epochs == 0:
             return self._fit_head_only()
-        last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
-        for epoch in range(self.state.epoch, last_epoch):
+        if self.budget is not None:
+            self.budget.spent = self.state.train_seconds
+            self.budget.start()
+            self._print(f"budget {config.budget}: epochs and LR schedule planned from measured step times")
+        epoch = self.state.epoch
+        while epoch < self._epochs_to_run() and (stop_after_epoch is None or epoch < stop_after_epoch):
             started = time.perf_counter()
             metrics = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             metrics.update(self.train_one_epoch(epoch))
+            last = epoch + 1 >= self._epochs_to_run() or (
+                self.budget is not None and self.state.global_step >= self.budget.total_steps)
             # val_every: validate after every N-th epoch and after the last; epochs between are not candidates
             # for the best checkpoint (and do not count towards early stopping's patience).
-            validated = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+            validated = (epoch + 1) % config.val_every == 0 or last
             if self.val_loader is not None and validated:
+                val_started = self._clock()
                 metrics.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader).items()})
+                if self.budget is not None:
+                    self.budget.observe_validation(self._clock() - val_started)
             metrics["epoch_seconds"] = time.perf_counter() - started
-            self.state.epoch = epoch + 1
+            self.state.epoch = epoch = epoch + 1
+            if self.budget is not None:
+                self.state.train_seconds = self.budget.elapsed()
             improved = self._update_best(metrics) if validated or not self.monitor.startswith("val_") else False
+            save_started = self._clock()
             if self.dist.is_main:
                 self._log(metrics, improved)
                 if improved:
                     self.save("best", metrics)
                 self.save("last")  # the commit point of this epoch (see the module docstring)
             barrier(self.dist)  # the others wait until rank 0's checkpoint is on disk (resume reads it on every rank)
+            if self.budget is not None:
+                self.budget.observe_save(self._clock() - save_started)
+                if not last:
+                    self._replan()
             history.append(metrics)
             for callback in self.callbacks:
                 if hasattr(callback, "on_epoch_end"):
@@ -168,6 +188,8 @@ class Trainer:
             if patience and self.state.epochs_without_improvement >= patience:
                 self._print(f"early stopping: {self.monitor} has not improved for {patience} epochs")
                 break
+        if self.budget is not None:
+            self._print(self.budget.summary())
         best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else None)
         if best is None:  # nothing left to train (a resumed, finished run): the logged best epoch
             best = self._logged_metrics(self.state.best_epoch) or {}
@@ -226,6 +248,7 @@ class Trainer:
         seen, has_accuracy, started = 0, False, time.perf_counter()
         step_finite, nonfinite_in_a_row = True, 0
         num_batches = len(self.train_loader)
+        window_started, window_steps = self._clock(), 0  # a time budget's measurement window
         bar = tqdm(total=num_batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=None if config.progress and self.dist.is_main else True,  # None: only on a terminal
                    mininterval=0.5, unit="batch")
@@ -269,6 +292,14 @@ class Trainer:
                 self.state.global_step += 1
                 if self.ema is not None:
                     self.ema.update(self.model, step=self.state.global_step)
+                if self.budget is not None:
+                    window_steps += 1
+                    if window_steps >= self.budget.replan_every:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)  # the steps queued so far are in the window
+                        self.budget.observe_steps(window_steps, self._clock() - window_started)
+                        self._replan(epochs_done=epoch)
+                        window_started, window_steps = self._clock(), 0
             batch_size = result["batch_size"]
             loss_sum += result["loss"].detach() * batch_size
             if "correct" in result:  # tasks with a per-image right/wrong (classification) report accuracy
@@ -278,7 +309,11 @@ class Trainer:
             bar.update()
             if index % 20 == 0 and not bar.disable:  # float() waits for the GPU: only when the bar is shown
                 bar.set_postfix(loss=f"{float(result['loss'].detach()):.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+            if is_step and self.budget is not None and self.state.global_step >= self.budget.total_steps:
+                break  # the budget's last (partial) epoch ends here
         bar.close()
+        if self.budget is not None and window_steps:
+            self.budget.observe_steps(window_steps, self._clock() - window_started)
         if seen == 0:
             raise TrainingError(
                 f"epoch {epoch + 1} had no training batch ({getattr(self.train_loader, 'num_samples', 0)} training "
@@ -310,6 +345,39 @@ class Trainer:
         if id(model) not in self._compiled_eval:
             self._compiled_eval[id(model)] = torch.compile(model)
         return self._compiled_eval[id(model)]
+
+    # ------------------------------------------------------------------ time budget
+    def _make_budget(self) -> BudgetPlanner | None:
+        seconds = self.config.budget_seconds()
+        if seconds is None:
+            return None
+        val_batches = len(self.val_loader) if self.val_loader is not None else 0
+        return BudgetPlanner(seconds, self.steps_per_epoch,
+                             val_batches_ratio=val_batches / max(1, len(self.train_loader)),
+                             validates=self.val_loader is not None, val_every=self.config.val_every,
+                             initial_total=self.config.epochs * self.steps_per_epoch)
+
+    def _clock(self) -> float:
+        return self.budget.clock() if self.budget is not None else time.perf_counter()
+
+    def _epochs_to_run(self) -> int:
+        return self.budget.planned_epochs() if self.budget is not None else self.config.epochs
+
+    def _replan(self, epochs_done: int | None = None) -> None:
+        """Re-plan the budget from the measured times, the same on every rank (their measurements averaged)."""
+        budget = self.budget
+        epochs_done = self.state.epoch if epochs_done is None else epochs_done
+        elapsed = budget.elapsed()
+        if self.dist.enabled:
+            measured = torch.tensor([budget.step_seconds or 0.0, budget.val_seconds or 0.0, budget.save_seconds,
+                                     elapsed], dtype=torch.float64, device=self.device)
+            measured = all_reduce_sum(measured, self.dist) / self.dist.world_size
+            step, val, save, elapsed = (float(v) for v in measured)
+            budget.step_seconds = step or None
+            budget.val_seconds = val if budget.val_seconds is not None else None
+            budget.save_seconds = save
+        budget.replan(self.state.global_step, epochs_done, elapsed)
+        self.config.epochs = budget.planned_epochs()  # "epoch k/N" in the log and the progress bar
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
