@@ -64,6 +64,7 @@ class BudgetPlanner:
     val_seconds: float | None = None
     save_seconds: float = 0.0
     replans: int = 0
+    history: list = field(default_factory=list)  # (elapsed s, step, s per step, planned total) per re-plan
     _started: float | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -124,7 +125,23 @@ class BudgetPlanner:
             break
         self.total_steps = max(global_step + taken, 1)
         self.replans += 1
+        self.history.append((round(elapsed, 2), global_step, round(self.step_seconds, 5), self.total_steps))
         return self.total_steps
+
+    def schedule_length(self, step: int) -> int:
+        """The length the LR schedule uses at `step`: the planned steps, or less when time runs out faster.
+
+        The plan moves when the machine's speed does; a plan that shrinks late would end the run with the
+        LR still high. So the schedule also follows the clock: at a fraction p of the usable time spent it
+        is at least a fraction p through (length <= step / p), and it reaches its end when the time does.
+        """
+        if self.step_seconds is None or self._started is None:
+            return self.total_steps
+        usable = self.seconds * (1 - MARGIN_FRACTION) - self._validation_cost() - self.save_seconds
+        progress = self.elapsed() / max(usable, 1e-9)
+        if progress <= 0:
+            return self.total_steps
+        return max(1, min(self.total_steps, math.ceil(step / min(progress, 1.0))))
 
     def planned_epochs(self) -> int:
         return max(1, math.ceil(self.total_steps / self.steps_per_epoch))

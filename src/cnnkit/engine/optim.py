@@ -82,10 +82,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig,
 
 
 def lr_factor_function(config: TrainConfig, steps_per_epoch: int,
-                       planned_steps: Callable[[], int] | None = None) -> Callable[[int], float]:
+                       planned_steps: Callable[[int], int] | None = None) -> Callable[[int], float]:
     """The LR multiplier (of the peak LR) as a function of the optimizer step.
 
-    `planned_steps`: the length of the schedule, read at every step (a time budget re-plans it,
+    `planned_steps(step)`: the length of the schedule, asked at every step (a time budget re-plans it,
     cnnkit.engine.budget); default: config.epochs x steps_per_epoch.
     """
     fixed_total = max(1, config.epochs * steps_per_epoch)
@@ -93,7 +93,7 @@ def lr_factor_function(config: TrainConfig, steps_per_epoch: int,
     floor = config.min_lr_ratio
 
     def decay(step: int) -> float:
-        total_steps = max(1, planned_steps()) if planned_steps is not None else fixed_total
+        total_steps = max(1, planned_steps(step)) if planned_steps is not None else fixed_total
         progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
         if config.schedule == "constant":
             return 1.0

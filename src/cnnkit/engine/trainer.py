@@ -43,7 +43,7 @@ from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
 from cnnkit.engine.run_loggers import open_run_logger
 from cnnkit.errors import CheckpointError, CnnkitError, ConfigError
-from cnnkit.files import sweep_temporaries
+from cnnkit.files import atomic_write_text, sweep_temporaries
 
 # Optimizer steps in a row with a NaN/inf loss before the run stops (each is skipped, not applied).
 NONFINITE_LIMIT = 3
@@ -109,7 +109,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_steps)
         self.budget = self._make_budget()
         self.lr_factor = lr_factor_function(config, self.steps_per_epoch,
-                                            (lambda: self.budget.total_steps) if self.budget else None)
+                                            self.budget.schedule_length if self.budget else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.ema = None
         if config.ema_decay > 0:
@@ -190,6 +190,10 @@ class Trainer:
                 break
         if self.budget is not None:
             self._print(self.budget.summary())
+            if self.dist.is_main:  # how the plan moved: (seconds, step, seconds per step, planned steps)
+                atomic_write_text(self.run_dir / "budget.json", json.dumps(
+                    {"seconds": self.budget.seconds, "used": self.budget.elapsed(),
+                     "plans": self.budget.history}, indent=1))
         best = next((m for m in history if m["epoch"] == self.state.best_epoch), history[-1] if history else None)
         if best is None:  # nothing left to train (a resumed, finished run): the logged best epoch
             best = self._logged_metrics(self.state.best_epoch) or {}
