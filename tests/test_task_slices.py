@@ -88,6 +88,13 @@ def test_instance_segmentation_overfits_one_batch(scenes):
     assert last < first / 3, (first, last)
 
 
+def test_instance_segmentation_one_stage_overfits_one_batch(scenes):
+    config = TrainConfig(task="instance", data=str(scenes), model="yolo_seg_fastnet", batch_size=4,
+                         detect_augment="none", precision="fp32", channels_last=False, num_workers=0, progress=False)
+    first, last = _overfit(config, steps=30, lr=3e-3)
+    assert last < first / 2, (first, last)
+
+
 def test_embedding_overfits_one_batch(image_folder):
     config = TrainConfig(task="embed", data=str(image_folder / "train"), model="simple_cnn", batch_size=32, val_fraction=0.25,
                          embed_loss="arcface", margin_scale=16.0, translate=0, hflip=False, precision="fp32",

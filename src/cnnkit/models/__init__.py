@@ -15,5 +15,7 @@ from cnnkit.models import googlenet, mobilenet, nasnet, regnet, resnet, shufflen
 from cnnkit.models import segmentation, segmentation_maskrcnn, unet  # noqa: F401,E402
 # Detection (task="detect"): Faster R-CNN, SSD, the YOLO-style detector, R-CNN and Fast R-CNN.
 from cnnkit.models import faster_rcnn, rcnn, ssd, yolo  # noqa: F401,E402
+# Instance segmentation on the YOLO-style detector (task="instance"): prototype masks, YOLACT style.
+from cnnkit.models import yolo_seg  # noqa: F401,E402
 # Embeddings (task="embed"): face recognition and metric learning.
 from cnnkit.models import embedding  # noqa: F401,E402

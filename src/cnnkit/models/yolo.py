@@ -65,6 +65,8 @@ class Assignment:
         image, anchor, row, column: Index of the prediction in raw (B, A, Hg, Wg, 5 + K), each (P,) int64.
         boxes: (P, 4) the ground-truth box, xyxy pixels.
         labels: (P,) its 0-based class.
+        target: (P,) the box's position among the batch's boxes (the images' targets concatenated in order),
+            for whatever else a target carries per box (instance masks).
     """
 
     image: torch.Tensor
@@ -73,6 +75,7 @@ class Assignment:
     column: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
+    target: torch.Tensor
 
 
 def decode_boxes(raw_box: torch.Tensor, cells: torch.Tensor, anchors: torch.Tensor, stride: int) -> torch.Tensor:
@@ -136,7 +139,7 @@ def assign_targets(targets: Sequence[dict], grid_size: tuple[int, int], anchors:
     anchor_index, box_index = anchor_index.repeat(3)[keep], box_index.repeat(3)[keep]
     cell = cell[keep].long()
     column, row = cell[:, 0].clamp(0, columns - 1), cell[:, 1].clamp(0, rows - 1)
-    return Assignment(image[box_index], anchor_index, row, column, boxes[box_index], labels[box_index])
+    return Assignment(image[box_index], anchor_index, row, column, boxes[box_index], labels[box_index], box_index)
 
 
 class YOLO(DetectionModel):
@@ -204,13 +207,21 @@ class YOLO(DetectionModel):
     # ------------------------------------------------------------------ steps 1-2: the network
     def raw_outputs(self, images: torch.Tensor) -> torch.Tensor:
         """Head outputs (B, A, Hg, Wg, 5 + K): tx, ty, tw, th, objectness logit, class logits."""
+        return self.head_outputs(self.features(images)[1])
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(every trunk stage's output, the neck's (B, neck_width, Hg, Wg) map the head reads)."""
         x = (images - self.image_mean) / self.image_std
         features = self.trunk(x)
         merged = None
         for lateral, index in zip(reversed(self.lateral), reversed(self.levels)):  # deepest first
             level = lateral(features[index])
             merged = level if merged is None else level + F.interpolate(merged, size=level.shape[-2:], mode="nearest")
-        out = self.head(self.neck(merged))  # (B, A * (5 + K), Hg, Wg)
+        return features, self.neck(merged)
+
+    def head_outputs(self, neck: torch.Tensor) -> torch.Tensor:
+        """Head outputs (B, A, Hg, Wg, 5 + K) from the neck's map (B, neck_width, Hg, Wg)."""
+        out = self.head(neck)  # (B, A * (5 + K), Hg, Wg)
         batch, _, rows, columns = out.shape
         return out.view(batch, len(self.anchors), 5 + self.num_classes, rows, columns).permute(0, 1, 3, 4, 2)
 
@@ -225,11 +236,16 @@ class YOLO(DetectionModel):
         raw = self.raw_outputs(batch).float()  # the loss in fp32 also under bf16 autocast
         return self.loss_from_raw(raw, targets)
 
-    def loss_from_raw(self, raw: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
-        """The three loss terms (already weighted) for head outputs `raw` (B, A, Hg, Wg, 5 + K)."""
+    def assign(self, raw: torch.Tensor, targets: list[dict]) -> Assignment:
+        """The positive (prediction, ground truth) pairs of a batch whose head outputs are `raw`."""
+        return assign_targets(targets, tuple(raw.shape[2:4]), self.anchors, self.stride, self.anchor_ratio)
+
+    def loss_from_raw(self, raw: torch.Tensor, targets: list[dict],
+                      match: Assignment | None = None) -> dict[str, torch.Tensor]:
+        """The three loss terms (already weighted) for head outputs `raw` (B, A, Hg, Wg, 5 + K); `match` is
+        `self.assign(raw, targets)`, computed here when not given."""
         box_gain, obj_gain, cls_gain = self.gains
-        rows, columns = raw.shape[2:4]
-        match = assign_targets(targets, (rows, columns), self.anchors, self.stride, self.anchor_ratio)
+        match = self.assign(raw, targets) if match is None else match
         objectness_target = torch.zeros(raw.shape[:4], device=raw.device)
         box_loss = cls_loss = raw.sum() * 0.0  # zero, but attached to the graph, for images without objects
         if len(match.image):
@@ -256,6 +272,11 @@ class YOLO(DetectionModel):
 
     def decode(self, raw: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
         """Detections from head outputs `raw` (B, A, Hg, Wg, 5 + K) for images of `sizes` (height, width)."""
+        return [{key: value for key, value in kept.items() if key != "index"} for kept in self.select(raw, sizes)]
+
+    def select(self, raw: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """`decode`'s detections, each also with "index": its prediction's position in raw[i].reshape(-1, 5 + K)
+        (anchor-major, then row, then column), for whatever else the network predicts per prediction."""
         batch, anchors, rows, columns = raw.shape[:4]
         cells = self._cells(rows, columns, raw.device)
         boxes = decode_boxes(raw[..., :4], cells, self.anchors.view(anchors, 1, 1, 2), self.stride)
@@ -270,7 +291,7 @@ class YOLO(DetectionModel):
                 index, label = index[top], label[top]
             box = clip_boxes_to_image(image_boxes[index], size)
             keep = batched_nms(box, score, label, self.nms_threshold)[: self.max_detections]
-            results.append({"boxes": box[keep], "scores": score[keep], "labels": label[keep]})
+            results.append({"boxes": box[keep], "scores": score[keep], "labels": label[keep], "index": index[keep]})
         return results
 
 

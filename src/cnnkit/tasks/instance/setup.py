@@ -9,19 +9,24 @@ from cnnkit.errors import ConfigError
 from cnnkit.registry import get_entry, list_models
 from cnnkit.tasks.base import TaskSetup
 from cnnkit.tasks.detection.data import make_detection_loader
-from cnnkit.tasks.detection.setup import detector_setup
+from cnnkit.tasks.detection.setup import detector_setup, keep_freed_memory
 from cnnkit.tasks.instance.task import InstanceTask, read_instance_data
 
 EVAL_BATCH_SIZE = 16  # images per evaluation batch at least (masks make them larger than detection's)
 
 
 def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
-    """`cnnkit train --task instance`: data with masks, the Mask R-CNN-style model, the record."""
+    """`cnnkit train --task instance`: data with masks, the model, the record.
+
+    Any model registered with task="instance" that follows the detection contract with masks (Mask R-CNN,
+    the YOLO-style segmenter: see cnnkit.models.segmentation_maskrcnn and cnnkit.models.yolo_seg) fits.
+    """
     if config.pretrained:
         raise ConfigError("pretrained weights are not supported for instance segmentation yet; train from scratch")
     if not resume and get_entry(config.model).task != "instance":
         raise ConfigError(f"model {config.model!r} is not an instance segmentation model; --task instance needs one "
                           f"of {', '.join(list_models(task='instance'))}")
+    keep_freed_memory()  # as detection's setup: large per-step buffers reused instead of mapped afresh
     return detector_setup(config, device, dist_info, resume, InstanceTask, read_instance_data,
                           resize_note="none: the model takes images of any size", callbacks=[print_instance_metrics],
                           masks=True, eval_batch_size=EVAL_BATCH_SIZE)
