@@ -5,10 +5,9 @@ Targets (issue 6): the YOLO-style detector >= 0.90 mAP@.5 within 20 minutes; Fas
 within 30 minutes each. Fast R-CNN and R-CNN run with a shorter budget: they are there to show the lineage
 (and R-CNN's inference cost), not to compete.
 
-Per detector: (1) calibration: the task's own setup (data, augmentation, model) and ~12 timed training
-batches plus a timed validation pass give seconds per epoch; (2) `cnnkit.train` with as many epochs as fit
-the budget (the LR schedule is planned for exactly those epochs), plus a guard that ends the run after any
-epoch that leaves the budget spent; (3) the best checkpoint (highest val mAP@.5) evaluated on the test split
+Per detector: (1) `cnnkit.train` with `budget=` the detector's minutes: the Trainer plans the epochs and
+the LR schedule from its measured step, validation and checkpoint times and re-plans as it goes
+(cnnkit.engine.budget; rows written before 2026-12-06 used this script's own calibration instead); (3) the best checkpoint (highest val mAP@.5) evaluated on the test split
 with `cnnkit.load(run).evaluate("test")`; (4) inference images/s of the model alone (pre-processing of
 the tensors, network, decoding and NMS included; file decoding not), at batch 32 and batch 1.
 The scenes are made once (`cnnkit data make-scenes`, seed 0) if the folder is missing.
@@ -24,7 +23,7 @@ Writes benchmarks/results/detection.json and .md (detection-quick.* for --quick)
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import sys
 import time
 from pathlib import Path
@@ -90,71 +89,6 @@ def ensure_scenes(path: Path, quick: bool) -> Path:
     return path
 
 
-def calibrate(config, batches: int = 12) -> dict[str, float]:
-    """Seconds per training batch and per validation image, measured with the run's own setup."""
-    import torch
-
-    from cnnkit.engine.distributed import DistInfo
-    from cnnkit.engine.optim import make_optimizer
-    from cnnkit.device import resolve_precision
-    from cnnkit.tasks import task_module
-
-    setup = task_module("detect").setup(config, torch.device("cpu"), DistInfo(), None)
-    task, model = setup.task, setup.task.model
-    if config.channels_last:  # as the Trainer does: without it SSDlite calibrated at 148 s an epoch that took 95 s
-        model = model.to(memory_format=torch.channels_last)
-    dtype = resolve_precision(config.precision, torch.device("cpu"))
-    autocast = torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
-    optimizer = make_optimizer(model, config)  # the run's optimizer (AdamW, parameter groups)
-    model.train()
-    times = []
-    loader = iter(setup.train_loader)
-    for index in range(min(batches + 2, len(setup.train_loader))):
-        started = time.perf_counter()
-        images, targets = task.to_device(*next(loader), torch.device("cpu"))
-        with autocast:
-            loss = task.training_step(model, images, targets)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if index >= 2:  # the first batches warm up allocators and kernels
-            times.append(time.perf_counter() - started)
-    model.eval()
-    # The first validation batch pays for the eval-mode kernels' selection (seconds): it is not timed, or
-    # the estimate, scaled up to the whole split, plans too few epochs (SSDlite: 237 s calibrated, 152 s run).
-    seen, started = 0, None
-    with torch.no_grad(), autocast:
-        for images, targets in setup.val_loader:
-            images, targets = task.to_device(images, targets, torch.device("cpu"))
-            task.evaluation_step(model, images, targets)
-            if started is None:
-                started = time.perf_counter()
-                continue
-            seen += len(targets)
-            if seen >= 64:
-                break
-    val_images = len(setup.val_loader.dataset)
-    return {"batch_seconds": sorted(times)[len(times) // 2], "train_batches": len(setup.train_loader),
-            "val_seconds": (time.perf_counter() - started) / max(seen, 1) * val_images}
-
-
-class BudgetGuard:
-    """Ends training after the first epoch that leaves less than one more epoch of the budget.
-
-    The Trainer ends a run between epochs only through its early-stopping check, so the guard marks the
-    run as not improving for `patience` epochs (the benchmark sets that patience out of reach otherwise).
-    """
-
-    def __init__(self, budget_seconds: float, patience: int):
-        self.deadline, self.patience, self.stopped = time.perf_counter() + budget_seconds, patience, False
-
-    def on_epoch_end(self, trainer, metrics) -> None:
-        out_of_time = time.perf_counter() + metrics["epoch_seconds"] > self.deadline
-        if out_of_time and trainer.state.epoch < trainer.config.epochs:
-            trainer.state.epochs_without_improvement = self.patience
-            self.stopped = True
-
-
 def inference_speed(detector, annotations, batch_size: int, limit: int) -> float:
     """Images per second of detector.model on up to `limit` test images (decoded beforehand), after warm-up."""
     import torch
@@ -179,30 +113,24 @@ def run_one(name: str, scenes: Path, args) -> dict:
 
     budget_minutes, settings = RECIPES[name]
     budget_minutes = args.minutes or budget_minutes
-    patience = 10**6
     values = {**COMMON, **settings, "model": name, "data": str(scenes), "seed": args.seed, "out": args.out,
-              "name": f"{name}-seed{args.seed}" + ("-quick" if args.quick else ""), "num_threads": args.threads,
-              "early_stopping_patience": patience}
+              "name": f"{name}-seed{args.seed}" + ("-quick" if args.quick else ""), "num_threads": args.threads}
     if args.quick:
-        values.update(batch_size=8)
-    calibration = calibrate(TrainConfig(**values, epochs=1))
-    epoch_seconds = calibration["batch_seconds"] * calibration["train_batches"] + calibration["val_seconds"]
-    budget_seconds = 60 * budget_minutes
-    epochs = 2 if args.quick else max(1, math.floor(0.97 * budget_seconds / epoch_seconds))
-    print(f"{name}: ~{epoch_seconds:.0f} s per epoch (calibrated) -> {epochs} epochs in {budget_minutes:g} min",
-          flush=True)
-    guard = BudgetGuard(budget_seconds if not args.quick else 1e9, patience)
+        values.update(batch_size=8, epochs=2)
+    else:  # the Trainer plans the epochs and the schedule for the budget (budget=, cnnkit.engine.budget)
+        values.update(budget=f"{budget_minutes:g}m")
     started = time.perf_counter()
-    run = cnnkit.train(TrainConfig(**values, epochs=epochs), callbacks=[guard])
+    run = cnnkit.train(TrainConfig(**values))
     train_seconds = time.perf_counter() - started
+    plan = json.loads((run.run_dir / "budget.json").read_text()) if not args.quick else {}
     detector = cnnkit.load(run.run_dir)
     evaluation = detector.evaluate("test")
     test = read_detection_data(TrainConfig(**values), verbose=False, splits=("train", "test")).test
     limit = 64 if name == "rcnn_fastnet" or args.quick else 500
     return {
         "model": name, "budget_minutes": budget_minutes, "settings": {**COMMON, **settings},
-        "calibrated_epoch_seconds": epoch_seconds, "epochs_planned": epochs,
-        "epochs_run": len((run.run_dir / "metrics.jsonl").read_text().splitlines()), "stopped_by_budget": guard.stopped,
+        "budget_seconds_used": plan.get("used"),
+        "epochs_run": len((run.run_dir / "metrics.jsonl").read_text().splitlines()),
         "train_minutes": train_seconds / 60, "best_epoch": run.best.get("epoch"),
         "val_map50": run.best.get("val_map50"), "test_map50": evaluation["map50"], "test_map": evaluation["map"],
         "test_map75": evaluation["map75"], "per_class": evaluation["per_class"],
@@ -228,7 +156,7 @@ def main() -> None:
     for r in results:
         target = r["target_map50"]
         passed = target is not None and r["test_map50"] >= target and r["train_minutes"] <= r["budget_minutes"]
-        rows.append([r["model"], f"{r['budget_minutes']:g}", f"{r['train_minutes']:.1f}", f"{r['epochs_planned']}",
+        rows.append([r["model"], f"{r['budget_minutes']:g}", f"{r['train_minutes']:.1f}", f"{r['epochs_run']}",
                      f"{r['test_map50']:.4f}", f"{r['test_map']:.4f}",
                      f"{r['inference_images_per_second_batch32']:.1f}",
                      f"{r['inference_images_per_second_batch1']:.1f}", f"{r['parameters'] / 1e6:.2f}M",
@@ -237,7 +165,7 @@ def main() -> None:
                         for split in ("train", "val", "test"))
     data = f"{counts} canvases of {'64x64' if args.quick else '128x128'}"
     body = (f"Scenes benchmark ({scenes}, seed 0): {data} with Fashion-MNIST garments. "
-            "Trained with `cnnkit.train` within each budget (epochs calibrated "
+            "Trained with `cnnkit.train` within each budget (`budget=`; older rows: epochs calibrated "
             "first), best val mAP@.5 checkpoint evaluated on the test split (pycocotools). Inference: model "
             "forward + decoding + NMS on decoded images, images/s.\n\n"
             + _common.markdown_table(["detector", "budget min", "trained min", "epochs", "test mAP@.5", "test mAP",
@@ -246,9 +174,10 @@ def main() -> None:
             + _common.markdown_table(["class", *(r["model"] for r in results)],
                                      [[name, *(_ap(r["per_class"][name]["ap50"]) for r in results)]
                                       for name in results[0]["per_class"]])
-            + "\n\nEpochs run (of those planned), and runs the budget guard ended early: "
-            + ", ".join(f"{r['model']} {r['epochs_run']}/{r['epochs_planned']}"
-                        + (" (stopped)" if r["stopped_by_budget"] else "") for r in results)
+            + "\n\nBudget used (seconds of training, of the budget): "
+            + ", ".join(f"{r['model']} " + (f"{r['budget_seconds_used']:.0f}/{60 * r['budget_minutes']:.0f}"
+                                            if r.get("budget_seconds_used") else "n/a (older row)")
+                        for r in results)
             + "\n\nSettings per detector (besides the model's defaults):\n\n"
             + "\n".join(f"- {r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()) for r in results)
             + "\n\n" + _common.runs_markdown(results, "model"))
