@@ -178,9 +178,21 @@ class TrainConfig:
 
     # --- segmentation ---
     seg_loss: str | None = setting(
-        None, 'task=segment: "ce", "dice", "focal" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; None: `loss`')
+        None, 'task=segment: "ce", "dice", "focal", "tversky" or a weighted sum, e.g. "ce+dice", "ce+0.5*dice"; '
+              'None: `loss`')
     ignore_index: int = setting(
         255, "task=segment: mask value of unlabelled pixels, left out of the loss and the metrics")
+    tversky_alpha: float = setting(0.3, "seg_loss=tversky: weight of false positives (alpha = beta = 0.5 is Dice)")
+    tversky_beta: float = setting(0.7, "seg_loss=tversky: weight of false negatives (> alpha: recall on tiny structures)")
+
+    # --- medical imaging (task=segment on a study layout: a studies CSV or patient folders; cnnkit.data.medical) ---
+    window: str | None = setting(
+        None, 'study volumes / DICOM: "brain", "lung", "bone", "soft-tissue", "C,W" (HU), "dicom" (the file\'s '
+              'own), "percentile[:LOW,HIGH]" (MRI; 0.5,99.5) or "minmax"; None: minmax. Stored in the checkpoint')
+    slice_stack: int = setting(
+        1, "study volumes: 1 (2-D slices) or 3 (2.5-D: a slice and its two neighbours as channels)")
+    empty_slice_fraction: float = setting(
+        1.0, "study volumes: share of all-background training slices kept (seeded); < 1 balances tiny foregrounds")
 
     # --- detection ---
     detect_augment: str = setting(
@@ -318,6 +330,12 @@ class TrainConfig:
     def _validate_segmentation(self) -> None:
         if self.seg_loss is not None:
             parse_loss_spec(self.seg_loss)
+        if self.slice_stack not in (1, 3):
+            raise ConfigError(f"slice_stack={self.slice_stack} must be 1 (2-D) or 3 (2.5-D, one slice per channel)")
+        if not 0.0 < self.empty_slice_fraction <= 1.0:
+            raise ConfigError(f"empty_slice_fraction={self.empty_slice_fraction} must be in (0, 1]")
+        if not (self.tversky_alpha >= 0 and self.tversky_beta >= 0 and self.tversky_alpha + self.tversky_beta > 0):
+            raise ConfigError("tversky_alpha and tversky_beta must be >= 0 and not both 0")
         if self.ignore_index < 0:
             raise ConfigError(f"ignore_index={self.ignore_index} must be >= 0 (255 by default)")
 
@@ -397,7 +415,7 @@ class AugmentConfig:
 
 
 # Terms of the segmentation loss spec (seg_loss); cnnkit.losses.segmentation computes them.
-LOSS_NAMES = ("ce", "dice", "focal")
+LOSS_NAMES = ("ce", "dice", "focal", "tversky")
 
 
 def parse_loss_spec(spec: str) -> list[tuple[float, str]]:

@@ -17,7 +17,21 @@ as much as the background that covers most of an image).
   the hard ones (boundaries, confusable classes). gamma = 0 is cross-entropy. torchvision has only the
   binary (sigmoid) form; this is the softmax form, with the class weights as alpha.
 
-Combinations are written as a spec string: "ce", "dice", "focal", "ce+dice", "ce+0.5*dice",
+- Tversky (Salehi et al. 2017, "Tversky loss function for image segmentation using 3D fully
+  convolutional deep networks"): 1 - (TP + s) / (TP + alpha FP + beta FN + s) per class, with the soft
+  counts TP = sum(p t), FP = sum(p (1 - t)), FN = sum((1 - p) t) over the whole batch; averaged over the
+  classes like Dice. alpha = beta = 0.5 is exactly the Dice loss above (with smoothing s there = 2 s here);
+  beta > alpha (default 0.3 / 0.7) charges missed foreground more than false alarms, which raises recall on tiny structures (lesions).
+
+Semantics, stated because libraries differ (MONAI's DiceLoss defaults to per-sample Dice with
+`include_background=True`, and its `weight` multiplies per-class losses before the mean): here Dice and
+Tversky pool all pixels of the batch per class ("global" / batch Dice, stable when a sample lacks a class),
+always include the background class (index 0; with two classes that is half of the average), and class
+weights give a weighted mean (sum w_k L_k / sum w_k), so weights change the balance between classes but not
+the loss's scale. Ignored pixels are removed from p and t before counting. Focal is a per-pixel mean over
+the counted pixels, with the class weights as alpha_k (not normalised: they scale the loss).
+
+Combinations are written as a spec string: "ce", "dice", "focal", "tversky", "ce+dice", "ce+0.5*dice",
 "focal+dice" ... (`parse_loss_spec`).
 """
 
@@ -48,6 +62,26 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 2
     return loss.mean()
 
 
+def tversky_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
+                 class_weights: torch.Tensor | None = None, alpha: float = 0.3, beta: float = 0.7,
+                 smooth: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Tversky loss (module docstring): alpha weighs false positives, beta false negatives;
+    alpha = beta = 0.5 gives `dice_loss` with twice the smoothing. Logits (B, K, H, W), targets (B, H, W)."""
+    num_classes = logits.shape[1]
+    counted = (targets != ignore_index).unsqueeze(1)  # (B, 1, H, W)
+    probabilities = logits.float().softmax(dim=1) * counted
+    one_hot = F.one_hot(targets.where(counted.squeeze(1), 0), num_classes).permute(0, 3, 1, 2) * counted
+    dims = (0, 2, 3)
+    true_positive = (probabilities * one_hot).sum(dims)  # (K,)
+    false_positive = probabilities.sum(dims) - true_positive
+    false_negative = one_hot.sum(dims) - true_positive
+    index = (true_positive + smooth) / (true_positive + alpha * false_positive + beta * false_negative + smooth)
+    loss = 1 - index
+    if class_weights is not None:
+        return (loss * class_weights).sum() / class_weights.sum()
+    return loss.mean()
+
+
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
                class_weights: torch.Tensor | None = None, gamma: float = 2.0) -> torch.Tensor:
     """Softmax focal loss, mean over counted pixels: logits (B, K, H, W), targets (B, H, W)."""
@@ -70,13 +104,14 @@ class SegmentationLoss(nn.Module):
         class_weights: (K,) weights of the classes, or None for equal weights.
         ignore_index: Target value of pixels that count for nothing.
         focal_gamma: The focusing exponent of the focal term.
+        tversky: (alpha, beta) of the Tversky term: weights of false positives and false negatives.
     """
 
     def __init__(self, spec: str = "ce", class_weights: torch.Tensor | None = None, ignore_index: int = 255,
-                 focal_gamma: float = 2.0):
+                 focal_gamma: float = 2.0, tversky: tuple[float, float] = (0.3, 0.7)):
         super().__init__()
         self.spec, self.terms = spec, parse_loss_spec(spec)
-        self.ignore_index, self.focal_gamma = ignore_index, focal_gamma
+        self.ignore_index, self.focal_gamma, self.tversky = ignore_index, focal_gamma, tuple(tversky)
         self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -90,6 +125,8 @@ class SegmentationLoss(nn.Module):
                 term = F.cross_entropy(logits.float(), targets, weight=weights, ignore_index=self.ignore_index)
             elif name == "dice":
                 term = dice_loss(logits, targets, self.ignore_index, weights)
+            elif name == "tversky":
+                term = tversky_loss(logits, targets, self.ignore_index, weights, *self.tversky)
             else:
                 term = focal_loss(logits, targets, self.ignore_index, weights, self.focal_gamma)
             total = total + weight * term

@@ -31,7 +31,8 @@ def setup(config, device, dist_info, resume) -> TaskSetup:
         if dist_info.is_main:
             print(message, flush=True)
     weights = pixel_class_weights(data.train, config.class_weights, config.class_weights_beta, config.ignore_index)
-    loss = SegmentationLoss(config.seg_loss or config.loss, weights, config.ignore_index, config.focal_gamma)
+    loss = SegmentationLoss(config.seg_loss or config.loss, weights, config.ignore_index, config.focal_gamma,
+                            (config.tversky_alpha, config.tversky_beta))
     task = SegmentationTask(model, data.classes, loss, config.ignore_index, config.tta)
     preprocessing = {**data.preprocessing.to_dict(), "value_range": VALUE_RANGE, "ignore_index": config.ignore_index}
     record = build_record(task.name, architecture, data.classes, preprocessing, config)
