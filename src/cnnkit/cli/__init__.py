@@ -38,6 +38,7 @@ import sys
 import warnings
 
 from cnnkit.cli import data, embed, inspect, models, run_list, runs, ship, train
+from cnnkit.cli import search
 from cnnkit.cli.data import _scenes_defaults  # noqa: F401  (tests compare it with ScenesConfig)
 from cnnkit import __version__
 from cnnkit.errors import CnnkitError
@@ -62,6 +63,7 @@ COMMANDS = {
     "embed": (embed.add_embed, embed.run_embed),
     "verify": (embed.add_verify, embed.run_verify),
     "gallery": (embed.add_gallery, embed.run_gallery),
+    "search": (search.add_search, search.run_search),
 }
 
 
