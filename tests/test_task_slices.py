@@ -103,6 +103,14 @@ def test_embedding_overfits_one_batch(image_folder):
     assert last < first / 4, (first, last)
 
 
+def test_pretrain_overfits_one_batch(image_folder):
+    config = TrainConfig(task="pretrain", data=str(image_folder / "train"), model="simple_cnn", batch_size=16,
+                         method="simclr", precision="fp32", channels_last=False, progress=False)
+    first, last = _overfit(config, steps=30, lr=3e-3)
+    # NT-Xent starts near log(2 x 16 - 1) = 3.43 (every view equally similar)
+    assert last < 0.75 * first, (first, last)
+
+
 def test_trainer_built_directly_trains_checkpoints_and_logs(tmp_path):
     """No CLI, no task setup: a task, two loaders and a config are all the Trainer needs."""
     from cnnkit.data import TensorLoader

@@ -211,6 +211,23 @@ class TrainConfig:
     margin_lr_multiplier: float = setting(1.0, "task=embed: the margin head's LR (the identities' centres) as a "
                                           "multiple of the network's")
 
+    # --- self-supervised pretraining (task=pretrain) ---
+    method: str = setting("simclr", 'task=pretrain: "simclr", "moco" (v2: momentum encoder + queue), "mae" or "beit" '
+                          "(masked image modelling, HOG targets); mae/beit need a ViT: --model vit_mini")
+    temperature: float | None = setting(None, "task=pretrain, simclr/moco: the contrastive softmax temperature; "
+                                        "None: 0.2")
+    projection_dim: int = setting(128, "task=pretrain, simclr/moco: output width of the projection MLP")
+    moco_queue: int = setting(4096, "task=pretrain, moco: negative keys kept from earlier batches")
+    moco_momentum: float = setting(0.99, "task=pretrain, moco: the key encoder's EMA momentum")
+    mask_ratio: float | None = setting(None, "task=pretrain, mae/beit: fraction of patches masked; None: 0.75 (mae), "
+                                       "0.4 (beit)")
+    views: str = setting("simclr", 'task=pretrain: the views\' augmentation: "simclr" (crop 0.2-1, flip, brightness '
+                         '/ contrast 0.4, blur; crop 0.35-1 + flip for mae/beit) or "config" (the augmentation '
+                         "settings above)")
+    knn_k: int = setting(200, "task=pretrain: neighbours of the kNN monitor (cosine, weighted), run every val_every "
+                         "epochs when the data has labels")
+    knn_temperature: float = setting(0.1, "task=pretrain: temperature of the kNN monitor's vote weights")
+
     # --- run ---
     monitor: str | None = setting(
         None, "metric that picks the best checkpoint and stops early; None: the task's own (val_accuracy for "

@@ -14,6 +14,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "segment": ("cnnkit.tasks.segmentation", "a class per pixel"),
     "instance": ("cnnkit.tasks.instance", "a mask per object"),
     "embed": ("cnnkit.tasks.embed", "an embedding per image: face recognition, metric learning"),
+    "pretrain": ("cnnkit.tasks.pretrain", "a backbone from unlabeled images: SimCLR, MoCo, MAE, BEiT"),
 }
 
 # Names that runs were written with before tasks were named ("classification" before config.task existed).

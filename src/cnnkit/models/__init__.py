@@ -21,3 +21,5 @@ from cnnkit.models import yolo_seg  # noqa: F401,E402
 from cnnkit.models import embedding  # noqa: F401,E402
 # Architecture search's design spaces (cnnkit.search): AnyNetX/RegNetX as YAML specs.
 from cnnkit.models import anynet  # noqa: F401,E402
+# Self-supervised pretraining (task="pretrain"): SimCLR, MoCo, MAE, BEiT-style (MaskFeat targets).
+from cnnkit.models import ssl  # noqa: F401,E402

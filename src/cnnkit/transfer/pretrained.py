@@ -10,7 +10,8 @@ classes differ), segmentation models with `load_matching` (backbone/encoder tens
     imagenet                          the model's default ImageNet weights from its source library
     ResNet50_Weights.IMAGENET1K_V2    a torchvision weight name (also "tv:...")
     timm:convnext_tiny.fb_in22k       a timm model/pretrained tag
-    runs/my-run                       a cnnkit run directory (its best checkpoint)
+    runs/my-run                       a cnnkit run directory (its best checkpoint); of a `--task pretrain`
+                                      run, its backbone (`pretrain_backbone`: same --model, a fresh head)
     weights.safetensors | model.pth   a local file (.pth/.pt read with torch.load(weights_only=True))
 
 Downloads (torchvision, timm) are cached by those libraries; offline they fail with a clear error.
@@ -112,6 +113,8 @@ def load_pretrained_state(spec: str, model_name: str) -> tuple[dict[str, torch.T
         from cnnkit.engine.checkpoint import load_checkpoint  # noqa: PLC0415 - only for run directories
 
         tensors, record = load_checkpoint(path / "best.safetensors")
+        if record.get("task") == "pretrain":  # a self-supervised run: its backbone, without a head
+            return pretrain_backbone(path, tensors, record, model_name), None
         return tensors, list(record.get("classes", [])) or None
     if path.suffix in (".safetensors", ".pth", ".pt", ".bin") or path.exists():
         return _load_file(path), None
@@ -125,6 +128,17 @@ def load_pretrained_state(spec: str, model_name: str) -> tuple[dict[str, torch.T
     raise CheckpointError(f"--pretrained {spec!r}: not a file, run directory or known weight name. Use a path "
                           "(.safetensors/.pth), a run directory, 'imagenet', a torchvision name like "
                           "ResNet50_Weights.IMAGENET1K_V2, or timm:NAME.TAG")
+
+
+def pretrain_backbone(path: Path, tensors: dict[str, torch.Tensor], record: dict,
+                      model_name: str) -> dict[str, torch.Tensor]:
+    """The backbone of a `--task pretrain` run (cnnkit.models.ssl keeps it as `backbone.`, its head removed):
+    projection heads, decoders and momentum encoders stay behind; the classify run's head starts fresh."""
+    backbone = record["architecture"]["args"].get("backbone")
+    if backbone != model_name:
+        raise ConfigError(f"pretrained={path}: that run pretrained a {backbone} backbone; fine-tune it with "
+                          f"--model {backbone} (not {model_name})")
+    return {name[len("backbone."):]: tensor for name, tensor in tensors.items() if name.startswith("backbone.")}
 
 
 def pretrained_preprocessing(spec: str, preprocessing: Preprocessing) -> Preprocessing:
