@@ -3,6 +3,7 @@
     cnnkit train [--config FILE.yaml] [--data ...] [--model NAME] [--epochs N] [key=value ...]
     cnnkit evaluate RUN_DIR [--split test|val] [--json]
     cnnkit predict RUN_DIR IMAGE... [--top-k K] [--json] [--backend auto|torch|onnxruntime|openvino]
+    cnnkit predict-volume RUN_DIR VOLUME [--out MASK.nii.gz] [--truth MASK.nii.gz] [--json]
     cnnkit runs [DIR] [--json]
     cnnkit models [--family NAME] [--input CxHxW] [--flops] [--json]
     cnnkit models summary NAME [--input CxHxW] [--num-classes K] [--depth N] [--json]
@@ -38,6 +39,7 @@ import sys
 import warnings
 
 from cnnkit.cli import data, embed, inspect, models, run_list, runs, ship, train
+from cnnkit.cli import medical
 from cnnkit.cli import search
 from cnnkit.cli.data import _scenes_defaults  # noqa: F401  (tests compare it with ScenesConfig)
 from cnnkit import __version__
@@ -51,6 +53,7 @@ COMMANDS = {
     "augment": (train.add_augment, train.run_augment),
     "evaluate": (runs.add_evaluate, runs.run_evaluate),
     "predict": (runs.add_predict, runs.run_predict),
+    "predict-volume": (medical.add_predict_volume, medical.run_predict_volume),
     "runs": (run_list.add_runs, run_list.run_runs),
     "models": (models.add_models, models.run_models),
     "inspect": (inspect.add_inspect, inspect.run_inspect),

@@ -155,8 +155,15 @@ def _add_data_check(actions) -> None:
 
 def run_data_check(args) -> int:
     from cnnkit.data.check import check_dataset, format_report, plot_pairs
+    from cnnkit.data.medical.studies import format_patient_report, patient_report
     from cnnkit.files import atomic_write_text
 
+    patients = patient_report(args.dataset, args.val_fraction, args.seed)  # study layouts, slices from studies
+    if patients is not None:
+        print(format_patient_report(patients))  # volumes / slices by patient: the image-duplicate check does not apply
+        if args.out:
+            atomic_write_text(Path(args.out), json.dumps(patients, indent=2) + "\n")
+        return 0
     report = check_dataset(args.dataset, threshold=args.threshold, size=args.size, val_fraction=args.val_fraction,
                            seed=args.seed, near=not args.exact_only)
     print(format_report(report))

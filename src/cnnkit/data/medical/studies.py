@@ -173,3 +173,44 @@ def patient_overlap(splits: dict[str, list]) -> dict[str, list[str]]:
             where.setdefault(getattr(item, "patient", item), set()).add(name)
     return {patient: sorted(names, key=list(SPLITS).index if set(names) <= set(SPLITS) else str)
             for patient, names in sorted(where.items()) if len(names) > 1}
+
+
+def patient_report(spec: str | Path, val_fraction: float = 0.1, seed: int = 0) -> dict | None:
+    """Patients per split and the patients found in more than one, for `cnnkit data check`; None when
+    `spec` is neither a study layout nor a slice folder with a patients.csv (file,patient,split).
+
+    A study layout is split as `cnnkit train` would (fixed split column, then whole patients drawn with
+    val_fraction and seed); a slice folder written from studies is read from its patients.csv.
+    """
+    path = Path(spec).expanduser()
+    if is_study_layout(path):
+        splits = patient_split(read_studies(path), val_fraction, seed)
+        patients = {name: sorted({s.patient for s in studies}) for name, studies in splits.items()}
+        source = "studies"
+    elif path.is_dir() and (path / "patients.csv").is_file():
+        with open(path / "patients.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        patients = {name: sorted({row["patient"] for row in rows if row["split"] == name}) for name in SPLITS}
+        source = "patients.csv"
+    else:
+        return None
+    overlap = patient_overlap(patients)
+    return {"dataset": str(spec), "source": source, "patients": {k: len(v) for k, v in patients.items()},
+            "patients_in_several_splits": overlap}
+
+
+def format_patient_report(report: dict) -> str:
+    """The lines `cnnkit data check` prints for a patient report."""
+    counts = report["patients"]
+    lines = [f"{report['dataset']}: patients {counts['train']} train / {counts['val']} val / {counts['test']} test "
+             f"(from {report['source']})"]
+    overlap = report["patients_in_several_splits"]
+    if not overlap:
+        lines.append("patient overlap across splits: none (every patient's slices are in one split)")
+    else:
+        shown = ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(overlap.items())[:10])
+        lines.append(f"patient overlap across splits: {len(overlap)} patient(s) in several splits: {shown}"
+                     + (" ..." if len(overlap) > 10 else ""))
+        lines.append("  a held-out slab or study of a patient seen in training measures fit to that patient, not "
+                     "generalisation to new patients; split by patient")
+    return "\n".join(lines)

@@ -1,6 +1,11 @@
 """Segmentation data (cnnkit.data.segmentation): a scenes-style folder ({train,val,test}/images + masks,
 classes.txt) or a Pascal VOC folder. Without a val split, `val_fraction` of the training images is held out
-(seeded). Images are resized to `image_size` (default: the first training image's size)."""
+(seeded). Images are resized to `image_size` (default: the first training image's size).
+
+A study layout (a studies CSV or patient folders of image + mask volumes, cnnkit.data.medical.studies) is
+first written as such a folder of windowed axial slices / 2.5-D stacks, split by patient
+(cnnkit.data.medical.slices.prepare_slices, cached next to the studies); its window and stack go into the
+checkpoint's preprocessing ("medical"), so `predict` windows a raw DICOM or NIfTI the same way."""
 
 from __future__ import annotations
 
@@ -27,20 +32,26 @@ class SegmentationData:
     test: SegmentationFiles | None
     classes: list[str]
     preprocessing: Preprocessing
+    medical: dict | None = None  # window and slice stack of a study layout's slices (checkpoint preprocessing)
 
 
 def prepare_data(config, preprocessing: Preprocessing | None = None, check: bool = True) -> SegmentationData:
     """Scan the splits, hold out validation images if the data has no val split, check masks, derive
     the channels, size and normalization (unless `preprocessing`, from a checkpoint, is given)."""
-    train = scan_segmentation(config.data, "train")
-    if has_split(config.data, "val"):
-        val = scan_segmentation(config.data, "val", train.classes)
+    root, medical = _dataset_root(config)
+    train = scan_segmentation(root, "train")
+    if has_split(root, "val"):
+        val = scan_segmentation(root, "val", train.classes)
+    elif medical is not None and config.val_fraction > 0:
+        raise ConfigError(f"{config.data}: no study is in the val split (every study has a fixed split); slices of "
+                          "one patient must not be split at random: give some studies split=val, or set "
+                          "val_fraction=0 monitor=train_loss")
     elif config.val_fraction > 0:
         train_indices, val_indices = train_val_split(len(train), config.val_fraction, config.seed, min_val=1)
         train, val = train.subset(train_indices.tolist()), train.subset(val_indices.tolist())
     else:
         val = None
-    test = scan_segmentation(config.data, "test", train.classes) if has_split(config.data, "test") else None
+    test = scan_segmentation(root, "test", train.classes) if has_split(root, "test") else None
     ignore_index = config.ignore_index
     if ignore_index < len(train.classes):
         raise ConfigError(f"ignore_index={ignore_index} is one of the {len(train.classes)} class indices; "
@@ -54,7 +65,21 @@ def prepare_data(config, preprocessing: Preprocessing | None = None, check: bool
         size = (config.image_size,) * 2 if config.image_size else tuple(read_image(train.pairs[0][0], 1).shape[-2:])
         mean, std = mean_std(train, channels, seed=config.seed)
         preprocessing = Preprocessing(channels, size, tuple(mean), tuple(std))
-    return SegmentationData(train, val, test, train.classes, preprocessing)
+    return SegmentationData(train, val, test, train.classes, preprocessing, medical)
+
+
+def _dataset_root(config) -> tuple[str, dict | None]:
+    """The folder of slices to read: config.data, or the slices written from a study layout (and their window)."""
+    from cnnkit.data.medical.studies import is_study_layout
+
+    if not is_study_layout(config.data):
+        return config.data, None
+    from cnnkit.data.medical.slices import prepare_slices
+
+    root = prepare_slices(config.data, config.window, config.slice_stack, config.val_fraction, config.seed,
+                          config.empty_slice_fraction)
+    return str(root), {"window": config.window or "minmax", "stack": config.slice_stack, "axis": "axial (RAS z)",
+                       "slice_image": "flipud(volume[:, :, z].T), windowed, 8-bit"}
 
 
 def make_loader(files: SegmentationFiles, preprocessing: Preprocessing, config, train: bool,

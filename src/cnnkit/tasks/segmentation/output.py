@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy
 import torch
 
-from cnnkit.data.segmentation import read_image
 from cnnkit.errors import ConfigError
 from cnnkit.files import require_files
 from cnnkit.tasks.base import PredictOptions, unique_stems
@@ -52,7 +51,8 @@ def write_predictions(segmenter, images: list[str], out: Path) -> list[dict]:
     colours = palette(len(segmenter.classes))
     results = []
     for path, name in zip(images, unique_stems(images)):
-        image = read_image(path, 3)  # the picture for the overlay (RGB)
+        image = segmenter.read(path)  # the picture for the overlay: as the model sees it (DICOM: windowed)
+        image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
         mask = segmenter.predict([path])[0]  # (H, W) int64
         if mask.max() > 255:
             raise ConfigError(f"{len(segmenter.classes)} classes do not fit an 8-bit mask PNG")

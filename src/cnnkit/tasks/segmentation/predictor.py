@@ -34,6 +34,17 @@ class Segmenter:
         self.preprocessing = Preprocessing.from_dict(record["preprocessing"])
         self.ignore_index = int(record["preprocessing"].get("ignore_index", 255))
         self.tta = bool(record.get("config", {}).get("tta", False))
+        self.medical: dict | None = record["preprocessing"].get("medical")  # window + slice stack of study runs
+
+    def read(self, source) -> torch.Tensor:
+        """float [0, 1] (C, H, W) of a file as the model's training read it: a DICOM / NIfTI slice through the
+        checkpoint's window and stack (runs trained on studies), any other image as `read_image` decodes it."""
+        if self.medical is not None:
+            from cnnkit.data.medical.slices import is_medical_file, read_medical_image
+
+            if is_medical_file(source):
+                return read_medical_image(source, self.medical)
+        return read_image(source, self.preprocessing.channels)
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         """float [0, 1] (C, H, W) or (B, C, H, W) -> normalized (B, C, h, w) at the model's size."""
@@ -54,7 +65,7 @@ class Segmenter:
         """
         results = []
         for source in images if isinstance(images, (list, tuple)) else [images]:
-            image = source if isinstance(source, torch.Tensor) else read_image(source, self.preprocessing.channels)
+            image = source if isinstance(source, torch.Tensor) else self.read(source)
             logits = predict_logits(self.model, self._inputs(image), self.tta)  # (1, K, h, w)
             logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
             results.append(logits[0].softmax(dim=0).cpu())

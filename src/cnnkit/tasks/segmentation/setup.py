@@ -35,6 +35,8 @@ def setup(config, device, dist_info, resume) -> TaskSetup:
                             (config.tversky_alpha, config.tversky_beta))
     task = SegmentationTask(model, data.classes, loss, config.ignore_index, config.tta)
     preprocessing = {**data.preprocessing.to_dict(), "value_range": VALUE_RANGE, "ignore_index": config.ignore_index}
+    if data.medical is not None:  # the window and slice stack `predict` applies to a raw DICOM / NIfTI
+        preprocessing["medical"] = data.medical
     record = build_record(task.name, architecture, data.classes, preprocessing, config)
     train_loader = make_loader(data.train, data.preprocessing, config, train=True, dist_info=dist_info)
     val_loader = None

@@ -1,0 +1,227 @@
+"""Studies -> a slice dataset the segment task trains on: windowed 2-D / 2.5-D slice PNGs and index masks.
+
+`write_slice_dataset` reads each study's image and mask volume (canonical RAS), windows the whole image
+volume once (so percentile/minmax scale every slice of a study alike), cuts it into axial slices or
+2.5-D stacks of K neighbouring slices, and writes the scenes layout the segment task reads:
+
+    OUT/{train,val,test}/images/PATIENT_z042.png    K = 1: 8-bit grey; K = 3: RGB, one slice per channel
+    OUT/{train,val,test}/masks/PATIENT_z042.png     class indices (mode L)
+    OUT/classes.txt  OUT/patients.csv (file,patient,split)  OUT/medical.json (window, stack, studies)
+
+The window maps the band of interest onto [0, 1] before the 8-bit quantisation, so 256 levels cover
+the window (a brain window of 80 HU keeps steps of 0.3 HU), not the scanner's whole range. K is 1 or 3:
+the models take 1- or 3-channel images, and 3 fits ImageNet-pretrained encoders.
+
+Class-balanced slice sampling for tiny foregrounds: `empty_fraction` < 1 keeps only that (seeded) share
+of the *training* slices whose mask is all background; validation and test keep every slice, so their
+scores stay those of whole volumes.
+
+`prepare_slices` is what the segment task calls for a study layout: it writes the dataset once into a
+cache folder next to the studies, named by a hash of the settings and the files' sizes and times, and
+reuses it while nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy
+import torch
+
+from cnnkit.data.medical.nifti import is_nifti, read_nifti
+from cnnkit.data.medical.studies import SPLITS, Study, patient_overlap, patient_split, read_studies
+from cnnkit.data.medical.volumes import Volume, volume_slices, stack_slices
+from cnnkit.data.medical.windowing import apply_window, parse_window
+from cnnkit.errors import DataError
+
+CACHE_FOLDER = ".cnnkit-slices"
+FORMAT_VERSION = 1
+
+
+def read_volume(path: str | Path, mask: bool = False) -> Volume:
+    """A NIfTI file or a DICOM series folder as a canonical RAS Volume."""
+    path = Path(path)
+    if is_nifti(path):
+        return read_nifti(path, mask=mask)
+    if path.is_dir():
+        from cnnkit.data.medical.dicom import read_series
+
+        volume = read_series(path)
+        if mask:
+            volume.data = numpy.rint(volume.data).astype(numpy.int64)
+        return volume
+    raise DataError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
+
+
+def windowed_stacks(volume: Volume, window: str | None, stack: int) -> numpy.ndarray:
+    """(Z, K, H, W) float32 in [0, 1]: the volume windowed as a whole, cut into K-slice stacks."""
+    scaled = apply_window(volume.data, parse_window(window), volume.meta.get("dicom_window"))
+    return stack_slices(volume_slices(scaled), stack)
+
+
+def to_uint8(images: numpy.ndarray) -> numpy.ndarray:
+    """float [0, 1] -> uint8, rounded (what the PNG slices hold)."""
+    return numpy.clip(numpy.rint(images * 255.0), 0, 255).astype(numpy.uint8)
+
+
+def _class_names(root: Path, max_label: int) -> list[str]:
+    file = root / "classes.txt"
+    if file.is_file():
+        names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = names if names[0].lower() == "background" else ["background", *names]
+        if len(names) <= max_label:
+            raise DataError(f"{file} names {len(names)} classes but the masks hold label {max_label}; add the names")
+        return names
+    return ["background", *(f"structure_{k}" for k in range(1, max_label + 1))] if max_label > 1 else \
+        ["background", "foreground"]
+
+
+def write_slice_dataset(studies: list[Study], out: str | Path, window: str | None = "minmax", stack: int = 1,
+                        val_fraction: float = 0.1, seed: int = 0, empty_fraction: float = 1.0,
+                        classes_root: Path | None = None, test_fraction: float = 0.0) -> dict:
+    """Write the slice dataset of `studies` to `out` (see the module docstring); returns medical.json's content.
+
+    Raises:
+        DataError: Naming the study: an image and mask of different shapes, a slab outside the volume,
+            a stack other than 1 or 3, no training study.
+    """
+    from PIL import Image
+
+    if stack not in (1, 3):
+        raise DataError(f"slice_stack={stack}: 1 (2-D) or 3 (2.5-D, one slice per RGB channel) slices per image")
+    parse_window(window)
+    out = Path(out)
+    splits = patient_split(studies, val_fraction, seed, test_fraction)
+    if not splits["train"]:
+        raise DataError("no study is left for training: give some studies split=train or fewer to val/test")
+    overlap = patient_overlap(splits)
+    generator = numpy.random.default_rng(seed)
+    records, max_label, files = [], 0, []
+    for split in SPLITS:
+        for study in splits[split]:
+            if study.mask is None:
+                raise DataError(f"study {study.patient} ({study.image}) has no mask; segmentation needs one per study")
+            image = read_volume(study.image)
+            mask = read_volume(study.mask, mask=True)
+            if image.shape != mask.shape:
+                raise DataError(f"mask {study.mask} has shape {mask.shape} but its image {study.image} has "
+                                f"{image.shape} (after reorientation to RAS); a mask must be on its image's grid")
+            if not numpy.allclose(image.affine, mask.affine, atol=1e-3):
+                warnings.warn(f"mask {study.mask} and image {study.image} have different affines; they are paired "
+                              "voxel by voxel", stacklevel=2)
+            if mask.data.min() < 0:
+                raise DataError(f"mask {study.mask} has negative labels; labels are 0 (background), 1, 2 ...")
+            max_label = max(max_label, int(mask.data.max()))
+            stacks = windowed_stacks(image, window, stack)  # (Z, K, H, W)
+            masks = volume_slices(mask.data)  # (Z, H, W)
+            first, last = study.slices or (0, len(stacks))
+            if last > len(stacks):
+                raise DataError(f"study {study.patient}: slices {first}:{last} lie outside its {len(stacks)} "
+                                "axial slices")
+            (out / split / "images").mkdir(parents=True, exist_ok=True)
+            (out / split / "masks").mkdir(parents=True, exist_ok=True)
+            for z in range(first, last):
+                empty = split == "train" and empty_fraction < 1 and not masks[z].any()
+                if empty and generator.random() >= empty_fraction:
+                    continue
+                name = f"{study.name}_z{z:03d}.png"
+                picture = to_uint8(stacks[z])  # (K, H, W)
+                mode = "L" if stack == 1 else "RGB"
+                pixels = picture[0] if stack == 1 else picture.transpose(1, 2, 0)
+                Image.fromarray(numpy.ascontiguousarray(pixels), mode=mode).save(out / split / "images" / name)
+                Image.fromarray(masks[z].astype(numpy.uint8), mode="L").save(out / split / "masks" / name)
+                files.append((f"{split}/images/{name}", study.patient, split))
+            records.append({"patient": study.patient, "image": str(study.image), "mask": str(study.mask),
+                            "split": split, "slices": list(study.slices) if study.slices else None,
+                            "shape": list(image.shape), "spacing": list(image.spacing)})
+    if max_label > 254:
+        raise DataError(f"masks hold label {max_label}: at most 254 structures fit the 8-bit mask PNGs")
+    classes = _class_names(classes_root or out, max_label)
+    (out / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    with open(out / "patients.csv", "w", newline="", encoding="utf-8") as handle:
+        handle.write("file,patient,split\n" + "".join(f"{f},{p},{s}\n" for f, p, s in files))
+    info = {"format": FORMAT_VERSION, "window": parse_window(window).spec, "stack": stack, "axis": "axial (RAS z)",
+            "slice_image": "flipud(volume[:, :, z].T)", "empty_fraction": empty_fraction,
+            "studies": records, "patient_overlap": overlap}
+    (out / "medical.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return info
+
+
+def _fingerprint(studies: list[Study], settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps({**settings, "version": FORMAT_VERSION}, sort_keys=True).encode())
+    for study in studies:
+        for path in (study.image, study.mask):
+            if path is None:
+                continue
+            items = sorted(path.iterdir()) if path.is_dir() else [path]
+            for item in items:
+                stat = item.stat()
+                key = f"{study.patient}|{study.split}|{study.slices}|{item}|{stat.st_size}|{stat.st_mtime_ns}"
+                digest.update(key.encode())
+    return digest.hexdigest()[:16]
+
+
+def prepare_slices(spec: str | Path, window: str | None, stack: int, val_fraction: float, seed: int,
+                   empty_fraction: float = 1.0) -> Path:
+    """The slice dataset of a study layout, written once into SPEC's folder/.cnnkit-slices/HASH and reused.
+
+    A patient found in more than one split (a fixed split column, or slabs of one subject) is reported as a
+    warning: the scores then measure fit to that patient, not generalisation.
+    """
+    spec = Path(spec).expanduser()
+    studies = read_studies(spec)
+    root = spec if spec.is_dir() else spec.parent
+    settings = {"window": parse_window(window).spec, "stack": stack, "val_fraction": val_fraction, "seed": seed,
+                "empty_fraction": empty_fraction}
+    out = root / CACHE_FOLDER / _fingerprint(studies, settings)
+    done = out / "medical.json"
+    if not done.is_file():
+        staging = out.with_name(out.name + f".partial-{torch.randint(0, 10**9, ()).item()}")
+        write_slice_dataset(studies, staging, window, stack, val_fraction, seed, empty_fraction, classes_root=root)
+        if out.exists():  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.rename(out)
+    info = json.loads(done.read_text(encoding="utf-8"))
+    if info.get("patient_overlap"):
+        shown = ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(info["patient_overlap"].items())[:5])
+        warnings.warn(f"{spec}: patients in more than one split: {shown}; scores measure fit to these patients, "
+                      "not generalisation to new ones", stacklevel=2)
+    return out
+
+
+def is_medical_file(source) -> bool:
+    """Whether `source` is a path to a DICOM or NIfTI file (what `read_medical_image` reads)."""
+    if not isinstance(source, (str, Path)):
+        return False
+    from cnnkit.data.medical.dicom import DICOM_SUFFIXES
+
+    return Path(source).suffix.lower() in DICOM_SUFFIXES or is_nifti(source)
+
+
+def model_inputs(volume: Volume, window: str | None, stack: int) -> torch.Tensor:
+    """float32 (Z, K, H, W) in [0, 1]: exactly what training saw (windowed, stacked, 8-bit rounded)."""
+    return torch.from_numpy(to_uint8(windowed_stacks(volume, window, stack))).float().div_(255)
+
+
+def read_medical_image(source: str | Path, medical: dict) -> torch.Tensor:
+    """A DICOM file (one slice, or a multi-frame volume's middle frame) or a one-slice NIfTI as the float
+    (K, H, W) image the model was trained on: the checkpoint's window and stack (`medical`), the slice in the
+    training orientation (canonical RAS, anterior up), 8-bit rounded like the training slices.
+
+    Raises:
+        DataError: For a NIfTI with several slices (use `cnnkit predict-volume`), or an unreadable file.
+    """
+    from cnnkit.data.medical.dicom import read_series
+
+    path = Path(source)
+    volume = read_nifti(path) if is_nifti(path) else read_series([path])
+    if volume.shape[2] > 1 and is_nifti(path):
+        raise DataError(f"{path} is a volume of {volume.shape[2]} slices: predict it with `cnnkit predict-volume RUN "
+                        f"{path}` (writes a NIfTI mask), or pass single slices")
+    inputs = model_inputs(volume, medical.get("window"), int(medical.get("stack", 1)))
+    return inputs[len(inputs) // 2]

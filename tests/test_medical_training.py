@@ -1,0 +1,135 @@
+"""The study -> slices -> segment task -> volume path (issue 22): patient-level split, window in the checkpoint,
+`predict` on a raw DICOM windowed as in training, volume prediction written with the input's affine, Dice per
+structure + HD95, `cnnkit data check` patient overlap, and the errors of a bad study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+nibabel = pytest.importorskip("nibabel")
+
+from cnnkit.data.medical.slices import prepare_slices, to_uint8, write_slice_dataset  # noqa: E402
+from cnnkit.data.medical.studies import read_studies  # noqa: E402
+from cnnkit.data.medical.windowing import linear_window  # noqa: E402
+from cnnkit.errors import DataError  # noqa: E402
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+LAS = numpy.array([[-1.5, 0, 0, 40], [0, 1.5, 0, -30], [0, 0, 2.0, -10], [0, 0, 0, 1]])  # not RAS: flipped x
+TINY_UNET = {"base_width": 4, "decoder_channels": [16, 16, 8, 8, 4]}
+
+
+def _study(folder: Path, seed: int, shape=(32, 32, 12)) -> tuple[Path, Path]:
+    """A bright ellipsoid in noise (HU-like values) and its mask, as NIfTI files in LAS orientation."""
+    rng = numpy.random.default_rng(seed)
+    x, y, z = numpy.meshgrid(*(numpy.arange(n) for n in shape), indexing="ij")
+    centre = numpy.array(shape) / 2 + rng.uniform(-2, 2, 3)
+    mask = (((x - centre[0]) / 9) ** 2 + ((y - centre[1]) / 7) ** 2 + ((z - centre[2]) / 4) ** 2 <= 1).astype(numpy.uint8)
+    image = rng.normal(0, 15, shape) + 60 * mask - 20  # "HU": tissue 40, background -20
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in (("image.nii.gz", image.astype(numpy.float32)), ("mask.nii.gz", mask)):
+        volume = nibabel.Nifti1Image(data, LAS)
+        nibabel.save(volume, str(folder / name))
+    return folder / "image.nii.gz", folder / "mask.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("studies")
+    rows = ["patient,image,mask,split"]
+    for index in range(5):
+        _study(root / f"p{index}", index)
+        rows.append(f"p{index},p{index}/image.nii.gz,p{index}/mask.nii.gz,{'test' if index == 4 else ''}")
+    (root / "studies.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("background\nlesion\n")
+    return root
+
+
+def test_slices_split_by_patient_and_restack(studies, tmp_path):
+    info = write_slice_dataset(read_studies(studies / "studies.csv"), tmp_path / "slices", window="0,100", stack=3,
+                               val_fraction=0.25, seed=0, classes_root=studies)
+    splits = {record["patient"]: record["split"] for record in info["studies"]}
+    assert splits["p4"] == "test" and list(splits.values()).count("val") == 1 and info["patient_overlap"] == {}
+    rows = (tmp_path / "slices" / "patients.csv").read_text().splitlines()[1:]
+    by_patient = {}
+    for row in rows:
+        file, patient, split = row.split(",")
+        by_patient.setdefault(patient, set()).add(split)
+        assert file.startswith(f"{split}/images/{patient}_z")
+    assert all(len(s) == 1 for s in by_patient.values()) and len(rows) == 5 * 12
+    # The test patient's slices, read back and restacked, are the windowed volume (8-bit rounded).
+    from PIL import Image
+
+    from cnnkit.data.medical.nifti import read_nifti
+    from cnnkit.data.medical.volumes import restack
+
+    volume = read_nifti(studies / "p4" / "image.nii.gz")
+    pictures = numpy.stack([numpy.asarray(Image.open(tmp_path / "slices" / "test" / "images" / f"p4_z{z:03d}.png"))
+                            for z in range(12)])  # (Z, H, W, 3)
+    numpy.testing.assert_array_equal(restack(pictures[..., 1]), to_uint8(linear_window(volume.data, 0, 100)))
+    assert (tmp_path / "slices" / "classes.txt").read_text().split() == ["background", "lesion"]
+
+
+def test_bad_studies_give_clear_errors(studies, tmp_path):
+    bad = tmp_path / "bad"
+    image, _ = _study(bad / "a", 0)
+    _, other_mask = _study(bad / "b", 1, shape=(32, 30, 12))
+    (bad / "studies.csv").write_text(f"patient,image,mask\na,{image},{other_mask}\nb,{image},{bad / 'b/mask.nii.gz'}\n")
+    with pytest.raises(DataError, match=r"b/mask\.nii\.gz has shape .* a mask must be on its image's grid"):
+        write_slice_dataset(read_studies(bad / "studies.csv"), tmp_path / "out", val_fraction=0.0)
+    (bad / "studies.csv").write_text("patient,image,mask\na,missing.nii.gz,\n")
+    with pytest.raises(DataError, match=r"studies\.csv, line 2: .*missing\.nii\.gz does not exist"):
+        read_studies(bad / "studies.csv")
+
+
+def test_data_check_reports_patient_overlap(studies, tmp_path, capsys):
+    from cnnkit.cli import main
+
+    assert main(["data", "check", str(studies), "--val-fraction", "0.25"]) == 0
+    assert "patient overlap across splits: none" in capsys.readouterr().out
+    slab = tmp_path / "slab.csv"
+    slab.write_text("patient,image,mask,split,slices\n"
+                    f"p0,{studies}/p0/image.nii.gz,{studies}/p0/mask.nii.gz,train,0:8\n"
+                    f"p0,{studies}/p0/image.nii.gz,{studies}/p0/mask.nii.gz,test,8:12\n")
+    assert main(["data", "check", str(slab), "--val-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "1 patient(s) in several splits: p0 (train/test)" in out and "not generalisation" in out
+
+
+def test_train_on_studies_predict_dicom_and_volume(studies, tmp_path):
+    import cnnkit
+    from cnnkit.tasks.segmentation.volume import evaluate_volume, predict_volume, write_volume_prediction
+
+    run = cnnkit.train(task="segment", data=str(studies / "studies.csv"), window="0,100", slice_stack=3,
+                       model="unet", model_args=TINY_UNET, epochs=2, batch_size=8, lr=3e-3, optimizer="adamw",
+                       val_fraction=0.25, translate=0, hflip=False, precision="fp32", channels_last=False,
+                       num_workers=0, progress=False, report=False, out=str(tmp_path / "runs"), seg_loss="ce+tversky")
+    segmenter = cnnkit.load(run.run_dir)
+    medical = segmenter.record["preprocessing"]["medical"]
+    assert medical["window"] == "0,100" and medical["stack"] == 3
+    assert (studies / ".cnnkit-slices").is_dir()
+    # predict on a raw DICOM applies the stored window: CT_small's HU through C 0 / W 100, canonical orientation.
+    ct = TEST_FILES / "CT_small.dcm"
+    dataset = pydicom.dcmread(ct)
+    hu = dataset.pixel_array.astype(numpy.float64) - 1024
+    expected = to_uint8(linear_window(numpy.fliplr(hu), 0, 100)) / 255.0  # LPS columns -> RAS x
+    image = segmenter.read(ct)
+    assert image.shape == (3, 128, 128)
+    numpy.testing.assert_allclose(image[1].numpy(), expected, atol=1e-6)
+    assert segmenter.predict([ct])[0].shape == (128, 128)
+    # A whole volume: slice by slice, written back with the input's own (LAS) affine.
+    volume, labels = predict_volume(segmenter, studies / "p4" / "image.nii.gz")
+    assert labels.shape == (32, 32, 12) and labels.dtype == numpy.int64
+    out = write_volume_prediction(labels, volume, tmp_path / "p4-mask.nii.gz")
+    written = nibabel.load(str(out))
+    numpy.testing.assert_allclose(written.affine, LAS)
+    assert written.shape == (32, 32, 12)
+    metrics = evaluate_volume(segmenter, labels, volume, studies / "p4" / "mask.nii.gz")
+    lesion = metrics["per_structure"]["lesion"]
+    assert set(lesion) >= {"dice", "hd95_mm", "assd_mm", "true_voxels"} and lesion["true_voxels"] > 100
+    truth = numpy.asarray(nibabel.load(str(studies / "p4" / "mask.nii.gz")).dataobj)
+    mine = numpy.asarray(written.dataobj)
+    assert lesion["dice"] == pytest.approx(2 * ((mine == 1) & (truth == 1)).sum() / ((mine == 1).sum() + truth.sum()))
