@@ -13,11 +13,11 @@ eval mode, the run's precision). Goals (issue 7): U-Net and DeepLabV3 >= 0.80 mI
 Mask R-CNN >= 0.75 mask mAP@.5; issue 25: yolo_seg_fastnet >= 0.69 mask mAP@.5 in 15 minutes on 1 thread (1.1x
 ultralytics YOLO11n-seg's 0.625 under those conditions).
 
-The budget: a short calibration (the median of 10 training steps through the real data pipeline)
-measures images per second, and the number of epochs is chosen so that training and validation fit in
-the budget (the LR schedule needs the length in advance). If the machine gets busier during the run,
-a guard stops training after the epoch that would make the next one end past the budget (+5%); the
-table then shows epochs run/planned "(budget)". The measured training time is reported beside the budget.
+The budget: `cnnkit.train` with `budget=` the minutes (cnnkit.engine.budget): the Trainer plans the epochs and
+the LR schedule from its measured step, validation and checkpoint times, re-plans as it goes (a machine that
+gets busier shortens the plan) and ends inside the budget, the last epoch possibly partial. Rows measured
+before 2026-12-06 22:30 UTC used this script's own calibration (10 timed steps) and a guard between epochs
+instead; their "epochs" read run/planned.
 
     .venv/bin/python benchmarks/segmentation.py --data data/scenes            # all four, 30 min each
     .venv/bin/python benchmarks/segmentation.py --data data/scenes --models unet deeplabv3 --minutes 10
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,21 +65,14 @@ MODELS = {
                  "model_args": {"fpn_strides": [8, 16, 32], "anchor_sizes": [16, 32, 64, 128]},
                  "goal": ("test_mask_map50", 0.75)},
     # The one-stage segmenter (cnnkit.models.yolo_seg): yolo_fastnet's detection recipe (benchmarks/detection.py:
-    # batch 32, AdamW at 3e-3, a short ramp, clipped gradients, the default box-aware augmentation) with masks.
-    # Its steps cost the same all run long (no proposals), so it plans with a smaller calibration margin.
+    # batch 32, AdamW at 3e-3, a short ramp, clipped gradients, the default box-aware augmentation, flip_test for
+    # boxes and scores: +0.9 points of box mAP@.5 there) with masks.
     "yolo_seg": {"task": "instance", "model": "yolo_seg_fastnet", "batch_size": 32, "optimizer": "adamw",
                  "lr": 3e-3, "weight_decay": 5e-4, "schedule": "onecycle", "onecycle_pct": 0.15,
-                 "grad_clip_norm": 10.0, "detect_augment": "default",
-                 "goal": ("test_mask_map50", 0.69), "calibration_margin": 0.95},
+                 "grad_clip_norm": 10.0, "detect_augment": "default", "model_args": {"flip_test": True},
+                 "goal": ("test_mask_map50", 0.69)},
 }
-BENCHMARK_KEYS = ("goal", "calibration_margin")  # keys of MODELS entries that are not training settings
-VALIDATION_COST = {"segment": 1 / 3, "instance": 1.0}  # a val image's time in training images (see run_model)
-CALIBRATION_STEPS = 10  # timed training steps (after 2 warm-up steps); their median sets the number of epochs
-# Epochs are planned for this fraction of the calibrated speed. Mask R-CNN's steps get slower as it learns (its
-# RPN proposes more objects, so the mask head gets more positive RoIs): 2 threads, stride-4 pyramid: calibrated
-# 20.4 images/s, epochs at 17.5-18.9; stride 8: calibrated 31.2, epochs at 26.7, 23.2, 22.4 (so the planned
-# epochs did not fit and the budget guard cut the schedule short).
-CALIBRATION_MARGIN = {"segment": 1.0, "instance": 0.72}
+BENCHMARK_KEYS = ("goal",)  # keys of MODELS entries that are not training settings
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,81 +104,17 @@ def settings_for(name: str, args, out: Path) -> dict:
     settings = {key: value for key, value in MODELS[name].items() if key not in BENCHMARK_KEYS}
     settings.update(data=str(args.data), seed=args.seed, out=str(out), name=name, progress=False, report=False,
                     num_threads=args.threads or 0)
-    if args.quick:  # validate every epoch: the budget guard ends quick runs after an epoch or two
-        settings.update(batch_size=4, val_every=1,
+    if args.quick:  # two tiny epochs instead of a budget
+        settings.update(batch_size=4, val_every=1, epochs=2,
                         model_args={**settings.get("model_args", {}), **quick_model_args(name)})
+    else:  # the Trainer plans the epochs and the LR schedule for the budget
+        settings.update(budget=f"{args.minutes:g}m")
     return settings
 
 
 def quick_model_args(name: str) -> dict:
     return {"maskrcnn": {"fpn_channels": 32, "representation_size": 64},
             "yolo_seg": {"neck_width": 32, "proto_width": 16}}.get(name, {})
-
-
-def calibrate(settings: dict) -> float:
-    """Training images per second through the task's real loader, model, loss and optimizer."""
-    import torch
-
-    from cnnkit.config import TrainConfig
-    from cnnkit.engine.distributed import DistInfo
-    from cnnkit.engine.optim import make_optimizer
-    from cnnkit.device import resolve_precision
-    from cnnkit.tasks import task_module
-
-    config = TrainConfig(**settings)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = torch.device("cpu")
-    setup = task_module(config.task).setup(config, device, DistInfo(), None)
-    model, task = setup.task.model.to(device), setup.task
-    if config.channels_last:  # as the Trainer does
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = make_optimizer(model, config)
-    dtype = resolve_precision(config.precision, device)
-    rates, started = [], time.perf_counter()
-    for step, (images, targets) in enumerate(setup.train_loader):  # each step timed with its data loading
-        images, targets = task.to_device(images, targets, device)
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            result = task.training_step(model, images, targets)
-        result["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= 2:  # the first steps pay for oneDNN's kernel selection
-            rates.append(result["batch_size"] / (time.perf_counter() - started))
-        started = time.perf_counter()
-        if len(rates) >= CALIBRATION_STEPS:
-            break
-    # The median step: a burst of load from another process during one step does not set the budget.
-    return statistics.median(rates) if rates else float("nan")
-
-
-class BudgetSpent(Exception):
-    """Raised by BudgetGuard after an epoch: training stops; the run's best checkpoint is kept."""
-
-    def __init__(self, message: str, run_dir: Path):
-        super().__init__(message)
-        self.run_dir = run_dir
-
-
-class BudgetGuard:
-    """A Trainer callback that stops training when the next epoch would end after the budget.
-
-    The number of epochs comes from the calibration; when the machine gets busier during the run (other
-    processes on the same cores), epochs take longer and this keeps the training time within the budget
-    (plus 5%), at the price of a schedule that does not reach its end.
-    """
-
-    def __init__(self, seconds: float):
-        self.seconds, self.started, self.stopped = seconds, time.perf_counter(), False
-
-    def __call__(self, trainer, metrics: dict) -> None:
-        elapsed = time.perf_counter() - self.started
-        epoch, total = metrics["epoch"], trainer.config.epochs
-        if epoch < total and elapsed + elapsed / epoch > 1.05 * self.seconds:
-            self.stopped = True
-            raise BudgetSpent(f"stopped after epoch {epoch} of {total}: {elapsed / 60:.1f} min spent, another epoch "
-                              f"would pass the {self.seconds / 60:g}-minute budget", trainer.run_dir)
 
 
 def count_images(data: Path, split: str) -> int:
@@ -229,32 +157,20 @@ def run_model(name: str, args, out: Path) -> dict:
 
     settings = settings_for(name, args, out)
     task = settings["task"]
-    rate = calibrate(settings)
-    train_images = count_images(Path(args.data), "train")
-    # Each epoch also validates: a val image costs ~1/3 of a training image (no backward) for segmentation,
-    # about as much as one for Mask R-CNN (up to 100 detections, each mask pasted into the image).
-    val_images = count_images(Path(args.data), "val")
-    val_share = 1 / settings.get("val_every", 1)  # the fraction of epochs that end with validation
-    margin = MODELS[name].get("calibration_margin", CALIBRATION_MARGIN[task])
-    epoch_seconds = (train_images + val_images * VALIDATION_COST[task] * val_share) / (rate * margin)
-    epochs = max(2 if args.quick else 1, int(args.minutes * 60 / epoch_seconds))  # quick: the guard stops it
-    print(f"{name}: {settings['model']} trains at {rate:.1f} images/s -> {epochs} epochs in {args.minutes:g} min",
+    print(f"{name}: {settings['model']}, " + (f"budget {args.minutes:g} min" if "budget" in settings else "quick"),
           flush=True)
-    guard = BudgetGuard(args.minutes * 60)
-    try:
-        run_dir = cnnkit.train(settings, epochs=epochs, callbacks=[guard]).run_dir
-    except BudgetSpent as spent:  # the best checkpoint so far is the result
-        run_dir = spent.run_dir
-        print(f"{name}: {spent}", flush=True)
-    train_seconds = time.perf_counter() - guard.started
+    started = time.perf_counter()
+    run_dir = cnnkit.train(settings).run_dir
+    train_seconds = time.perf_counter() - started
+    plan = json.loads((run_dir / "budget.json").read_text()) if "budget" in settings else {}
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     predictor = cnnkit.load(run_dir, device="cpu")
     test = predictor.evaluate("test")
     speed = inference_speed(predictor, settings, task)
     key, goal = MODELS[name]["goal"]
-    row = {"name": name, "model": settings["model"], "task": task, "settings": settings, "epochs": epochs,
-           "epochs_run": len(metrics), "stopped_by_budget": guard.stopped, "budget_minutes": args.minutes,
-           "calibrated_images_per_second": rate, "train_seconds": train_seconds,
+    row = {"name": name, "model": settings["model"], "task": task, "settings": settings, "epochs": len(metrics),
+           "epochs_run": len(metrics), "stopped_by_budget": False, "budget_minutes": args.minutes,
+           "budget_seconds_used": plan.get("used"), "train_seconds": train_seconds,
            "epoch_seconds": sum(m["epoch_seconds"] for m in metrics), "best_epoch": predictor.record.get("epoch"),
            "val_history": [{k: v for k, v in m.items() if k.startswith("val_") or k == "epoch"} for m in metrics],
            "inference_images_per_second": speed, "goal": {"metric": key, "value": goal},
@@ -278,13 +194,15 @@ def markdown(rows: list[dict], args) -> str:
     for row in rows:
         key, goal = row["goal"]["metric"], row["goal"]["value"]
         epochs = f"{row['epochs_run']}/{row['epochs']}" + (" (budget)" if row["stopped_by_budget"] else "")
+        if "budget_seconds_used" in row:  # planned by the Trainer's budget=: the epochs it ran (the last may be partial)
+            epochs = f"{row['epochs_run']}"
         params = f"{row['params'] / 1e6:.2f}M" if "params" in row else "-"
         table.append([f"{row['name']} ({row['model']})", row["task"], params, epochs, f"{row.get('budget_minutes', args.minutes):g}",
                       f"{row['train_seconds'] / 60:.1f}",
                       key.removeprefix("test_"), f"{row[key]:.4f}", goal, "yes" if row["goal_met"] else "NO",
                       f"{row['inference_images_per_second']:.1f}"])
-    lines = ["Each model trained within its budget (train + per-epoch validation; the number of epochs calibrated "
-             "first), its best validation checkpoint evaluated on the test split.", "", _common.markdown_table(headers, table), ""]
+    lines = ["Each model trained within its budget (train + per-epoch validation; epochs planned by the Trainer's "
+             "budget=, or for older rows calibrated first), its best validation checkpoint evaluated on the test split.", "", _common.markdown_table(headers, table), ""]
     for row in rows:
         if row["task"] == "segment":
             per_class = ", ".join(f"{k} {v:.3f}" for k, v in row["test_per_class_iou"].items() if v is not None)
@@ -297,7 +215,7 @@ def markdown(rows: list[dict], args) -> str:
     for row in rows:
         shown = {k: v for k, v in row["settings"].items() if k not in ("data", "out", "name", "progress", "report")}
         lines.append(f"- {row['name']}: `{' '.join(f'{k}={json.dumps(v) if isinstance(v, dict) else v}' for k, v in shown.items())}`"
-                     f" epochs={row['epochs']}")
+                     + ("" if "budget" in row["settings"] else f" epochs={row['epochs']}"))
     return "\n".join(lines) + "\n\n" + _common.runs_markdown(rows, "name")
 
 
