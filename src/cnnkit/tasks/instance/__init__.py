@@ -1,8 +1,15 @@
 """Instance segmentation: a class, a box and a mask for every object. `cnnkit train --task instance`.
 
     cnnkit train --task instance --model maskrcnn_resnet18_fpn --data SCENES_DIR epochs=12
+    cnnkit train --task instance --model yolo_seg_fastnet --data SCENES_DIR budget=15m   # one-stage, YOLACT-style
     cnnkit evaluate RUN_DIR                     # COCO mask mAP@.5, mAP@[.5:.95] (and box mAP) on the test split
     cnnkit predict RUN_DIR scene.png --out out/ # JSON (boxes, scores, RLE masks), instance mask PNG, overlay
+
+The task never asks which model it drives: any model registered with task="instance" that follows the
+detection contract with masks fits (`model(images)` -> per image "boxes", "scores", "labels" 0-based and
+"masks" (N, H, W) probabilities at the image's size; `model(images, targets)` -> named losses): torchvision's
+Mask R-CNN through its wrapper (cnnkit.models.segmentation_maskrcnn) and cnnkit's one-stage YOLO-style
+segmenter (cnnkit.models.yolo_seg) alike.
 
 Everything but the masks is detection's (cnnkit.tasks.detection): the same data readers and validation
 (COCO JSON with polygon/RLE segmentations, or the scenes benchmark's instance PNGs), the same box-aware

@@ -1,5 +1,5 @@
-"""The instance segmentation task: Mask R-CNN-style models (the detection contract plus "masks"); COCO box
-and mask mAP as the metrics, the best checkpoint by val_mask_map50."""
+"""The instance segmentation task: models under the detection contract plus "masks" (Mask R-CNN, the YOLO-style
+one-stage segmenter); COCO box and mask mAP as the metrics, the best checkpoint by val_mask_map50."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ MASK_THRESHOLD = 0.5  # probability above which a pixel belongs to the predicted
 
 
 class InstanceTask(DetectionTask):
-    """Mask R-CNN-style models (detection contract plus "masks"); COCO box and mask mAP as metrics."""
+    """Instance segmenters (detection contract plus "masks"); COCO box and mask mAP as metrics."""
 
     name = "instance"
     monitor = "val_mask_map50"
