@@ -133,3 +133,11 @@ def test_train_on_studies_predict_dicom_and_volume(studies, tmp_path):
     truth = numpy.asarray(nibabel.load(str(studies / "p4" / "mask.nii.gz")).dataobj)
     mine = numpy.asarray(written.dataobj)
     assert lesion["dice"] == pytest.approx(2 * ((mine == 1) & (truth == 1)).sum() / ((mine == 1).sum() + truth.sum()))
+    # `evaluate` adds each test study's volume in 3-D (the same numbers), and its text shows them.
+    result = segmenter.evaluate("test")
+    assert [v["patient"] for v in result["volumes"]] == ["p4"]
+    assert result["volumes"][0]["per_structure"]["lesion"]["dice"] == pytest.approx(lesion["dice"])
+    assert result["volumes"][0]["per_structure"]["lesion"]["hd95_mm"] == pytest.approx(lesion["hd95_mm"])
+    from cnnkit.tasks.segmentation.output import evaluation_text
+
+    assert "volume p4 slices 0:12 (3-D, mm)" in evaluation_text(result, "test")

@@ -72,9 +72,15 @@ def evaluation_text(result: dict, split: str) -> str:
     """`cnnkit evaluate`: mIoU, pixel accuracy, mean Dice and loss on one line, then the per-class table."""
     from cnnkit.metrics.segmentation import per_class_table
 
+    volumes = ""
+    if result.get("volumes"):  # runs trained on studies: each volume in 3-D
+        from cnnkit.tasks.segmentation.volume import volume_metrics_text
+
+        volumes = "".join(f"\n\nvolume {v['patient']} slices {v['slices'][0]}:{v['slices'][1]} (3-D, mm)\n"
+                          + volume_metrics_text(v) for v in result["volumes"])
     return (f"{split} mIoU {result['miou']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}  "
             f"mean Dice {result['mean_dice']:.4f}  loss {result['loss']:.4f}  ({result['images']} images)\n"
-            + per_class_table(result))
+            + per_class_table(result) + volumes)
 
 
 def predict_images(segmenter, images: list[str], options: PredictOptions) -> list[dict]:

@@ -92,7 +92,12 @@ class Segmenter:
         groups = (group for batch in loader for group in batch)  # one (images, masks) pair per image size
         meter = evaluate_split(FullResolutionEvaluation(self), self.model, groups, self.device,
                                resolve_precision(config.precision, self.device))
-        return {"split": split, "images": len(files), "resolution": "each mask's own", **meter.compute(per_class=True)}
+        result = {"split": split, "images": len(files), "resolution": "each mask's own", **meter.compute(per_class=True)}
+        if self.medical is not None:  # trained on studies: each study's volume scored in 3-D (Dice, HD95, ASSD)
+            from cnnkit.tasks.segmentation.volume import evaluate_studies
+
+            result["volumes"] = evaluate_studies(self, config, split)
+        return result
 
 
 class FullResolutionEvaluation(SegmentationTask):
