@@ -12,6 +12,12 @@ brain   mask = ch2bet > 0. A studies CSV with fixed slabs of axial slices (RAS z
         budget= MINUTES (default 8). Then `predict_volume` on the whole ch2 volume (the same path as
         `cnnkit predict-volume`), scored on the test slab in 3-D: Dice, HD95 and ASSD in mm; plus the run's
         own pixel Dice on the test slices (`Segmenter.evaluate`). Goal: Dice >= 0.97 in <= 10 min of training.
+aal     the AAL atlas's 116 regions on the same grid and split (heavily imbalanced, 117 classes with background),
+        three runs of AAL_MINUTES each (default 3): plain cross-entropy; ce+dice; ce+dice with class weights
+        ("effective" numbers, Cui et al. 2019: loss-level class balancing; every slice holds structures, so
+        slice sampling has nothing to balance). Mean Dice over the structures of the test slab, and over those
+        that also occur in the training slabs (a slab split of one head leaves some structures unseen), plus
+        the per-structure Dice.
 read    slices per second: a DICOM file (CT_small, 128x128) through read_dicom + window, against pydicom's
         dcmread + pixel_array + apply_modality_lut; the ch2 NIfTI (.nii.gz) through read_nifti (canonical
         RAS) and through the whole model-input path (window, 3-slice stacks, 8-bit). HU of CT_small against
@@ -114,6 +120,65 @@ def brain_mask(work: Path, minutes: float, threads: int, quick: bool) -> dict:
     }
 
 
+AAL_VARIANTS = {"ce": {"seg_loss": "ce"}, "ce+dice": {"seg_loss": "ce+dice"},
+                "ce+dice+class-weights": {"seg_loss": "ce+dice", "class_weights": "effective"}}
+
+
+def aal_regions(work: Path, minutes: float, threads: int, quick: bool) -> dict:
+    import warnings
+
+    import nibabel
+
+    import cnnkit
+    from cnnkit.data.medical.slices import read_volume
+    from cnnkit.metrics.surface import volume_metrics
+    from cnnkit.tasks.segmentation.volume import predict_volume
+
+    studies, image_path, _ = write_studies(work, quick)
+    atlas = nibabel.load(str(TEMPLATES / "aal.nii.gz"))
+    labels_volume = numpy.asarray(atlas.dataobj).astype(numpy.uint8)
+    if quick:
+        labels_volume = labels_volume[58:122, 76:140]
+    nibabel.save(nibabel.Nifti1Image(labels_volume, atlas.affine), str(work / "aal.nii.gz"))
+    names = {int(line.split()[0]): line.split()[1]
+             for line in (TEMPLATES / "aal.nii.txt").read_text().splitlines() if line.strip()}
+    (work / "classes.txt").write_text("background\n" + "\n".join(names[k] for k in range(1, 117)) + "\n")
+    text = studies.read_text().replace("ch2-brain-mask.nii.gz", "aal.nii.gz")
+    studies = work / "aal-studies.csv"
+    studies.write_text(text)
+    truth = read_volume(work / "aal.nii.gz", mask=True).data
+    first, last = SLABS["test"][0]
+    train_slices = numpy.concatenate([truth[:, :, a:b].ravel() for a, b in SLABS["train"]])
+    seen = set(numpy.unique(train_slices).tolist())
+    results = {}
+    for variant, extra in AAL_VARIANTS.items():
+        settings = {"task": "segment", "data": str(studies), "window": "percentile", "slice_stack": 3,
+                    "model": "unet", "model_args": MODEL_ARGS, "image_size": 64 if quick else 128, "batch_size": 16,
+                    "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "onecycle", "hflip": False,
+                    "translate": 0, "scale": 0.1, "num_threads": threads, "num_workers": 0, "progress": False,
+                    "report": False, "out": str(work / "runs"), "seed": 0, **extra}
+        settings.update({"epochs": 1} if quick else {"budget": f"{minutes:g}m"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            started = time.perf_counter()
+            run = cnnkit.train(**settings)
+            seconds = time.perf_counter() - started
+        segmenter = cnnkit.load(run.run_dir)
+        volume, predicted = predict_volume(segmenter, image_path)
+        metrics = volume_metrics(predicted[:, :, first:last], truth[:, :, first:last], segmenter.classes,
+                                 volume.spacing, distances=False)
+        in_test = {name: entry["dice"] for name, entry in metrics["per_structure"].items() if entry["true_voxels"]}
+        index = {name: k for k, name in enumerate(segmenter.classes)}
+        in_both = [dice for name, dice in in_test.items() if index[name] in seen]
+        results[variant] = {
+            "settings": settings, "train_seconds": round(seconds, 1),
+            "mean_dice_test_structures": float(numpy.mean(list(in_test.values()))),
+            "mean_dice_structures_also_in_training": float(numpy.mean(in_both)),
+            "structures_in_test": len(in_test), "structures_also_in_training": len(in_both),
+            "per_structure_dice": {name: round(dice, 4) for name, dice in in_test.items()}}
+    return {"note": SINGLE_SUBJECT, "slabs": SLABS, "runs": results}
+
+
 def reading(repeats: int) -> dict:
     import pydicom
     from pydicom.pixels import apply_modality_lut
@@ -157,7 +222,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of the brain-mask run")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parts", nargs="+", default=["brain", "read"], choices=["brain", "read"])
+    parser.add_argument("--aal-minutes", type=float, default=3.0, help="training budget of each AAL run")
+    parser.add_argument("--parts", nargs="+", default=["brain", "read"], choices=["brain", "aal", "read"])
     parser.add_argument("--work", help="folder for the studies, slices and run (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results-dir")
@@ -173,6 +239,8 @@ def main() -> None:
             payload["read"] = reading(1 if args.quick else 5)
         if "brain" in args.parts:
             payload["brain"] = brain_mask(work / "brain", args.minutes, args.threads, args.quick)
+        if "aal" in args.parts:
+            payload["aal"] = aal_regions(work / "aal", args.aal_minutes, args.threads, args.quick)
     lines = [f"**{SINGLE_SUBJECT}.**", ""]
     if "brain" in payload:
         b = payload["brain"]
@@ -184,6 +252,16 @@ def main() -> None:
                   "", f"Settings: {b['settings']}; slabs {b['slabs']}. Slices written in {b['slices_prepared_seconds']} s; "
                   f"predict_volume of all {b['volume_slices']} slices {b['predict_volume_seconds']} s. "
                   f"Goal: {b['goal']}. ({SINGLE_SUBJECT}.)", ""]
+    if "aal" in payload:
+        runs = payload["aal"]["runs"]
+        lines += ["## AAL atlas, 116 regions, same slabs (test z 100-134)", "", _common.markdown_table(
+            ["variant", "mean Dice (test structures)", "mean Dice (also in training)", "structures", "train s"],
+            [[name, f"{r['mean_dice_test_structures']:.4f}", f"{r['mean_dice_structures_also_in_training']:.4f}",
+              f"{r['structures_in_test']} / {r['structures_also_in_training']}", r["train_seconds"]]
+             for name, r in runs.items()]), "", "Per-structure Dice (test slab):", "",
+            _common.markdown_table(["structure", *runs], [[s, *(runs[v]["per_structure_dice"][s] for v in runs)]
+                                                          for s in next(iter(runs.values()))["per_structure_dice"]]),
+            "", f"({SINGLE_SUBJECT}.)", ""]
     if "read" in payload:
         r = payload["read"]
         rows = [[k, v] for k, v in {**r["dicom_slices_per_second"], **r["nifti_slices_per_second"]}.items()]
