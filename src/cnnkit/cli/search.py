@@ -43,6 +43,9 @@ def add_search(commands) -> None:
                         help="retrain K candidates spread over the proxy ranking with the full recipe: the "
                              "proxy-vs-full rank correlation, and the winner picked by full training")
     parser.add_argument("--full-epochs", type=int, default=10, help="epochs of the full recipe (default 10)")
+    parser.add_argument("--darts-epochs", type=int, default=2, help="--space cells: epochs of the DARTS search")
+    parser.add_argument("--random-cells", type=int, default=8,
+                        help="--space cells --strategy darts: random cells trained as the baseline (default 8)")
     parser.add_argument("--workers", type=int, default=1, help="processes training candidates side by side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="searches", help="parent folder of search directories")
@@ -71,10 +74,13 @@ def run_search(args) -> int:
     result = search(root, space=args.space, strategy=strategy, data=args.data, budget=args.budget,
                     constraints=args.constraint, proxy_epochs=args.proxy_epochs, proxy_images=args.proxy_images,
                     seed=args.seed, workers=args.workers, full=args.full, full_epochs=args.full_epochs,
-                    max_candidates=args.max_candidates, settings=settings, resume=bool(args.resume))
+                    max_candidates=args.max_candidates, settings=settings, resume=bool(args.resume),
+                    darts_epochs=args.darts_epochs, random_cells=args.random_cells)
     winner = result["winner"]
     if winner is not None:
         print(f"winner: {winner['description']}: {winner['macs'] / 1e6:.2f} MMACs, proxy accuracy "
               f"{100 * winner['score']:.2f}%")
         print(f"train it: cnnkit train --config {root / 'winner_recipe.yaml'}")
+    else:
+        print(f"no candidate finished within the budget; see {root / 'candidates.jsonl'}")
     return 0

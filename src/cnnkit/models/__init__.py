@@ -19,7 +19,7 @@ from cnnkit.models import faster_rcnn, rcnn, ssd, yolo  # noqa: F401,E402
 from cnnkit.models import yolo_seg  # noqa: F401,E402
 # Embeddings (task="embed"): face recognition and metric learning.
 from cnnkit.models import embedding  # noqa: F401,E402
-# Architecture search's design spaces (cnnkit.search): AnyNetX/RegNetX as YAML specs.
-from cnnkit.models import anynet  # noqa: F401,E402
+# Architecture search's design spaces (cnnkit.search): AnyNetX/RegNetX as YAML specs, DARTS cells.
+from cnnkit.models import anynet, darts  # noqa: F401,E402
 # Self-supervised pretraining (task="pretrain"): SimCLR, MoCo, MAE, BEiT-style (MaskFeat targets).
 from cnnkit.models import ssl  # noqa: F401,E402

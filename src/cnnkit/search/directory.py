@@ -98,6 +98,8 @@ class SearchDirectory:
         from cnnkit.search.spaces import spec_cost
 
         size = self._input_size(arch)
+        if hasattr(self.space, "costs"):  # not a YAML spec (DARTS cells)
+            return self.space.costs(arch, self.data["channels"], size, len(self.data["classes"]))
         spec = self.space.spec(arch, size)
         params, measured = spec_cost(spec, self.data["channels"], size, len(self.data["classes"]))
         return {"macs": self.space.macs(arch, self.data["channels"], size, len(self.data["classes"])),
@@ -163,14 +165,24 @@ class SearchDirectory:
         if run_dir.exists():  # killed while training: start this candidate again
             shutil.rmtree(run_dir)
         settings = {**self.settings, **self.space.train_overrides(arch), "epochs": epochs}
+        model, extra = model_of(self.space, arch, spec_path)
+        settings.update(extra)
         if self.workers > 1 and settings.get("num_threads"):
             settings["num_threads"] = max(1, settings["num_threads"] // self.workers)
         record = {"key": key, "space": self.space.name, "arch": arch, "epochs": epochs,
                   "train_images": self.data.get("images"), "description": self.space.describe(arch),
                   **self.costs(arch), "spec_file": f"specs/{key}.yaml", "run": f"runs/{key}",
                   "settings": settings, "spec": spec}
-        return {"record": record, "model": str(spec_path), "data": self.data["data"], "run_dir": run_dir,
+        return {"record": record, "model": model, "data": self.data["data"], "run_dir": run_dir,
                 "settings": settings}
+
+
+def model_of(space, arch: dict[str, Any], spec_path: Path) -> tuple[str, dict[str, Any]]:
+    """(--model value, extra settings) that train a candidate: its YAML spec file, or a registered model and
+    its model_args (DARTS cells)."""
+    if hasattr(space, "model_settings"):
+        return space.model_settings(arch)
+    return str(spec_path), {}
 
 
 def _train_job(item) -> dict[str, Any]:
@@ -196,7 +208,7 @@ def load_options(root: Path, options: dict[str, Any], resume: bool) -> dict[str,
         return options
     recorded = json.loads(path.read_text())
     if not resume:
-        fixed = ("space", "strategy", "seed", "data", "proxy_epochs", "proxy_images", "base")
+        fixed = ("space", "strategy", "seed", "data", "proxy_epochs", "proxy_images", "base", "darts_epochs")
         changed = [key for key in fixed if options.get(key) != recorded.get(key)]
         if changed:
             raise ConfigError(f"{root} holds a search with other settings ({', '.join(changed)}); resume it "

@@ -148,7 +148,7 @@ def proxy_full_pairs(records: list[dict[str, Any]], full: list[dict[str, Any]]) 
 
 
 def write_report(root: Path, options: dict[str, Any], records: list[dict[str, Any]], full: list[dict[str, Any]],
-                 winner: dict[str, Any] | None, edf_parameters: tuple[str, ...]) -> Path:
+                 winner: dict[str, Any] | None, edf_parameters: tuple[str, ...], extra_lines=()) -> Path:
     """report.md (with the PNG plots beside it)."""
     trained = ok_records(records)
     final = final_rung(records)
@@ -161,6 +161,7 @@ def write_report(root: Path, options: dict[str, Any], records: list[dict[str, An
              f"- constraints: {', '.join(options.get('constraints') or []) or 'none'}", ""]
     if final:
         lines += write_plots_section(root, final, edf_parameters, full)
+    lines += list(extra_lines)
     pairs = proxy_full_pairs(final, full)
     if pairs:
         rho = spearman([p for p, _ in pairs], [f for _, f in pairs])
@@ -185,7 +186,8 @@ def write_report(root: Path, options: dict[str, Any], records: list[dict[str, An
                                                     f"{100 * winner['full_score']:.2f}%"
                                                     if winner.get("full_score") is not None else ""), "",
                   f"Train it: `cnnkit train --config {root / 'winner_recipe.yaml'}` "
-                  f"(or `cnnkit train --model {root / 'winner.yaml'}` with your own settings).", ""]
+                  + (f"(or `cnnkit train --model {root / 'winner.yaml'}` with your own settings)."
+                     if options["space"] != "cells" else ""), ""]
     path = root / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -10,7 +10,7 @@ import yaml
 
 from cnnkit.errors import ConfigError
 from cnnkit.files import atomic_write_text
-from cnnkit.search.directory import SearchDirectory, append_jsonl, load_options, read_jsonl
+from cnnkit.search.directory import SearchDirectory, append_jsonl, load_options, model_of, read_jsonl
 from cnnkit.search.proxy import train_candidate, write_proxy_data
 from cnnkit.search.report import final_rung, write_report
 from cnnkit.search.spaces import Constraint, space_by_name
@@ -35,7 +35,8 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
            budget: str | float = "10m", constraints: list[str] = (), proxy_epochs: int = 1,
            proxy_images: int = 5000, seed: int = 0, workers: int = 1, full: int = 0, full_epochs: int = 10,
            max_candidates: int | None = None, settings: dict[str, Any] | None = None, resume: bool = False,
-           base: str = "fastnet", trainer: Callable = train_candidate, log: Callable = print) -> dict[str, Any]:
+           base: str = "fastnet", darts_epochs: int = 2, random_cells: int = 8, trainer: Callable = train_candidate,
+           log: Callable = print) -> dict[str, Any]:
     """Run (or resume) a search in `root`; returns {"records", "full", "winner", "report"}.
 
     Args:
@@ -52,46 +53,52 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
         settings: TrainConfig keys for every run (e.g. num_threads=2); the proxy adds PROXY_DEFAULTS.
         resume: Continue the search in `root` with its recorded options.
         base: The scaled network for space=scaling.
+        darts_epochs, random_cells: space=cells: epochs of the DARTS search; random cells trained beside its cell.
+        trainer: train(model, data, run_dir, settings) -> metrics (cnnkit.search.proxy.train_candidate).
     """
     root = Path(root)
     options = {"space": space, "strategy": strategy, "data": data, "budget": budget,
                "constraints": list(constraints), "proxy_epochs": proxy_epochs, "proxy_images": proxy_images,
                "seed": seed, "workers": workers, "full": full, "full_epochs": full_epochs,
-               "max_candidates": max_candidates, "settings": dict(settings or {}), "base": base}
+               "max_candidates": max_candidates, "settings": dict(settings or {}), "base": base,
+               "darts_epochs": darts_epochs, "random_cells": random_cells}
     options = load_options(root, options, resume)
     bounds = [Constraint(text) for text in options["constraints"]]
     proxy = write_proxy_data(options["data"], root / "proxy_data", options["proxy_images"], options["seed"])
     log(f"search {root}: {options['space']} space, {options['strategy']} strategy, proxy {proxy['images']} images "
         f"x {options['proxy_epochs']} epoch(s), budget {options['budget']}")
     settings = {**PROXY_DEFAULTS, **options["settings"], "seed": options["seed"]}
-    if options["space"] == "cells":
-        from cnnkit.search.cells import search_cells
-
-        return search_cells(root, options, proxy, settings, log)
     space_object = space_by_name(options["space"], base=options["base"]) if options["space"] == "scaling" \
         else space_by_name(options["space"])
     directory = SearchDirectory(root, space_object, trainer, proxy, settings, parse_budget(options["budget"]),
                                 options["max_candidates"], bounds, options["workers"])
+    extra_lines: list[str] = []
     if options["space"] == "scaling":
         from cnnkit.search.scaling import compound_scaling
 
-        compound_scaling(space_object, directory, options["proxy_epochs"], log)
+        extra_lines = compound_scaling(space_object, directory, options["proxy_epochs"], log)
+    elif options["space"] == "cells":
+        from cnnkit.search.cells import run_cells
+
+        if options["strategy"] not in ("darts", "random"):
+            raise ConfigError(f"--space cells searches with darts or random, not {options['strategy']!r}")
+        extra_lines = run_cells(space_object, directory, options, proxy, log)
     else:
         run_strategy(options["strategy"], space_object, directory, options["proxy_epochs"], options["seed"])
     records = list(directory.records.values())
     log(f"{len(records)} candidates ({directory.reused} from candidates.jsonl), "
         f"{directory.seconds_spent:.0f} s of training")
-    full_records = retrain(root, records, options, trainer, log)
+    full_records = retrain(root, records, options, trainer, log, space_object)
     winner = pick_winner(records, full_records)
     if winner is not None:
         write_winner(root, winner, options, space_object)
-    report = write_report(root, options, records, full_records, winner, getattr(space_object, "edf_parameters", ()))
+    report = write_report(root, options, records, full_records, winner, space_object.edf_parameters, extra_lines)
     log(f"report: {report}")
     return {"records": records, "full": full_records, "winner": winner, "report": report}
 
 
 def retrain(root: Path, records: list[dict[str, Any]], options: dict[str, Any], trainer: Callable,
-            log: Callable) -> list[dict[str, Any]]:
+            log: Callable, space) -> list[dict[str, Any]]:
     """Train `options["full"]` candidates, evenly spread over the proxy ranking, with the full recipe."""
     path = root / "full.jsonl"
     done = {record["key"]: record for record in read_jsonl(path)}
@@ -103,11 +110,11 @@ def retrain(root: Path, records: list[dict[str, Any]], options: dict[str, Any], 
         for record in picks:
             if record["key"] in done:
                 continue
-            settings = {**options["settings"], **{k: v for k, v in record["settings"].items() if k == "image_size"},
+            model, extra = model_of(space, record["arch"], root / record["spec_file"])
+            settings = {**options["settings"], **_carried(record["settings"]), **extra,
                         "epochs": options["full_epochs"], "seed": options["seed"]}
             log(f"full recipe: {record['key']} ({options['full_epochs']} epochs on {options['data']})")
-            metrics = trainer(str(root / record["spec_file"]), options["data"], root / "full" / record["key"],
-                              settings)
+            metrics = trainer(model, options["data"], root / "full" / record["key"], settings)
             done[record["key"]] = {"key": record["key"], "score": metrics.get("val_accuracy"),
                                    "seconds": metrics["seconds"], "epochs": options["full_epochs"]}
             append_jsonl(path, done[record["key"]])
@@ -128,13 +135,19 @@ def pick_winner(records: list[dict[str, Any]], full: list[dict[str, Any]]) -> di
     return max((r for r in final if r["epochs"] == largest), key=lambda r: r["score"])
 
 
+def _carried(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that belong to the candidate rather than to the proxy (scaling's resolution)."""
+    return {key: value for key, value in settings.items() if key == "image_size"}
+
+
 def write_winner(root: Path, winner: dict[str, Any], options: dict[str, Any], space) -> None:
-    """winner.yaml (the network) and winner_recipe.yaml (network + data + the full recipe's epochs)."""
-    atomic_write_text(root / "winner.yaml", f"# {winner['description']}\n"
-                      + yaml.safe_dump(winner["spec"], sort_keys=False))
-    recipe = {"model": str((root / "winner.yaml").resolve()), "data": options["data"],
-              "epochs": options["full_epochs"], **options["settings"],
-              **{k: v for k, v in winner["settings"].items() if k == "image_size"}}
+    """winner.yaml (the network as a cnnkit YAML spec; DARTS cells: winner_genotype.yaml) and winner_recipe.yaml
+    (network + data + the full recipe's epochs)."""
+    path = root / ("winner_genotype.yaml" if hasattr(space, "model_settings") else "winner.yaml")
+    atomic_write_text(path, f"# {winner['description']}\n" + yaml.safe_dump(winner["spec"], sort_keys=False))
+    model, extra = model_of(space, winner["arch"], path.resolve())
+    recipe = {"model": model, "data": options["data"], "epochs": options["full_epochs"], **options["settings"],
+              **_carried(winner["settings"]), **extra}
     atomic_write_text(root / "winner_recipe.yaml",
                       f"# the winner of the search in {root}: {winner['macs'] / 1e6:.2f} MMACs, proxy accuracy "
                       f"{100 * winner['score']:.2f}%\n# cnnkit train --config {root / 'winner_recipe.yaml'}\n"

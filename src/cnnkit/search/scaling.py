@@ -83,8 +83,9 @@ class ScalingSpace:
         return {"alpha": alpha, "beta": beta, "gamma": gamma, "phi": 1}
 
 
-def compound_scaling(space: ScalingSpace, directory, epochs: int, log: Callable) -> None:
-    """The grid at phi = 1, then the best coefficients at phi = -1..2 (each candidate trained once)."""
+def compound_scaling(space: ScalingSpace, directory, epochs: int, log: Callable) -> list[str]:
+    """The grid at phi = 1, then the best coefficients at phi = -1..2 (each candidate trained once); returns
+    the report's lines (the family's accuracy vs MACs)."""
     try:
         best = None
         for alpha, beta, gamma in grid():
@@ -101,9 +102,16 @@ def compound_scaling(space: ScalingSpace, directory, epochs: int, log: Callable)
         done = [r for r in directory.records.values() if r.get("score") is not None and r["arch"]["phi"] == 1]
         best = max(done, key=lambda r: r["score"]) if done else None
     if best is None:
-        return
+        return []
     family = [{**best["arch"], "phi": phi} for phi in PHIS]
     directory.budget_seconds = float("inf")  # the family is the result: its 4 members always train
     directory.max_candidates = None
-    for arch in family:
-        directory.evaluate(arch, epochs)
+    records = [directory.evaluate(arch, epochs) for arch in family]
+    lines = ["## The scaled family", "", f"alpha={best['arch']['alpha']}, beta={best['arch']['beta']}, "
+             f"gamma={best['arch']['gamma']} (the best of the grid at phi=1)", "",
+             "| phi | network | MMACs | params | proxy acc % |", "|---|---|---|---|---|"]
+    for record in records:
+        score = f"{100 * record['score']:.2f}" if record.get("score") is not None else "failed"
+        lines.append(f"| {record['arch']['phi']} | {record['description'].split('-> ')[-1]} | "
+                     f"{record['macs'] / 1e6:.2f} | {record['params']:,} | {score} |")
+    return lines + [""]

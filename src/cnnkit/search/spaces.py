@@ -137,10 +137,11 @@ class Constraint:
 
 
 def space_by_name(name: str, **options):
-    """The search space called `name` ("regnet" or "scaling"; "cells" is searched by cnnkit.search.cells)."""
+    """The search space called `name`: "regnet", "scaling" or "cells"."""
+    from cnnkit.search.cells import CellSpace
     from cnnkit.search.scaling import ScalingSpace
 
-    spaces = {"regnet": RegNetSpace, "scaling": ScalingSpace}
+    spaces = {"regnet": RegNetSpace, "scaling": ScalingSpace, "cells": CellSpace}
     if name not in spaces:
         raise ConfigError(f"unknown search space {name!r}; choose regnet, scaling or cells")
     return spaces[name](**options) if name == "scaling" else spaces[name]()
