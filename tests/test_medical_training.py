@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy
 import pytest
+import torch
 
 pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
@@ -141,3 +142,47 @@ def test_train_on_studies_predict_dicom_and_volume(studies, tmp_path):
     from cnnkit.tasks.segmentation.output import evaluation_text
 
     assert "volume p4 slices 0:12 (3-D, mm)" in evaluation_text(result, "test")
+
+
+def _dicom_classes(root: Path) -> Path:
+    """ROOT/{bright,dark}/PATIENT_N.dcm: CT_small with a +/-300 HU offset, 6 patients x 2 images per class."""
+    import copy
+
+    source = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    for label, offset in (("bright", 300), ("dark", -300)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for patient in range(6):
+            for image in range(2):
+                dataset = copy.deepcopy(source)
+                dataset.PatientID = f"{label}-{patient}"
+                stored = source.pixel_array.astype(numpy.int32) + offset + 7 * image
+                dataset.PixelData = stored.astype(source.pixel_array.dtype).tobytes()
+                dataset.save_as(root / label / f"{patient}_{image}.dcm")
+    return root
+
+
+def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path):
+    import cnnkit
+    from cnnkit.cli import main
+
+    root = _dicom_classes(tmp_path / "xray")
+    run = cnnkit.train(data=str(root), window="40,400", model="simple_cnn", image_size=32, epochs=1, batch_size=4,
+                       val_fraction=0.2, translate=0, hflip=False, precision="fp32", channels_last=False,
+                       num_workers=0, progress=False, report=False, out=str(tmp_path / "runs"))
+    classifier = cnnkit.load(run.run_dir)
+    assert classifier.record["preprocessing"]["medical"]["window"] == "40,400"
+    cache = next((root / ".cnnkit-slices").iterdir())
+    rows = [line.split(",") for line in (cache / "patients.csv").read_text().splitlines()[1:]]
+    splits = {}
+    for file, patient, split in rows:
+        splits.setdefault(patient, set()).add(split)
+    assert all(len(s) == 1 for s in splits.values()) and {"train", "test"} <= {s for v in splits.values() for s in v}
+    assert main(["data", "check", str(cache)]) == 0
+    # predict on a raw .dcm = predict on the PNG it became in training
+    file, _, _ = rows[0]
+    index, stem = Path(file).stem.split("_", 1)
+    label = Path(file).parent.name
+    raw = root / label / f"{stem}.dcm"
+    direct = classifier.predict_proba([str(raw)])
+    via_png = classifier.predict_proba([str(cache / file)])
+    assert torch.equal(direct, via_png) and direct.shape == (1, 2)

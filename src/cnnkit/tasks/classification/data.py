@@ -3,6 +3,10 @@
 Small images of in-memory datasets (Fashion-MNIST, IDX, folders that fit in memory) become one uint8 tensor
 with batched augmentation (`TensorLoader`, the measured fast path); larger file datasets are decoded per
 batch (`StreamingLoader`). Both loaders have the same interface.
+
+A folder of class folders holding DICOM files (cnnkit.data.medical.classify) is first written as windowed
+8-bit PNGs, split by patient (cached next to it); its window goes into the checkpoint's preprocessing
+("medical"), so `predict` on a raw .dcm windows it the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class PreparedData:
     test: ArrayDataset | FileSplit | None
     classes: list[str]
     preprocessing: Preprocessing
+    medical: dict | None = None  # the window of DICOM class folders (checkpoint preprocessing)
 
 
 def prepare_data(config, preprocessing: Preprocessing | None = None) -> PreparedData:
@@ -44,9 +49,10 @@ def prepare_data(config, preprocessing: Preprocessing | None = None) -> Prepared
     """
     size = (config.image_size, config.image_size) if config.image_size else None
     channels = config.channels
+    root, medical = _dataset_root(config)
     if preprocessing is not None:
         channels, size = preprocessing.channels, tuple(preprocessing.image_size)
-    files = _scan_files(config)
+    files = _scan_files(config, root)
     if files is not None:
         train_indices, val_indices = train_val_split(len(files.train), config.val_fraction, config.seed,
                                                      labels=files.train.labels)
@@ -59,8 +65,8 @@ def prepare_data(config, preprocessing: Preprocessing | None = None) -> Prepared
             if preprocessing is None:
                 mean, std = estimate_mean_std(train, sampled_channels, sampled_size, seed=config.seed)
                 preprocessing = Preprocessing(sampled_channels, sampled_size, tuple(mean), tuple(std))
-            return PreparedData(train, val, files.test, list(files.classes), preprocessing)
-    splits = load_dataset(config.data, channels=channels, size=size, max_bad_fraction=config.max_bad_fraction)
+            return PreparedData(train, val, files.test, list(files.classes), preprocessing, medical)
+    splits = load_dataset(root, channels=channels, size=size, max_bad_fraction=config.max_bad_fraction)
     train_indices, val_indices = train_val_split(len(splits.train), config.val_fraction, config.seed,
                                                  labels=splits.train.labels)
     train = splits.train.subset(train_indices)
@@ -68,15 +74,27 @@ def prepare_data(config, preprocessing: Preprocessing | None = None) -> Prepared
     if preprocessing is None:
         mean, std = compute_mean_std(train.images)
         preprocessing = Preprocessing(train.channels, train.image_size, tuple(mean), tuple(std))
-    return PreparedData(train, val, splits.test, list(splits.classes), preprocessing)
+    return PreparedData(train, val, splits.test, list(splits.classes), preprocessing, medical)
 
 
-def _scan_files(config) -> FileSplits | None:
+def _dataset_root(config) -> tuple[str, dict | None]:
+    """config.data, or the PNG folder written from DICOM class folders (and its window)."""
+    from cnnkit.data.medical.classify import is_dicom_class_folder
+
+    if not is_dicom_class_folder(config.data):
+        return config.data, None
+    from cnnkit.data.medical.classify import prepare_dicom_classes
+
+    root = prepare_dicom_classes(config.data, config.window, config.seed)
+    return str(root), {"window": config.window or "minmax", "picture": "windowed, 8-bit grey (middle frame)"}
+
+
+def _scan_files(config, root: str | None = None) -> FileSplits | None:
     """The file lists of users' image data, or None where the data is in-memory only (Fashion-MNIST, IDX)."""
     if config.data_mode == "memory":
         return None
     try:
-        return scan_dataset(config.data)
+        return scan_dataset(root or config.data)
     except DatasetNotFoundError:
         raise
     except DataError:

@@ -32,6 +32,7 @@ class Classifier:
         self.classes: list[str] = list(record["classes"])
         self.preprocessing = Preprocessing.from_dict(record["preprocessing"])
         self.tta = bool(record.get("config", {}).get("tta", False))  # flip TTA, as the run was validated
+        self.medical: dict | None = record["preprocessing"].get("medical")  # window of runs trained on DICOM
 
     @torch.no_grad()
     def predict_proba(self, images) -> torch.Tensor:
@@ -39,7 +40,13 @@ class Classifier:
         if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
             batch = images
         else:
-            batch = self.preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
+            sources = list(images) if isinstance(images, (list, tuple)) else [images]
+            if self.medical is not None:  # raw DICOM files: windowed as the training PNGs were
+                from cnnkit.data.medical.classify import dicom_picture
+                from cnnkit.data.medical.slices import is_medical_file
+
+                sources = [dicom_picture(s, self.medical.get("window")) if is_medical_file(s) else s for s in sources]
+            batch = self.preprocessing.load(sources)
         outputs = []
         for start in range(0, len(batch), 256):
             inputs = self.preprocessing.normalize(batch[start:start + 256]).to(self.device)

@@ -62,7 +62,10 @@ def setup(config, device: torch.device, dist_info: DistInfo, resume: Path | None
                               class_weights=weights, focal_gamma=config.focal_gamma if config.loss == "focal" else 0.0)
     if config.mixup or config.cutmix:
         task.mixer = BatchMixer(len(data.classes), config.mixup, config.cutmix, config.mix_probability)
-    record = build_record(task.name, architecture, data.classes, data.preprocessing.to_dict(), config)
+    preprocessing = data.preprocessing.to_dict()
+    if data.medical is not None:  # the window `predict` applies to a raw DICOM
+        preprocessing["medical"] = data.medical
+    record = build_record(task.name, architecture, data.classes, preprocessing, config)
 
     train_loader = make_loader(data.train, data.preprocessing, config, device, train=True, dist_info=dist_info)
     val_loader = None

@@ -1,0 +1,118 @@
+"""DICOM class folders -> the image folder the classify task trains on: windowed 8-bit PNGs split by patient.
+
+    ROOT/<class>/**/*.dcm                        split by patient here (PatientID; test_fraction of patients)
+    ROOT/train/<class>/**/*.dcm, ROOT/test/...    your split, kept (patients in both are reported)
+
+Each file is read through the modality LUT (HU for CT), windowed (`window=`: a CT preset, C,W, the file's
+own "dicom" window, percentile or minmax per image), MONOCHROME1 inverted, and written as an 8-bit grey PNG
+at its own size (multi-frame files: the middle frame) to ROOT/.cnnkit-slices/HASH/{train,test}/<class>/,
+with patients.csv (file,patient,split) and medical.json, cached by a hash of the settings and files. The
+window goes into the checkpoint's preprocessing, and `predict` on a raw .dcm goes through
+`dicom_picture`: the same window and rounding, then the same decoding as the PNGs.
+
+The classify task carves its validation split from train/ by image, so images of one training patient can
+be in both train and val (early stopping is a little optimistic); the test split is by patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy
+
+from cnnkit.data.medical.dicom import DICOM_SUFFIXES, read_dicom
+from cnnkit.data.medical.slices import CACHE_FOLDER, to_uint8
+from cnnkit.data.medical.studies import Study, patient_overlap, patient_split
+from cnnkit.data.medical.windowing import parse_window
+from cnnkit.errors import DataError
+
+TEST_FRACTION = 0.2
+
+
+def _dicoms(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
+
+
+def is_dicom_class_folder(spec) -> bool:
+    """Whether `spec` is a folder of class folders (or train/test of class folders) holding DICOM files."""
+    root = Path(str(spec)).expanduser()
+    if not root.is_dir():
+        return False
+    base = root / "train" if (root / "train").is_dir() else root
+    classes = [child for child in base.iterdir() if child.is_dir() and not child.name.startswith(".")]
+    return bool(classes) and all(next(iter(_dicoms(child)), None) is not None for child in classes)
+
+
+def dicom_picture(path: str | Path, window: str | None) -> numpy.ndarray:
+    """uint8 (H, W): one DICOM file windowed as the training PNGs were (middle frame of a multi-frame file)."""
+    frames = read_dicom(path).windowed(window)
+    return to_uint8(frames[len(frames) // 2])
+
+
+def _class_files(root: Path) -> dict[str, dict[str, list[Path]]]:
+    """{split or "": {class: files}}."""
+    splits = ("train", "test") if (root / "train").is_dir() else ("",)
+    result = {}
+    for split in splits:
+        base = root / split if split else root
+        result[split] = {child.name: _dicoms(child) for child in sorted(base.iterdir())
+                         if child.is_dir() and not child.name.startswith(".")}
+    return result
+
+
+def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: float = TEST_FRACTION) -> Path:
+    """The PNG image folder of a DICOM class folder, written once into ROOT/.cnnkit-slices/HASH and reused."""
+    from PIL import Image
+
+    root = Path(str(spec)).expanduser()
+    layout = _class_files(root)
+    digest = hashlib.sha256(json.dumps({"window": parse_window(window).spec, "seed": seed, "test": test_fraction,
+                                        "kind": "classify"}).encode())
+    for split, classes in layout.items():
+        for name, files in classes.items():
+            for path in files:
+                stat = path.stat()
+                digest.update(f"{split}|{name}|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    out = root / CACHE_FOLDER / digest.hexdigest()[:16]
+    if (out / "medical.json").is_file():
+        return out
+    entries = []  # (split, class, file, patient)
+    for split, classes in layout.items():
+        for name, files in classes.items():
+            for path in files:
+                patient = read_dicom(path, pixels=False).patient_id or str(path.relative_to(root))
+                entries.append((split, name, path, patient))
+    if not entries:
+        raise DataError(f"{root} holds no DICOM files in class folders")
+    if "" in layout:  # no split given: hold out whole patients for test
+        studies = [Study(patient, path, None) for _, _, path, patient in entries]
+        chosen = patient_split(studies, 0.0, seed, test_fraction)
+        test_patients = {study.patient for study in chosen["test"]}
+        entries = [("test" if patient in test_patients else "train", name, path, patient)
+                   for _, name, path, patient in entries]
+    overlap = patient_overlap({split: [patient for s, _, _, patient in entries if s == split] for split in ("train", "test")})
+    if overlap:
+        warnings.warn(f"{root}: patients in both train and test: {', '.join(list(overlap)[:5])}; the test score then "
+                      "measures memory of those patients", stacklevel=2)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    rows = []
+    for index, (split, name, path, patient) in enumerate(entries):
+        folder = staging / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{index:06d}_{path.stem}.png"
+        Image.fromarray(dicom_picture(path, window), mode="L").save(target)
+        rows.append(f"{target.relative_to(staging)},{patient},{split}")
+    (staging / "patients.csv").write_text("file,patient,split\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    info = {"window": parse_window(window).spec, "kind": "classify", "patient_overlap": overlap,
+            "images": len(entries)}
+    (staging / "medical.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        staging.rename(out)
+    return out
