@@ -197,3 +197,11 @@ def test_search_cli_trains_candidates_and_the_winner_trains(tmp_path: Path, imag
                  "report=false"]) == 0
     assert (tmp_path / "winner" / "best.safetensors").is_file()
     assert "winner:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_workers_train_candidates_in_parallel_processes(tmp_path: Path, image_folder: Path) -> None:
+    result = search(tmp_path / "w", data=str(image_folder), proxy_images=100, max_candidates=2, workers=2,
+                    constraints=["macs<=1M"], settings={"num_threads": 2, "batch_size": 16}, log=lambda *a: None)
+    assert len(result["records"]) == 2 and all(r["status"] == "ok" for r in result["records"])
+    assert all(r["settings"]["num_threads"] == 1 for r in result["records"])  # 2 threads shared by 2 workers

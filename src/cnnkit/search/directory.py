@@ -21,6 +21,7 @@ import hashlib
 import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,7 +145,8 @@ class SearchDirectory:
                             not in self.records for arch in archs):
             raise BudgetExhausted
         if self.workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(min(self.workers, len(jobs))) as pool:
+            # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang.
+            with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=get_context("spawn")) as pool:
                 results = list(pool.map(_train_job, [(self.trainer, job) for job in jobs]))
         else:
             results = [_train_job((self.trainer, job)) for job in jobs]
