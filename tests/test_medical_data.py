@@ -53,3 +53,26 @@ def test_grey_multilabel_and_errors(tmp_path):
     numpy.savez(broken, train_images=numpy.zeros((2, 28, 28), numpy.uint8))
     with pytest.raises(DataError, match="no train_labels array"):
         read_medmnist(broken, check=False)
+
+
+def test_diagnostic_metrics_and_calibration(tmp_path):
+    from cnnkit.metrics.diagnostic import auroc, calibration, diagnostic_metrics, plot_reliability
+
+    probabilities = numpy.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.55, 0.45]])
+    labels = numpy.array([0, 1, 1, 1, 0])
+    result = diagnostic_metrics(probabilities, labels, ["normal", "pneumonia"])
+    pneumonia = result["per_class"]["pneumonia"]
+    assert pneumonia["sensitivity"] == pytest.approx(2 / 3) and pneumonia["specificity"] == 1.0
+    # scores of positives 0.4, 0.7, 0.8 vs negatives 0.1, 0.45: 5 of 6 pairs ordered right
+    assert pneumonia["auroc"] == pytest.approx(5 / 6) and pneumonia["support"] == 3
+    assert auroc([0.5, 0.5], [True, False]) == 0.5 and auroc([1, 2], [True, True]) is None
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = numpy.random.default_rng(0)
+    scores, truth = rng.random(200).round(1), rng.random(200) > 0.6  # many ties
+    assert auroc(scores, truth) == pytest.approx(sklearn_metrics.roc_auc_score(truth, scores))
+    calibrated = calibration(probabilities, labels, bins=5)
+    # confidences 0.9, 0.6, 0.7, 0.8, 0.55 (correct: T, F, T, T, T): bins [0.4,0.6) {0.55}, [0.6,0.8) {0.6, 0.7},
+    # [0.8,1] {0.8, 0.9}; ECE = (1 |1 - .55| + 2 |.5 - .65| + 2 |1 - .85|) / 5
+    assert calibrated["ece"] == pytest.approx((0.45 + 2 * 0.15 + 2 * 0.15) / 5)
+    assert [row["count"] for row in calibrated["bins"]] == [0, 0, 1, 2, 2]
+    assert plot_reliability(calibrated, tmp_path / "reliability.png").stat().st_size > 1000

@@ -13,7 +13,7 @@ import torch
 pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")
 
-from cnnkit.data.medical.slices import prepare_slices, to_uint8, write_slice_dataset  # noqa: E402
+from cnnkit.data.medical.slices import to_uint8, write_slice_dataset  # noqa: E402
 from cnnkit.data.medical.studies import read_studies  # noqa: E402
 from cnnkit.data.medical.windowing import linear_window  # noqa: E402
 from cnnkit.errors import DataError  # noqa: E402
@@ -186,3 +186,11 @@ def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path):
     direct = classifier.predict_proba([str(raw)])
     via_png = classifier.predict_proba([str(cache / file)])
     assert torch.equal(direct, via_png) and direct.shape == (1, 2)
+    # The run as a diagnostic test: sensitivity, specificity, AUROC per class, calibration, reliability diagram.
+    from cnnkit.tasks.classification.diagnostic import diagnose
+
+    result = diagnose(classifier, "test", bins=5, plot=tmp_path / "reliability.png")
+    assert set(result["per_class"]) == {"bright", "dark"} and result["count"] == sum(
+        1 for _, _, split in rows if split == "test")
+    assert 0 <= result["calibration"]["ece"] <= 1 and (tmp_path / "reliability.png").is_file()
+    assert main(["diagnose", str(run.run_dir), "--bins", "5"]) == 0

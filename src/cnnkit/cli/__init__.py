@@ -4,6 +4,7 @@
     cnnkit evaluate RUN_DIR [--split test|val] [--json]
     cnnkit predict RUN_DIR IMAGE... [--top-k K] [--json] [--backend auto|torch|onnxruntime|openvino]
     cnnkit predict-volume RUN_DIR VOLUME [--out MASK.nii.gz] [--truth MASK.nii.gz] [--json]
+    cnnkit diagnose RUN_DIR [--split test|val] [--bins N] [--plot FILE.png] [--json]
     cnnkit runs [DIR] [--json]
     cnnkit models [--family NAME] [--input CxHxW] [--flops] [--json]
     cnnkit models summary NAME [--input CxHxW] [--num-classes K] [--depth N] [--json]
@@ -54,6 +55,7 @@ COMMANDS = {
     "evaluate": (runs.add_evaluate, runs.run_evaluate),
     "predict": (runs.add_predict, runs.run_predict),
     "predict-volume": (medical.add_predict_volume, medical.run_predict_volume),
+    "diagnose": (medical.add_diagnose, medical.run_diagnose),
     "runs": (run_list.add_runs, run_list.run_runs),
     "models": (models.add_models, models.run_models),
     "inspect": (inspect.add_inspect, inspect.run_inspect),

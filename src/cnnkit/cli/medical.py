@@ -1,6 +1,8 @@
-"""`cnnkit predict-volume`: a segmentation run trained on studies, applied to a whole volume.
+"""`cnnkit predict-volume` (a segmentation run trained on studies, applied to a whole volume) and
+`cnnkit diagnose` (a classification run read as a diagnostic test).
 
     cnnkit predict-volume RUN_DIR VOLUME [--out MASK.nii.gz] [--truth MASK.nii.gz] [--no-distances] [--json]
+    cnnkit diagnose RUN_DIR [--split test|val] [--bins N] [--plot FILE.png] [--json]
 
 VOLUME is a NIfTI file or a DICOM series folder; the run's window and slice stack are applied as in its
 training. The mask is written as a NIfTI in the input's orientation and affine; with --truth, Dice per
@@ -56,4 +58,36 @@ def run_predict_volume(args) -> int:
         print(f"{args.volume} -> {written} ({'x'.join(map(str, labels.shape))} voxels)")
         if args.truth:
             print(volume_metrics_text(result["metrics"]))
+    return 0
+
+
+def add_diagnose(commands) -> None:
+    parser = commands.add_parser(
+        "diagnose", help="a classification run as a diagnostic test: sensitivity, specificity, AUROC, calibration",
+        description="Per class, one against the rest: sensitivity (recall), specificity and AUROC of the run's\n"
+                    "probabilities on its test (or val) split, and their calibration: the expected calibration\n"
+                    "error over equal-width confidence bins, and with --plot the reliability diagram.",
+        epilog="example:\n  cnnkit diagnose runs/xray --plot reliability.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--split", choices=["test", "val"], default="test")
+    parser.add_argument("--bins", type=int, default=10, help="calibration bins on [0, 1] (default 10)")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the reliability diagram")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", default="auto")
+
+
+def run_diagnose(args) -> int:
+    from cnnkit.errors import ConfigError
+
+    if args.bins < 1:
+        raise ConfigError(f"--bins must be 1 or more, got {args.bins}")
+    from cnnkit.api import load
+    from cnnkit.tasks.classification.diagnostic import diagnose, diagnosis_text
+
+    classifier = load(args.run_dir, device=args.device)
+    if classifier.record.get("task") not in ("classify", "classification"):
+        raise ConfigError(f"{args.run_dir} is a {classifier.record.get('task')} run; diagnose needs a classify run")
+    result = diagnose(classifier, args.split, args.bins, args.plot)
+    print(json.dumps(result, indent=2) if args.json else diagnosis_text(result))
     return 0
