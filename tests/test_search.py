@@ -141,7 +141,10 @@ def test_a_killed_search_resumes_without_repeating_finished_candidates(tmp_path:
     winner = max(result["records"], key=lambda r: r["score"])
     assert result["winner"]["key"] == winner["key"]
     assert yaml_load(root / "winner.yaml") == winner["spec"]
-    assert "Pareto front" in (root / "report.md").read_text()
+    report = (root / "report.md").read_text()
+    assert "Pareto front (proxy accuracy vs MACs)" in report and "Pareto front (proxy accuracy vs CPU latency)" in report
+    latency = json.loads((root / "latency.json").read_text())
+    assert set(latency) == {r["key"] for r in result["records"]} and all(ms > 0 for ms in latency.values())
     assert (root / "pareto.png").stat().st_size > 1000 and (root / "edf.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="other settings"):
         _search(root, image_folder, FakeTrainer(), max_candidates=6, seed=1)

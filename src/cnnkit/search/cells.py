@@ -63,6 +63,9 @@ class CellSpace:
     def train_overrides(self, arch: dict[str, Any]) -> dict[str, Any]:
         return {}
 
+    def build(self, arch: dict[str, Any], in_chans: int, input_size: int, num_classes: int) -> DartsNetwork:
+        return DartsNetwork(arch["genotype"], self.channels, self.layers, num_classes, in_chans)
+
     def describe(self, arch: dict[str, Any]) -> str:
         normal = ", ".join(f"{op}@{source}" for op, source in arch["genotype"]["normal"])
         return f"{arch['origin']} cell (normal: {normal})"

@@ -105,3 +105,17 @@ def train_candidate(model: str, data: str, run_dir: Path, settings: dict[str, An
     best = trainer.fit()
     return {**{key: value for key, value in best.items() if isinstance(value, (int, float))},
             "seconds": time.perf_counter() - started}
+
+
+def measure_latency(model: torch.nn.Module, input_shape: tuple[int, int, int], repeats: int = 30) -> float:
+    """Median milliseconds of one eval-mode forward pass of one image on the CPU (fp32, the current threads)."""
+    model = model.eval()
+    x = torch.randn(1, *input_shape)
+    times = []
+    with torch.inference_mode():
+        for index in range(repeats + 3):
+            started = time.perf_counter()
+            model(x)
+            if index >= 3:  # the first calls create oneDNN primitives
+                times.append(time.perf_counter() - started)
+    return 1000 * sorted(times)[len(times) // 2]

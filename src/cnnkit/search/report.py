@@ -202,6 +202,14 @@ def write_plots_section(root: Path, final: list[dict[str, Any]], edf_parameters:
     for record in front:
         lines.append(f"| {record['key']} | {record['macs'] / 1e6:.2f} | {record['params']:,} | "
                      f"{100 * record['score']:.2f} | {record['epochs']} | {record['description']} |")
+    timed = [record for record in final if record.get("latency_ms") is not None]
+    if timed:
+        lines += ["", "## Pareto front (proxy accuracy vs CPU latency)", "",
+                  "Latency: one image, batch 1, fp32, median of 30 forward passes after the search, on this machine.",
+                  "", "| candidate | latency ms | MMACs | proxy acc % |", "|---|---|---|---|"]
+        for record in pareto_front(timed, cost="latency_ms"):
+            lines.append(f"| {record['key']} | {record['latency_ms']:.2f} | {record['macs'] / 1e6:.2f} | "
+                         f"{100 * record['score']:.2f} |")
     lines += ["", "## Error EDFs per parameter range", "",
               "F(e): the share of sampled models with proxy error below e; the curve further left is the better "
               "range of that parameter.", "", "![EDF](edf.png)", ""]

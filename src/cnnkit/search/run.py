@@ -11,7 +11,7 @@ import yaml
 from cnnkit.errors import ConfigError
 from cnnkit.files import atomic_write_text
 from cnnkit.search.directory import SearchDirectory, append_jsonl, load_options, model_of, read_jsonl
-from cnnkit.search.proxy import train_candidate, write_proxy_data
+from cnnkit.search.proxy import measure_latency, train_candidate, write_proxy_data
 from cnnkit.search.report import final_rung, write_report
 from cnnkit.search.spaces import Constraint, space_by_name
 from cnnkit.search.strategies import run_strategy
@@ -89,6 +89,7 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
     records = list(directory.records.values())
     log(f"{len(records)} candidates ({directory.reused} from candidates.jsonl), "
         f"{directory.seconds_spent:.0f} s of training")
+    records = with_latency(root, records, space_object, proxy, directory)
     full_records = retrain(root, records, options, trainer, log, space_object)
     winner = pick_winner(records, full_records)
     if winner is not None:
@@ -96,6 +97,24 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
     report = write_report(root, options, records, full_records, winner, space_object.edf_parameters, extra_lines)
     log(f"report: {report}")
     return {"records": records, "full": full_records, "winner": winner, "report": report}
+
+
+def with_latency(root: Path, records: list[dict[str, Any]], space, proxy: dict[str, Any],
+                 directory: SearchDirectory) -> list[dict[str, Any]]:
+    """The records with `latency_ms` (batch 1, CPU, fp32, median of 30), measured once per candidate after the
+    search (not while other candidates train) and kept in latency.json."""
+    import json
+
+    path = root / "latency.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    for record in final_rung(records):
+        if record["key"] not in known:
+            size = directory._input_size(record["arch"])
+            model = space.build(record["arch"], proxy["channels"], size, len(proxy["classes"]))
+            known[record["key"]] = round(measure_latency(model, (proxy["channels"], size, size)), 4)
+    atomic_write_text(path, json.dumps(known, indent=1))
+    return [{**record, "latency_ms": known[record["key"]]} if record["key"] in known else record
+            for record in records]
 
 
 def retrain(root: Path, records: list[dict[str, Any]], options: dict[str, Any], trainer: Callable,

@@ -73,6 +73,11 @@ class ScalingSpace:
         size = self.scaled(arch)[2]
         return {"image_size": size} if size != self.input_size else {}
 
+    def build(self, arch: dict[str, Any], in_chans: int, input_size: int, num_classes: int):
+        from cnnkit.models.custom import CustomCNN
+
+        return CustomCNN(self.spec(arch), num_classes=num_classes, in_chans=in_chans, input_size=self.scaled(arch)[2])
+
     def describe(self, arch: dict[str, Any]) -> str:
         convs, widths, size = self.scaled(arch)
         return (f"alpha={arch['alpha']} beta={arch['beta']} gamma={arch['gamma']} phi={arch['phi']} -> "

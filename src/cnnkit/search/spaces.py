@@ -98,6 +98,10 @@ class RegNetSpace:
     def train_overrides(self, arch: dict[str, Any]) -> dict[str, Any]:
         return {}
 
+    def build(self, arch: dict[str, Any], in_chans: int, input_size: int, num_classes: int) -> torch.nn.Module:
+        return CustomCNN(self.spec(arch, input_size), num_classes=num_classes, in_chans=in_chans,
+                         input_size=input_size)
+
     def describe(self, arch: dict[str, Any]) -> str:
         design = self.design(arch)
         return (f"d={arch['depth']} w0={arch['w_0']} wa={arch['w_a']} wm={arch['w_m']} g={arch['group_width']} "
