@@ -44,7 +44,12 @@ def is_dicom_class_folder(spec) -> bool:
         return False
     base = root / "train" if (root / "train").is_dir() else root
     classes = [child for child in base.iterdir() if child.is_dir() and not child.name.startswith(".")]
-    return bool(classes) and all(next(iter(_dicoms(child)), None) is not None for child in classes)
+    # The first file of each class folder decides (an image folder of a million files is not walked).
+    return bool(classes) and all(_first_file(child).suffix.lower() in DICOM_SUFFIXES for child in classes)
+
+
+def _first_file(folder: Path) -> Path:
+    return next((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")), Path(""))
 
 
 def dicom_picture(path: str | Path, window: str | None) -> numpy.ndarray:
