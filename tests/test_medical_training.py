@@ -121,6 +121,11 @@ def test_train_on_studies_predict_dicom_and_volume(studies, tmp_path):
     assert image.shape == (3, 128, 128)
     numpy.testing.assert_allclose(image[1].numpy(), expected, atol=1e-6)
     assert segmenter.predict([ct])[0].shape == (128, 128)
+    from cnnkit.cli import main
+
+    assert main(["predict", str(run.run_dir), str(ct), "--out", str(tmp_path / "predicted")]) == 0
+    assert (tmp_path / "predicted" / "CT_small-mask.png").is_file()
+    assert (tmp_path / "predicted" / "CT_small-overlay.png").is_file()
     # A whole volume: slice by slice, written back with the input's own (LAS) affine.
     volume, labels = predict_volume(segmenter, studies / "p4" / "image.nii.gz")
     assert labels.shape == (32, 32, 12) and labels.dtype == numpy.int64
