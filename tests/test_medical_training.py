@@ -199,3 +199,24 @@ def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path):
         1 for _, _, split in rows if split == "test")
     assert 0 <= result["calibration"]["ece"] <= 1 and (tmp_path / "reliability.png").is_file()
     assert main(["diagnose", str(run.run_dir), "--bins", "5"]) == 0
+
+
+def test_voxel_spacing_resamples_slices_and_predictions_return_to_the_scan_grid(studies, tmp_path):
+    from PIL import Image
+
+    from cnnkit.registry import create_model
+    from cnnkit.tasks.segmentation.predictor import Segmenter
+    from cnnkit.tasks.segmentation.volume import predict_volume
+
+    only = [s for s in read_studies(studies / "studies.csv") if s.patient in ("p0", "p4")]
+    info = write_slice_dataset(only, tmp_path / "slices", window="0,100", val_fraction=0.0, spacing=3.0)
+    assert info["spacing"] == 3.0
+    train = sorted((tmp_path / "slices" / "train" / "images").glob("p0_z*.png"))
+    assert len(train) == 8 and Image.open(train[0]).size == (16, 16)  # 32 x 1.5 mm / 3, 12 x 2 mm / 3
+    model = create_model("unet", num_classes=2, in_chans=1, input_size=16, **TINY_UNET).eval()
+    record = {"classes": ["background", "lesion"], "config": {},
+              "preprocessing": {"channels": 1, "image_size": [16, 16], "mean": [0.5], "std": [0.25],
+                                "medical": {"window": "0,100", "stack": 1, "spacing": 3.0}}}
+    segmenter = Segmenter(model, record, None, torch.device("cpu"))
+    volume, labels = predict_volume(segmenter, studies / "p4" / "image.nii.gz")
+    assert labels.shape == volume.shape == (32, 32, 12)

@@ -193,6 +193,9 @@ class TrainConfig:
         1, "study volumes: 1 (2-D slices) or 3 (2.5-D: a slice and its two neighbours as channels)")
     empty_slice_fraction: float = setting(
         1.0, "study volumes: share of all-background training slices kept (seeded); < 1 balances tiny foregrounds")
+    voxel_spacing: float | None = setting(
+        None, "study volumes: resample to this isotropic spacing in mm before slicing (None: as scanned); "
+              "volume predictions return to the scan's grid")
 
     # --- detection ---
     detect_augment: str = setting(
@@ -349,6 +352,8 @@ class TrainConfig:
             parse_loss_spec(self.seg_loss)
         if self.slice_stack not in (1, 3):
             raise ConfigError(f"slice_stack={self.slice_stack} must be 1 (2-D) or 3 (2.5-D, one slice per channel)")
+        if self.voxel_spacing is not None and not self.voxel_spacing > 0:
+            raise ConfigError(f"voxel_spacing={self.voxel_spacing} must be a positive number of mm (or unset)")
         if not 0.0 < self.empty_slice_fraction <= 1.0:
             raise ConfigError(f"empty_slice_fraction={self.empty_slice_fraction} must be in (0, 1]")
         if not (self.tversky_alpha >= 0 and self.tversky_beta >= 0 and self.tversky_alpha + self.tversky_beta > 0):

@@ -16,6 +16,11 @@ Class-balanced slice sampling for tiny foregrounds: `empty_fraction` < 1 keeps o
 of the *training* slices whose mask is all background; validation and test keep every slice, so their
 scores stay those of whole volumes.
 
+Resampling (`spacing`, the `voxel_spacing=` setting): image and mask are resampled to that isotropic
+spacing (trilinear / nearest) before slicing, so every study's slices have the same millimetres per pixel;
+slabs ("START:STOP") stay in the scan's own slice indices and are converted. `predict_volume` resamples
+the same way and brings its labels back to the scan's grid (nearest neighbour).
+
 `prepare_slices` is what the segment task calls for a study layout: it writes the dataset once into a
 cache folder next to the studies, named by a hash of the settings and the files' sizes and times, and
 reuses it while nothing changed.
@@ -34,7 +39,7 @@ import torch
 
 from cnnkit.data.medical.nifti import is_nifti, read_nifti
 from cnnkit.data.medical.studies import SPLITS, Study, patient_overlap, patient_split, read_studies
-from cnnkit.data.medical.volumes import Volume, volume_slices, stack_slices
+from cnnkit.data.medical.volumes import Volume, resample, stack_slices, volume_slices
 from cnnkit.data.medical.windowing import apply_window, parse_window
 from cnnkit.errors import DataError
 
@@ -82,7 +87,8 @@ def _class_names(root: Path, max_label: int) -> list[str]:
 
 def write_slice_dataset(studies: list[Study], out: str | Path, window: str | None = "minmax", stack: int = 1,
                         val_fraction: float = 0.1, seed: int = 0, empty_fraction: float = 1.0,
-                        classes_root: Path | None = None, test_fraction: float = 0.0) -> dict:
+                        classes_root: Path | None = None, test_fraction: float = 0.0,
+                        spacing: float | None = None) -> dict:
     """Write the slice dataset of `studies` to `out` (see the module docstring); returns medical.json's content.
 
     Raises:
@@ -116,12 +122,16 @@ def write_slice_dataset(studies: list[Study], out: str | Path, window: str | Non
             if mask.data.min() < 0:
                 raise DataError(f"mask {study.mask} has negative labels; labels are 0 (background), 1, 2 ...")
             max_label = max(max_label, int(mask.data.max()))
+            first, last = study.slices or (0, image.shape[2])
+            if last > image.shape[2]:
+                raise DataError(f"study {study.patient}: slices {first}:{last} lie outside its {image.shape[2]} "
+                                "axial slices")
+            if spacing:
+                scale = image.shape[2]
+                image, mask = resample(image, spacing), resample(mask, spacing, mask=True)
+                first, last = (round(index * image.shape[2] / scale) for index in (first, last))
             stacks = windowed_stacks(image, window, stack)  # (Z, K, H, W)
             masks = volume_slices(mask.data)  # (Z, H, W)
-            first, last = study.slices or (0, len(stacks))
-            if last > len(stacks):
-                raise DataError(f"study {study.patient}: slices {first}:{last} lie outside its {len(stacks)} "
-                                "axial slices")
             (out / split / "images").mkdir(parents=True, exist_ok=True)
             (out / split / "masks").mkdir(parents=True, exist_ok=True)
             for z in range(first, last):
@@ -145,7 +155,7 @@ def write_slice_dataset(studies: list[Study], out: str | Path, window: str | Non
     with open(out / "patients.csv", "w", newline="", encoding="utf-8") as handle:
         handle.write("file,patient,split\n" + "".join(f"{f},{p},{s}\n" for f, p, s in files))
     info = {"format": FORMAT_VERSION, "window": parse_window(window).spec, "stack": stack, "axis": "axial (RAS z)",
-            "slice_image": "flipud(volume[:, :, z].T)", "empty_fraction": empty_fraction,
+            "slice_image": "flipud(volume[:, :, z].T)", "empty_fraction": empty_fraction, "spacing": spacing,
             "studies": records, "patient_overlap": overlap}
     (out / "medical.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
@@ -166,7 +176,7 @@ def _fingerprint(studies: list[Study], settings: dict) -> str:
 
 
 def prepare_slices(spec: str | Path, window: str | None, stack: int, val_fraction: float, seed: int,
-                   empty_fraction: float = 1.0) -> Path:
+                   empty_fraction: float = 1.0, spacing: float | None = None) -> Path:
     """The slice dataset of a study layout, written once into SPEC's folder/.cnnkit-slices/HASH and reused.
 
     A patient found in more than one split (a fixed split column, or slabs of one subject) is reported as a
@@ -176,12 +186,13 @@ def prepare_slices(spec: str | Path, window: str | None, stack: int, val_fractio
     studies = read_studies(spec)
     root = spec if spec.is_dir() else spec.parent
     settings = {"window": parse_window(window).spec, "stack": stack, "val_fraction": val_fraction, "seed": seed,
-                "empty_fraction": empty_fraction}
+                "empty_fraction": empty_fraction, **({"spacing": spacing} if spacing else {})}
     out = root / CACHE_FOLDER / _fingerprint(studies, settings)
     done = out / "medical.json"
     if not done.is_file():
         staging = out.with_name(out.name + f".partial-{torch.randint(0, 10**9, ()).item()}")
-        write_slice_dataset(studies, staging, window, stack, val_fraction, seed, empty_fraction, classes_root=root)
+        write_slice_dataset(studies, staging, window, stack, val_fraction, seed, empty_fraction, classes_root=root,
+                            spacing=spacing)
         if out.exists():  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
         else:
@@ -220,6 +231,9 @@ def read_medical_image(source: str | Path, medical: dict) -> torch.Tensor:
 
     path = Path(source)
     volume = read_nifti(path) if is_nifti(path) else read_series([path])
+    if medical.get("spacing"):  # in-plane only for one slice: its thickness is not a grid to resample
+        z_spacing = volume.spacing[2] if volume.shape[2] == 1 else medical["spacing"]
+        volume = resample(volume, (medical["spacing"], medical["spacing"], z_spacing))
     if volume.shape[2] > 1 and is_nifti(path):
         raise DataError(f"{path} is a volume of {volume.shape[2]} slices: predict it with `cnnkit predict-volume RUN "
                         f"{path}` (writes a NIfTI mask), or pass single slices")

@@ -128,16 +128,23 @@ def stack_volume(volume_data: numpy.ndarray, stack: int = 1) -> numpy.ndarray:
     return stack_slices(volume_slices(volume_data), stack)
 
 
-def resample(volume: Volume, spacing: float | tuple[float, float, float], mask: bool = False) -> Volume:
-    """The volume at a new voxel spacing (mm); trilinear for images, nearest for masks.
+def resample(volume: Volume, spacing: float | tuple[float, float, float] | None = None, mask: bool = False,
+             shape: tuple[int, int, int] | None = None) -> Volume:
+    """The volume at a new voxel spacing (mm), or on a grid of `shape`; trilinear for images, nearest for masks.
 
-    The affine is rescaled about the first voxel's corner so every voxel centre keeps its position in mm.
+    The new shape is the old extent / spacing rounded to whole voxels, so the spacing reached is the nearest
+    that tiles the same extent. The affine is rescaled about the first voxel's corner, so the volume covers
+    the same millimetres (resampling back with the old shape returns to the old grid).
     """
-    target = numpy.broadcast_to(numpy.asarray(spacing, dtype=float), (3,))
-    if (target <= 0).any():
-        raise DataError(f"spacing must be positive, got {spacing}")
-    old = numpy.asarray(volume.spacing)
-    shape = numpy.maximum(1, numpy.round(numpy.asarray(volume.shape) * old / target)).astype(int)
+    if shape is None:
+        if spacing is None:
+            raise DataError("resample needs a spacing or a shape")
+        target = numpy.broadcast_to(numpy.asarray(spacing, dtype=float), (3,))
+        if (target <= 0).any():
+            raise DataError(f"spacing must be positive, got {spacing}")
+        old = numpy.asarray(volume.spacing)
+        shape = numpy.maximum(1, numpy.round(numpy.asarray(volume.shape) * old / target)).astype(int)
+    shape = numpy.asarray(shape, dtype=int)
     values = torch.from_numpy(numpy.ascontiguousarray(volume.data).astype(numpy.float32))[None, None]
     mode = "nearest-exact" if mask else "trilinear"
     kwargs = {} if mask else {"align_corners": False}
@@ -148,4 +155,4 @@ def resample(volume: Volume, spacing: float | tuple[float, float, float], mask: 
     change = numpy.eye(4)
     change[:3, :3] = numpy.diag(scale)
     change[:3, 3] = (scale - 1) / 2  # new voxel i's centre sits at old index (i + 0.5) * scale - 0.5
-    return Volume(resized, volume.affine @ change, {**volume.meta, "resampled_to": target.tolist()})
+    return Volume(resized, volume.affine @ change, {**volume.meta, "resampled_shape": shape.tolist()})

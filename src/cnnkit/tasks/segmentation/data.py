@@ -77,9 +77,9 @@ def _dataset_root(config) -> tuple[str, dict | None]:
     from cnnkit.data.medical.slices import prepare_slices
 
     root = prepare_slices(config.data, config.window, config.slice_stack, config.val_fraction, config.seed,
-                          config.empty_slice_fraction)
+                          config.empty_slice_fraction, config.voxel_spacing)
     return str(root), {"window": config.window or "minmax", "stack": config.slice_stack, "axis": "axial (RAS z)",
-                       "slice_image": "flipud(volume[:, :, z].T), windowed, 8-bit"}
+                       "spacing": config.voxel_spacing, "slice_image": "flipud(volume[:, :, z].T), windowed, 8-bit"}
 
 
 def make_loader(files: SegmentationFiles, preprocessing: Preprocessing, config, train: bool,

@@ -24,7 +24,7 @@ from cnnkit.tasks.segmentation.task import predict_logits
 def predict_volume(segmenter, source: str | Path, batch_size: int = 16):
     """(Volume of the input, canonical RAS; int64 (X, Y, Z) class indices on its grid)."""
     from cnnkit.data.medical.slices import model_inputs, read_volume
-    from cnnkit.data.medical.volumes import restack
+    from cnnkit.data.medical.volumes import Volume, resample, restack
 
     medical = segmenter.medical
     if medical is None:
@@ -32,7 +32,8 @@ def predict_volume(segmenter, source: str | Path, batch_size: int = 16):
                               "window or slice stack): volumes can only be predicted by runs trained with "
                               "--data STUDIES (a studies CSV or patient folders)")
     volume = read_volume(source)
-    inputs = model_inputs(volume, medical.get("window"), int(medical.get("stack", 1)))  # (Z, K, H, W)
+    grid = resample(volume, medical["spacing"]) if medical.get("spacing") else volume  # the training spacing
+    inputs = model_inputs(grid, medical.get("window"), int(medical.get("stack", 1)))  # (Z, K, H, W)
     if inputs.shape[1] != segmenter.preprocessing.channels:
         raise DataError(f"{source}: {inputs.shape[1]}-slice stacks but the model takes "
                         f"{segmenter.preprocessing.channels} channels")
@@ -42,7 +43,10 @@ def predict_volume(segmenter, source: str | Path, batch_size: int = 16):
         logits = predict_logits(segmenter.model, segmenter._inputs(batch), segmenter.tta)  # (B, K, h, w)
         logits = F.interpolate(logits, size=batch.shape[-2:], mode="bilinear", align_corners=False)
         labels.append(logits.argmax(dim=1).cpu())
-    return volume, restack(torch.cat(labels).numpy()).astype(numpy.int64)
+    labels = restack(torch.cat(labels).numpy()).astype(numpy.int64)
+    if grid is not volume:  # back to the scan's own grid
+        labels = resample(Volume(labels, grid.affine, {}), mask=True, shape=volume.shape).data
+    return volume, labels
 
 
 def write_volume_prediction(labels: numpy.ndarray, volume, out: str | Path) -> Path:
@@ -91,7 +95,7 @@ def evaluate_studies(segmenter, config, split: str) -> list[dict]:
     from cnnkit.metrics.surface import volume_metrics
 
     root = prepare_slices(config.data, config.window, config.slice_stack, config.val_fraction, config.seed,
-                          config.empty_slice_fraction)
+                          config.empty_slice_fraction, config.voxel_spacing)
     info = json.loads((root / "medical.json").read_text(encoding="utf-8"))
     results, cache = [], {}
     for study in info["studies"]:
