@@ -31,7 +31,7 @@ read    slices per second: a DICOM file (CT_small, 128x128) through read_dicom +
     flock /tmp/cnnkit-heavy.lock .venv/bin/python benchmarks/medical.py --threads 2
     .venv/bin/python benchmarks/medical.py --quick     # smoke test: a small crop, 1 epoch
 
-Writes benchmarks/results/medical.json and .md (medical-quick.* for --quick).
+Writes benchmarks/results/medical.json and .md (medical-quick.* for --quick; medical-TAG.* with --tag).
 """
 
 from __future__ import annotations
@@ -297,6 +297,7 @@ def main() -> None:
     parser.add_argument("--work", help="folder for the studies, slices and run (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results-dir")
+    parser.add_argument("--tag", help="results go to medical-TAG.json/.md (several invocations, one file each)")
     args = parser.parse_args()
     if not (TEMPLATES / "ch2.nii.gz").is_file():
         raise SystemExit(f"{TEMPLATES}/ch2.nii.gz not found: apt-get install mricron-data")
@@ -352,7 +353,7 @@ def main() -> None:
                   f"RescaleIntercept {r['ct_small']['rescale_intercept']}).", ""]
     lines.append("Other agents were editing and running tests on this machine meanwhile (light load); heavy runs were "
                  "serialised by a lock.")
-    _common.finish(NAME, "Medical imaging: ch2 brain mask and reading speed", header, payload, "\n".join(lines),
+    _common.finish(f"{NAME}-{args.tag}" if args.tag else NAME, "Medical imaging: ch2 brain mask and reading speed", header, payload, "\n".join(lines),
                    args.results_dir)
 
 
