@@ -105,7 +105,7 @@ def test_train_on_studies_predict_dicom_and_volume(studies, tmp_path):
     from cnnkit.tasks.segmentation.volume import evaluate_volume, predict_volume, write_volume_prediction
 
     run = cnnkit.train(task="segment", data=str(studies / "studies.csv"), window="0,100", slice_stack=3,
-                       model="unet", model_args=TINY_UNET, epochs=2, batch_size=8, lr=3e-3, optimizer="adamw",
+                       model="unet", model_args=TINY_UNET, epochs=1, batch_size=8, lr=3e-3, optimizer="adamw",
                        val_fraction=0.25, translate=0, hflip=False, precision="fp32", channels_last=False,
                        num_workers=0, progress=False, report=False, out=str(tmp_path / "runs"), seg_loss="ce+tversky")
     segmenter = cnnkit.load(run.run_dir)
