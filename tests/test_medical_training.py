@@ -191,6 +191,8 @@ def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path):
     direct = classifier.predict_proba([str(raw)])
     via_png = classifier.predict_proba([str(cache / file)])
     assert torch.equal(direct, via_png) and direct.shape == (1, 2)
+    assert main(["explain", str(run.run_dir), str(raw), "--out", str(tmp_path / "cam")]) == 0  # Grad-CAM on a .dcm
+    assert any((tmp_path / "cam").iterdir())
     # The run as a diagnostic test: sensitivity, specificity, AUROC per class, calibration, reliability diagram.
     from cnnkit.tasks.classification.diagnostic import diagnose
 

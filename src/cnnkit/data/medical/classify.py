@@ -20,14 +20,17 @@ import hashlib
 import json
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy
+import torch
 
 from cnnkit.data.medical.dicom import DICOM_SUFFIXES, read_dicom
 from cnnkit.data.medical.slices import CACHE_FOLDER, to_uint8
 from cnnkit.data.medical.studies import Study, patient_overlap, patient_split
 from cnnkit.data.medical.windowing import parse_window
+from cnnkit.data.preprocess import Preprocessing
 from cnnkit.errors import DataError
 
 TEST_FRACTION = 0.2
@@ -121,3 +124,21 @@ def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: fl
     else:
         staging.rename(out)
     return out
+
+
+@dataclass(frozen=True)
+class WindowedPreprocessing(Preprocessing):
+    """A classify run's Preprocessing that also takes raw DICOM files: each is windowed as the training PNGs
+    were (`dicom_picture`) before the usual decoding, wherever the run's images are loaded (predict, explain)."""
+
+    window: str | None = None
+
+    def load(self, sources) -> torch.Tensor:
+        from cnnkit.data.medical.slices import is_medical_file
+
+        return super().load([dicom_picture(s, self.window) if is_medical_file(s) else s for s in sources])
+
+    @classmethod
+    def wrap(cls, preprocessing: Preprocessing, window: str | None) -> WindowedPreprocessing:
+        return cls(preprocessing.channels, tuple(preprocessing.image_size), tuple(preprocessing.mean),
+                   tuple(preprocessing.std), window)

@@ -33,6 +33,10 @@ class Classifier:
         self.preprocessing = Preprocessing.from_dict(record["preprocessing"])
         self.tta = bool(record.get("config", {}).get("tta", False))  # flip TTA, as the run was validated
         self.medical: dict | None = record["preprocessing"].get("medical")  # window of runs trained on DICOM
+        if self.medical is not None:  # raw .dcm files are windowed as the training PNGs were (predict, explain)
+            from cnnkit.data.medical.classify import WindowedPreprocessing
+
+            self.preprocessing = WindowedPreprocessing.wrap(self.preprocessing, self.medical.get("window"))
 
     @torch.no_grad()
     def predict_proba(self, images) -> torch.Tensor:
@@ -40,13 +44,7 @@ class Classifier:
         if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
             batch = images
         else:
-            sources = list(images) if isinstance(images, (list, tuple)) else [images]
-            if self.medical is not None:  # raw DICOM files: windowed as the training PNGs were
-                from cnnkit.data.medical.classify import dicom_picture
-                from cnnkit.data.medical.slices import is_medical_file
-
-                sources = [dicom_picture(s, self.medical.get("window")) if is_medical_file(s) else s for s in sources]
-            batch = self.preprocessing.load(sources)
+            batch = self.preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
         outputs = []
         for start in range(0, len(batch), 256):
             inputs = self.preprocessing.normalize(batch[start:start + 256]).to(self.device)
