@@ -166,7 +166,7 @@ def _dicom_classes(root: Path) -> Path:
     return root
 
 
-def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path):
+def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path, capsys):
     import cnnkit
     from cnnkit.cli import main
 
@@ -183,6 +183,10 @@ def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path):
         splits.setdefault(patient, set()).add(split)
     assert all(len(s) == 1 for s in splits.values()) and {"train", "test"} <= {s for v in splits.values() for s in v}
     assert main(["data", "check", str(cache)]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(root)]) == 0  # the DICOM folder itself: PatientIDs, split as training does
+    out = capsys.readouterr().out
+    assert "(from DICOM PatientID)" in out and "patient overlap across splits: none" in out
     # predict on a raw .dcm = predict on the PNG it became in training
     file, _, _ = rows[0]
     index, stem = Path(file).stem.split("_", 1)

@@ -72,6 +72,32 @@ def _class_files(root: Path) -> dict[str, dict[str, list[Path]]]:
     return result
 
 
+def split_entries(root: Path, layout: dict, seed: int, test_fraction: float = TEST_FRACTION) -> list[tuple]:
+    """(split, class, file, patient) of every DICOM file, split by patient where the folder has no train/test."""
+    entries = []
+    for split, classes in layout.items():
+        for name, files in classes.items():
+            for path in files:
+                patient = read_dicom(path, pixels=False).patient_id or str(path.relative_to(root))
+                entries.append((split, name, path, patient))
+    if not entries:
+        raise DataError(f"{root} holds no DICOM files in class folders")
+    if "" in layout:  # no split given: hold out whole patients for test
+        studies = [Study(patient, path, None) for _, _, path, patient in entries]
+        chosen = patient_split(studies, 0.0, seed, test_fraction)
+        test_patients = {study.patient for study in chosen["test"]}
+        entries = [("test" if patient in test_patients else "train", name, path, patient)
+                   for _, name, path, patient in entries]
+    return entries
+
+
+def dicom_patients(spec, seed: int = 0) -> dict[str, list[str]]:
+    """{split: patients} of a DICOM class folder, split as training would split it (headers only)."""
+    root = Path(str(spec)).expanduser()
+    entries = split_entries(root, _class_files(root), seed)
+    return {split: sorted({p for s, _, _, p in entries if s == split}) for split in ("train", "val", "test")}
+
+
 def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: float = TEST_FRACTION) -> Path:
     """The PNG image folder of a DICOM class folder, written once into ROOT/.cnnkit-slices/HASH and reused."""
     from PIL import Image
@@ -88,20 +114,7 @@ def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: fl
     out = root / CACHE_FOLDER / digest.hexdigest()[:16]
     if (out / "medical.json").is_file():
         return out
-    entries = []  # (split, class, file, patient)
-    for split, classes in layout.items():
-        for name, files in classes.items():
-            for path in files:
-                patient = read_dicom(path, pixels=False).patient_id or str(path.relative_to(root))
-                entries.append((split, name, path, patient))
-    if not entries:
-        raise DataError(f"{root} holds no DICOM files in class folders")
-    if "" in layout:  # no split given: hold out whole patients for test
-        studies = [Study(patient, path, None) for _, _, path, patient in entries]
-        chosen = patient_split(studies, 0.0, seed, test_fraction)
-        test_patients = {study.patient for study in chosen["test"]}
-        entries = [("test" if patient in test_patients else "train", name, path, patient)
-                   for _, name, path, patient in entries]
+    entries = split_entries(root, layout, seed, test_fraction)
     overlap = patient_overlap({split: [patient for s, _, _, patient in entries if s == split] for split in ("train", "test")})
     if overlap:
         warnings.warn(f"{root}: patients in both train and test: {', '.join(list(overlap)[:5])}; the test score then "

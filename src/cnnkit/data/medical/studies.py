@@ -187,6 +187,11 @@ def patient_report(spec: str | Path, val_fraction: float = 0.1, seed: int = 0) -
         splits = patient_split(read_studies(path), val_fraction, seed)
         patients = {name: sorted({s.patient for s in studies}) for name, studies in splits.items()}
         source = "studies"
+    elif _is_dicom_classes(path):
+        from cnnkit.data.medical.classify import dicom_patients
+
+        patients = dicom_patients(path, seed)
+        source = "DICOM PatientID"
     elif path.is_dir() and (path / "patients.csv").is_file():
         with open(path / "patients.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -197,6 +202,12 @@ def patient_report(spec: str | Path, val_fraction: float = 0.1, seed: int = 0) -
     overlap = patient_overlap(patients)
     return {"dataset": str(spec), "source": source, "patients": {k: len(v) for k, v in patients.items()},
             "patients_in_several_splits": overlap}
+
+
+def _is_dicom_classes(path: Path) -> bool:
+    from cnnkit.data.medical.classify import is_dicom_class_folder
+
+    return is_dicom_class_folder(path)
 
 
 def format_patient_report(report: dict) -> str:
