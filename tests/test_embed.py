@@ -228,3 +228,36 @@ def test_cli_make_glyphs_refuses_a_folder_in_use(tmp_path):
     (tmp_path / "old.txt").write_text("mine")
     result = run_cli("data", "make-glyphs", tmp_path)
     assert result.returncode == 2 and "not empty" in result.stderr and (tmp_path / "old.txt").read_text() == "mine"
+
+
+def test_a_large_gallery_gets_an_approximate_index_that_agrees_with_exact_search(tmp_path):
+    """The HNSW index (FAISS, test extra) is written beside the gallery, used by search, kept in step by add,
+    dropped by remove, and ignored when it no longer matches the gallery."""
+    pytest.importorskip("faiss")
+    from cnnkit.tasks.embed import Gallery
+
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(2000, 32, generator=generator)
+    gallery = Gallery()
+    gallery.add([f"id{i}" for i in range(2000)], vectors)
+    gallery.save(tmp_path / "g.gallery", approximate=True)
+    assert (tmp_path / "g.gallery.faiss").is_file()
+    again = Gallery.open(tmp_path / "g.gallery")
+    assert again.index is not None and again.index.ntotal == 2000
+    queries = vectors[:50] + 0.05 * torch.randn(50, 32, generator=generator)
+    approximate = [row[0][0] for row in again.search(queries, top_k=1)]
+    exact = [row[0][0] for row in again.search(queries, top_k=1, exact=True)]
+    assert exact == [f"id{i}" for i in range(50)]
+    assert sum(a == e for a, e in zip(approximate, exact)) >= 48  # recall@1 >= 0.96
+    again.add(["new"], torch.ones(1, 32))
+    assert again.index.ntotal == 2001 and again.search(torch.ones(1, 32), top_k=1)[0][0][0] == "new"
+    again.remove("new")
+    assert again.index is None  # HNSW cannot drop entries: exact until saved again
+    again.save(tmp_path / "g.gallery", approximate=False)
+    assert not (tmp_path / "g.gallery.faiss").exists()
+    # An index left from other embeddings is not used.
+    gallery.save(tmp_path / "h.gallery", approximate=True)
+    stale = Gallery(vectors[:10], [f"x{i}" for i in range(10)])
+    stale.save(tmp_path / "h2.gallery", approximate=False)
+    (tmp_path / "h2.gallery.faiss").write_bytes((tmp_path / "h.gallery.faiss").read_bytes())
+    assert Gallery.open(tmp_path / "h2.gallery").index is None

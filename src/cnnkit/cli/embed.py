@@ -101,7 +101,9 @@ def add_gallery(commands) -> None:
         "gallery", help="enrol identities from an embedding run and search them",
         description="A gallery file holds enrolled embeddings with their names (safetensors + JSON, no pickles).\n"
                     "add: every image under DIR, named by its folder (DIR/alice/1.jpg -> alice) or by --name;\n"
-                    "search: the most similar enrolled entries for each image; remove: drop a name.",
+                    "search: the most similar enrolled entries for each image; remove: drop a name.\n"
+                    "From 100,000 entries `add` also writes FILE.faiss, an approximate (HNSW) index that search uses\n"
+                    "(pip install 'cnnkit[gallery]' for FAISS; without it search stays exact, only slower).",
         epilog="examples:\n  cnnkit gallery add RUN_DIR --gallery people.gallery photos/\n"
                "  cnnkit gallery search RUN_DIR --gallery people.gallery visitor.jpg --top-k 5\n"
                "  cnnkit gallery remove RUN_DIR --gallery people.gallery alice",
@@ -114,6 +116,10 @@ def add_gallery(commands) -> None:
     parser.add_argument("--name", help="add: one name for all the images given")
     parser.add_argument("--top-k", type=int, default=5, metavar="K")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--exact", action="store_true", help="search: exact cosine search even where the gallery "
+                        "has an approximate index")
+    parser.add_argument("--index", choices=("auto", "always", "never"), default="auto",
+                        help="add/remove: write the approximate index from 100,000 entries (auto), always, or never")
     parser.add_argument("--face-crop", action="store_true", help=FACE_CROP_HELP)
     parser.add_argument("--device", default="auto")
 
@@ -125,7 +131,7 @@ def run_gallery(args) -> int:
     gallery = Gallery.open(args.gallery)
     if args.action == "remove":
         removed = sum(gallery.remove(name) for name in args.items)
-        gallery.save(args.gallery)
+        gallery.save(args.gallery, _approximate(args.index))
         print(f"removed {removed} entries; {len(gallery.names)} left in {args.gallery}")
         return 0
     if args.top_k < 1:
@@ -137,12 +143,12 @@ def run_gallery(args) -> int:
     if args.action == "add":
         gallery.run = gallery.run or str(args.run_dir)
         gallery.add([args.name or Path(file).parent.name for file in files], embeddings)
-        gallery.save(args.gallery)
+        gallery.save(args.gallery, _approximate(args.index))
         print(f"added {len(files)} images; {len(gallery.names)} entries of {len(set(gallery.names))} names in "
-              f"{args.gallery}")
+              f"{args.gallery}" + (" (+ approximate index .faiss)" if gallery.index is not None else ""))
         return 0
     results = [{"image": file, "matches": [{"name": n, "similarity": s} for n, s in matches]}
-               for file, matches in zip(files, gallery.search(embeddings, args.top_k))]
+               for file, matches in zip(files, gallery.search(embeddings, args.top_k, exact=args.exact))]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -150,6 +156,10 @@ def run_gallery(args) -> int:
             shown = ", ".join(f"{m['name']} {m['similarity']:.3f}" for m in result["matches"])
             print(f"{result['image']}: {shown}")
     return 0
+
+
+def _approximate(choice: str) -> bool | None:
+    return {"auto": None, "always": True, "never": False}[choice]
 
 
 def _embedder(predictor, run_dir):
