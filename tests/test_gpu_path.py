@@ -212,6 +212,37 @@ def test_streaming_workers_persist_and_resized_crop_cuts_from_the_decoded_file(t
     assert all(torch.equal(a, b) for a, b in zip(first + second, expected))  # workers change no value
 
 
+class _RandomItems(torch.utils.data.Dataset):
+    """Items whose "augmentation" draws from the global generator, as the v2 transforms do."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index)]), torch.rand(2)
+
+
+def test_sharded_loader_workers_persist_and_repeat_whatever_their_number():
+    def epochs(loader, count=2):
+        batches = []
+        for epoch in range(count):
+            loader.set_epoch(epoch)
+            batches.append([(items.clone(), draws.clone()) for items, draws in loader])
+        return batches
+
+    one = ShardedLoader(_RandomItems(), 4, train=True, seed=3, num_workers=1, pin_memory=False)
+    first = epochs(one)
+    dataloader = one._persistent
+    assert dataloader is not None and dataloader.persistent_workers
+    epochs(one, 1)
+    assert one._persistent is dataloader  # the same workers, epoch after epoch
+    two = epochs(ShardedLoader(_RandomItems(), 4, train=True, seed=3, num_workers=2, pin_memory=False))
+    flat = lambda run: [tensor for epoch in run for batch in epoch for tensor in batch]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(flat(first), flat(two)))  # 1 or 2 workers: the same batches
+    assert not torch.equal(first[0][0][1], first[1][0][1])  # a new epoch draws anew
+    assert sorted(int(i) for items, _ in first[0] for i in items) == list(range(12))
+
+
 def test_sharded_loader_pins_memory_where_cuda_is():
     loader = ShardedLoader(TensorDataset(torch.arange(4)), 2, train=False)
     assert loader.pin_memory == CUDA

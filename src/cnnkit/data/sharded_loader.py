@@ -19,8 +19,14 @@ Sharding under DDP (rank r of W):
   batch counts, one of them with none).
 
 On a CUDA machine batches come in pinned memory (the tasks' ``non_blocking`` copies then overlap with
-compute). Workers start anew each epoch: their transforms draw from the worker seeds of (seed, epoch),
-which persistent workers would not reset, and the measured figures were trained on exactly these draws.
+compute).
+
+Randomness: with ``num_workers=0`` the transforms draw from the main process's generator, seeded by
+(seed, epoch) (the draws the measured figures were trained with). With workers, the workers stay up for the
+whole run (``persistent_workers``: no start-up of N processes, each importing torch, every epoch, which a
+GPU waits for) and every item carries its own seed drawn from (seed, epoch): the global generator is
+reseeded for that item, as ``StreamingLoader`` does, so a run repeats exactly whatever the number of
+workers, and a persistent worker needs no per-epoch reset.
 """
 
 from __future__ import annotations
@@ -35,8 +41,43 @@ from cnnkit.errors import ConfigError
 
 __all__ = ["ShardedLoader"]
 
-# Random streams of one epoch: loader.py's stream 0 is the permutation; the DataLoader's worker seeds.
+# Random streams of one epoch: loader.py's stream 0 is the permutation; the DataLoader's worker seeds;
+# the per-item seeds (with workers).
 _DATALOADER_STREAM = 1
+_ITEM_SEED_STREAM = 2
+
+
+class _SeededItems(Dataset):
+    """``dataset`` keyed by (index, item seed): the item's transforms draw from its own seed."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, item_seed = key
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(item_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
+
+
+class _CurrentBatches:
+    """The persistent DataLoader's batch sampler: the batches of keys of the epoch being iterated."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class ShardedLoader:
@@ -72,6 +113,7 @@ class ShardedLoader:
         self.num_workers, self.rank, self.world_size, self.collate_fn = num_workers, rank, world_size, collate_fn
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch = 0
+        self._batches, self._persistent = _CurrentBatches(), None  # with workers: one DataLoader for the run
         if train and self.num_samples < batch_size:
             raise ConfigError(f"{len(dataset)} training images give no full batch of {batch_size} per process; "
                               "lower batch_size")
@@ -108,8 +150,24 @@ class ShardedLoader:
         indices = self.shard_indices(self.epoch)
         if self.train:
             indices = indices[:len(self) * self.batch_size]
+        if self.num_workers > 0:
+            yield from self._iterate_persistent(indices)
+            return
         loader = DataLoader(Subset(self.dataset, indices), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, collate_fn=self.collate_fn,
                             generator=epoch_generator(self.seed, self.epoch, _DATALOADER_STREAM),
                             persistent_workers=False, pin_memory=self.pin_memory)
         yield from loader
+
+    def _iterate_persistent(self, indices: list[int]) -> Iterator:
+        """This epoch's batches from the run's one DataLoader, whose workers stay up between epochs."""
+        seeds = torch.randint(0, 2**62, (len(self.dataset),),
+                              generator=epoch_generator(self.seed, self.epoch, _ITEM_SEED_STREAM)).tolist()
+        keys = [(index, seeds[index]) for index in indices]
+        self._batches.batches = [keys[start:start + self.batch_size] for start in range(0, len(keys), self.batch_size)]
+        if self._persistent is None:
+            self._persistent = DataLoader(_SeededItems(self.dataset), batch_sampler=self._batches,
+                                          num_workers=self.num_workers, collate_fn=self.collate_fn,
+                                          persistent_workers=True, pin_memory=self.pin_memory,
+                                          generator=epoch_generator(self.seed, 0, _DATALOADER_STREAM))
+        yield from self._persistent
