@@ -221,3 +221,45 @@ def test_export_refuses_tasks_it_cannot_describe_yet(tmp_path):
     with pytest.raises(ExportError, match="exporting detect runs is not supported yet"):
         export_model(nn.Identity(), record, "onnx", tmp_path / "x.onnx")
     assert not os.listdir(tmp_path)
+
+
+def test_choose_backend_measures_this_runs_images_and_auto_honours_the_choice(trained_run, tmp_path):
+    """`cnnkit export --choose-backend` records the fastest path that agrees with PyTorch on the run's own
+    validation images (in a child process); `--backend auto` then takes it, and ignores it once the
+    checkpoint changed."""
+    import shutil
+
+    from conftest import run_cli
+
+    from cnnkit.export.decide import AGREEMENT_FLOOR, decision_path, recorded_choice
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    result = run_cli("export", run, "--dynamic-batch", "--out", tmp_path / "m.onnx", "--choose-backend")
+    assert result.returncode == 0, result.stderr
+    decision = recorded_choice(run)
+    assert decision is not None and "backend for --backend auto" in result.stdout
+    assert decision["split"] == "val" and decision["images"] > 0
+    rows = {(row["runtime"], row["precision"]): row for row in decision["candidates"]}
+    assert rows[("torch", "fp32")]["agreement"] == 1.0
+    assert rows[("onnxruntime", "fp32")]["agreement"] >= AGREEMENT_FLOOR  # parity-checked fp32
+    chosen = rows[(decision["runtime"], decision["precision"])]
+    assert chosen["agreement"] >= AGREEMENT_FLOOR
+    assert all(chosen["ms_per_image"] <= row["ms_per_image"] for key, row in rows.items()
+               if key[0] != "torch" and row.get("agreement", 0) >= AGREEMENT_FLOOR)
+
+    # auto follows the record: force a choice and see it taken.
+    path = decision_path(run)
+    forced = {**decision, "runtime": "openvino", "precision": "bf16"}
+    path.write_text(json.dumps(forced))
+    assert load_predictor(run, backend="auto").model.runtime == "openvino-bf16"
+    forced["checkpoint_sha256"] = "0" * 64  # measured on another checkpoint: not used
+    path.write_text(json.dumps(forced))
+    assert load_predictor(run, backend="auto").model.runtime in ("openvino", "onnxruntime")
+
+
+def test_a_failed_backend_measurement_costs_only_the_decision(tmp_path, capsys):
+    from cnnkit.export.decide import choose_backend_in_child
+
+    assert choose_backend_in_child(tmp_path / "missing-run") is None
+    assert "`auto` keeps fp32" in capsys.readouterr().err

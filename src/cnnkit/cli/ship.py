@@ -45,6 +45,10 @@ examples:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="parity: largest max abs difference of the "
                         "logits allowed (default 1e-4)")
+    parser.add_argument("--choose-backend", action="store_true",
+                        help="classifiers: also measure which CPU path `--backend auto` should take for this run "
+                        "(OpenVINO fp32/bf16, ONNX Runtime: top-1 agreement with PyTorch on the run's validation "
+                        "images and ms/image; bf16 only at >= 99.5%% agreement) and record it (a minute or two)")
 
 
 def run_export(args) -> int:
@@ -53,6 +57,12 @@ def run_export(args) -> int:
     result = export_run(args.run_dir, args.format, out=args.out, dynamic_batch=args.dynamic_batch,
                         checkpoint=args.checkpoint, tolerance=args.tolerance)
     print(result.summary())
+    if args.choose_backend:
+        from cnnkit.export.decide import choose_backend_in_child, describe
+
+        decision = choose_backend_in_child(args.run_dir, args.checkpoint)
+        if decision is not None:
+            print(describe(decision))
     return 0
 
 

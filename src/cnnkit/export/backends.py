@@ -8,10 +8,11 @@
   and cached in RUN_DIR/export/cache/<checkpoint>.onnx. The cache is reused while the SHA-256 of the
   checkpoint matches the one recorded beside it, and rebuilt otherwise (a resumed run, a new best epoch).
   An exported .onnx file can be given instead of a run directory.
-- `auto`: the fastest correct path measured by benchmarks/inference.py on this CPU (2 Zen 4 cores):
-  `AUTO_RUNTIMES`, the first that works, else PyTorch. Every path `auto` may take is fp32 and parity-checked to 1e-4;
-  bf16 paths are faster still for large models, but whether they keep top-1 agreement >= 99.5% depends
-  on the model and data, which only a measurement on that run's data can tell, so `auto` does not pick them.
+- `auto`: the path measured for this run, when `cnnkit export RUN --choose-backend` recorded one
+  (cnnkit.export.decide: the fastest of OpenVINO fp32/bf16 and ONNX Runtime whose top-1 answers agree with
+  PyTorch fp32 on >= 99.5% of the run's own validation images; bf16 only where that holds). Otherwise the
+  fastest fp32 path measured by benchmarks/inference.py on this CPU (2 Zen 4 cores): `AUTO_RUNTIMES`, the
+  first that works, else PyTorch; every fp32 path is parity-checked to 1e-4.
   On a GPU (`--device cuda`) `auto` is PyTorch: these ONNX runtimes are set up for the CPU here.
 
 Exported TorchScript (.torchscript.pt) and torch.export (.pt2) files run with the `torch` backend, and only with
@@ -165,11 +166,27 @@ def load_predictor(path: str | Path, backend: str = "auto", device: str = "auto"
         return load(path, device=device, checkpoint=checkpoint)
     run_dir = path if path.is_dir() else path.parent
     if backend == "auto":
+        from cnnkit.export.decide import recorded_choice
+
+        decision = recorded_choice(run_dir, checkpoint)  # measured on this run's images (cnnkit.export.decide)
+        if decision is not None and decision["runtime"] == "torch":
+            return load(path, device="cpu", checkpoint=checkpoint)
         try:
             onnx_file = cached_onnx(path, checkpoint)
         except ExportError as error:  # includes ParityError: auto only takes paths that match PyTorch
             _note(f"using PyTorch: the ONNX export did not succeed ({error})")
             return load(path, device="cpu", checkpoint=checkpoint)
+        if decision is not None:
+            from cnnkit.export.exporter import read_metadata
+            from cnnkit.export.runtimes import onnxruntime_model, openvino_model
+
+            try:
+                model = (openvino_model(onnx_file, precision=decision["precision"]) if decision["runtime"] == "openvino"
+                         else onnxruntime_model(onnx_file))
+                return _classifier(model, read_metadata(onnx_file), run_dir)
+            except (ExportError, ImportError) as error:
+                _note(f"the recorded backend {decision['runtime']} {decision['precision']} is unavailable ({error}); "
+                      "using the fp32 order")
         return _runtime_classifier(onnx_file, AUTO_RUNTIMES, run_dir)
     return _runtime_classifier(cached_onnx(path, checkpoint), [backend], run_dir)
 
