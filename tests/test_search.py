@@ -208,3 +208,16 @@ def test_workers_train_candidates_in_parallel_processes(tmp_path: Path, image_fo
                     constraints=["macs<=1M"], settings={"num_threads": 2, "batch_size": 16}, log=lambda *a: None)
     assert len(result["records"]) == 2 and all(r["status"] == "ok" for r in result["records"])
     assert all(r["settings"]["num_threads"] == 1 for r in result["records"])  # 2 threads shared by 2 workers
+
+
+def test_bad_search_arguments_are_clear_errors_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    from cnnkit.cli import main
+
+    for arguments, message in ((["--constraint", "flops<=1M"], "the metric is macs or params"),
+                               (["--budget", "ten minutes"], "write a duration such as 90s"),
+                               (["--space", "cells", "--strategy", "evolution"], "darts or random")):
+        code = main(["search", "--out", str(tmp_path), "--name", "bad", *arguments])
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="no search.json"):
+        search(tmp_path / "nothing", resume=True, log=lambda *a: None)

@@ -63,6 +63,13 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
                "seed": seed, "workers": workers, "full": full, "full_epochs": full_epochs,
                "max_candidates": max_candidates, "settings": dict(settings or {}), "base": base,
                "darts_epochs": darts_epochs, "random_cells": random_cells}
+    strategies = {"regnet": ("random", "evolution", "halving"), "scaling": ("grid",), "cells": ("darts", "random")}
+    if not resume and options["strategy"] not in strategies.get(options["space"], (options["strategy"],)):
+        raise ConfigError(f"--space {options['space']} searches with {' or '.join(strategies[options['space']])}, "
+                          f"not {options['strategy']!r}")
+    for text in options["constraints"]:  # mistakes answer before anything is written
+        Constraint(text)
+    parse_budget(options["budget"])
     options = load_options(root, options, resume)
     bounds = [Constraint(text) for text in options["constraints"]]
     proxy = write_proxy_data(options["data"], root / "proxy_data", options["proxy_images"], options["seed"])
@@ -81,8 +88,6 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
     elif options["space"] == "cells":
         from cnnkit.search.cells import run_cells
 
-        if options["strategy"] not in ("darts", "random"):
-            raise ConfigError(f"--space cells searches with darts or random, not {options['strategy']!r}")
         extra_lines = run_cells(space_object, directory, options, proxy, log)
     else:
         run_strategy(options["strategy"], space_object, directory, options["proxy_epochs"], options["seed"])
