@@ -130,6 +130,9 @@ def test_compound_scaling_grid_then_the_family(tmp_path, image_folder) -> None:
                     proxy_images=40, max_candidates=2, trainer=_fake_trainer(calls), log=lambda *a: None)
     phis = [r["arch"]["phi"] for r in result["records"]]
     assert phis[:2] == [1, 1] and sorted(phis[2:]) == [-1, 0, 2]  # phi=1 of the best point is reused
+    from cnnkit.models.custom import load_spec
+
+    assert all(load_spec(model)["layers"] for model, _ in calls)  # cnnkit reads every written spec (no aliases)
     sizes = [settings.get("image_size", 28) for _, settings in calls]
     assert sizes[-3:] != [28, 28, 28]  # gamma > 1 changes the resolution ...
     assert "The scaled family" in (tmp_path / "scaling" / "report.md").read_text()

@@ -35,6 +35,12 @@ class BudgetExhausted(Exception):
     """Raised by `SearchDirectory.evaluate` when the time or candidate budget is spent."""
 
 
+def dump_spec(spec: dict) -> str:
+    """A spec as YAML without anchors and aliases (cnnkit's YAML reader refuses them; a spec that repeats a
+    layer object, e.g. `[conv, bn, gelu] * 2`, would otherwise get them)."""
+    return yaml.safe_dump(json.loads(json.dumps(spec)), sort_keys=False)
+
+
 def candidate_key(arch: dict[str, Any], budget: dict[str, Any]) -> str:
     text = json.dumps({"arch": arch, "budget": budget}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -162,7 +168,7 @@ class SearchDirectory:
         spec = self.space.spec(arch, size)
         spec_path = self.root / "specs" / f"{key}.yaml"
         spec_path.parent.mkdir(exist_ok=True)
-        atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
+        atomic_write_text(spec_path, dump_spec(spec))
         run_dir = self.root / "runs" / key
         if run_dir.exists():  # killed while training: start this candidate again
             shutil.rmtree(run_dir)

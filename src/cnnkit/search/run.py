@@ -10,7 +10,7 @@ import yaml
 
 from cnnkit.errors import ConfigError
 from cnnkit.files import atomic_write_text
-from cnnkit.search.directory import SearchDirectory, append_jsonl, load_options, model_of, read_jsonl
+from cnnkit.search.directory import SearchDirectory, append_jsonl, dump_spec, load_options, model_of, read_jsonl
 from cnnkit.search.proxy import measure_latency, train_candidate, write_proxy_data
 from cnnkit.search.report import final_rung, write_report
 from cnnkit.search.spaces import Constraint, space_by_name
@@ -169,7 +169,7 @@ def write_winner(root: Path, winner: dict[str, Any], options: dict[str, Any], sp
     """winner.yaml (the network as a cnnkit YAML spec; DARTS cells: winner_genotype.yaml) and winner_recipe.yaml
     (network + data + the full recipe's epochs)."""
     path = root / ("winner_genotype.yaml" if hasattr(space, "model_settings") else "winner.yaml")
-    atomic_write_text(path, f"# {winner['description']}\n" + yaml.safe_dump(winner["spec"], sort_keys=False))
+    atomic_write_text(path, f"# {winner['description']}\n" + dump_spec(winner["spec"]))
     model, extra = model_of(space, winner["arch"], path.resolve())
     recipe = {"model": model, "data": options["data"], "epochs": options["full_epochs"], **options["settings"],
               **_carried(winner["settings"]), **extra}
