@@ -86,6 +86,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="parent of the run directories (default: a temporary folder)")
     parser.add_argument("--results-dir", default=None, help="where the .json/.md go (default benchmarks/results)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny scenes, a few seconds per model")
+    parser.add_argument("--note", default=None,
+                        help="conditions of this run worth knowing (e.g. other work on the machine), kept with its rows")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the rows of models not run this time (default: keep them from segmentation.json)")
     return parser.parse_args()
@@ -182,6 +184,8 @@ def run_model(name: str, args, out: Path) -> dict:
         row.update(test_mask_map50=test["mask_map50"], test_mask_map=test["mask_map"], test_box_map50=test["map50"],
                    test_per_class_mask_ap50={k: v.get("mask_ap50") for k, v in test["per_class"].items()})
     row["goal_met"] = row[key] >= goal
+    if args.note:
+        row["note"] = args.note
     print(f"{name}: {key} {row[key]:.4f} (goal {goal}), {train_seconds / 60:.1f} min, "
           f"{speed:.1f} test images/s", flush=True)
     return row
@@ -211,6 +215,8 @@ def markdown(rows: list[dict], args) -> str:
         else:
             lines += [f"- {row['name']}: mask mAP@[.5:.95] {row['test_mask_map']:.4f}, box mAP@.5 "
                       f"{row['test_box_map50']:.4f}"]
+        if row.get("note"):
+            lines[-1] += f". Conditions: {row['note']}"
     lines += ["", "Settings per model (cnnkit train key=value):", ""]
     for row in rows:
         shown = {k: v for k, v in row["settings"].items() if k not in ("data", "out", "name", "progress", "report")}
