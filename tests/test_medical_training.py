@@ -98,6 +98,11 @@ def test_data_check_reports_patient_overlap(studies, tmp_path, capsys):
     assert main(["data", "check", str(slab), "--val-fraction", "0"]) == 0
     out = capsys.readouterr().out
     assert "1 patient(s) in several splits: p0 (train/test)" in out and "not generalisation" in out
+    from cnnkit.data.medical.slices import prepare_slices
+    from cnnkit.data.medical.studies import PatientOverlapWarning
+
+    with pytest.warns(PatientOverlapWarning, match="p0 \\(train/test\\)"):
+        prepare_slices(slab, "0,100", 1, 0.0, 0)
 
 
 def test_train_on_studies_predict_dicom_and_volume(studies, tmp_path):

@@ -28,7 +28,7 @@ import torch
 
 from cnnkit.data.medical.dicom import DICOM_SUFFIXES, read_dicom
 from cnnkit.data.medical.slices import CACHE_FOLDER, to_uint8
-from cnnkit.data.medical.studies import Study, patient_overlap, patient_split
+from cnnkit.data.medical.studies import PatientOverlapWarning, Study, patient_overlap, patient_split
 from cnnkit.data.medical.windowing import parse_window
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.errors import DataError
@@ -118,7 +118,7 @@ def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: fl
     overlap = patient_overlap({split: [patient for s, _, _, patient in entries if s == split] for split in ("train", "test")})
     if overlap:
         warnings.warn(f"{root}: patients in both train and test: {', '.join(list(overlap)[:5])}; the test score then "
-                      "measures memory of those patients", stacklevel=2)
+                      "measures memory of those patients", PatientOverlapWarning, stacklevel=2)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     rows = []

@@ -38,7 +38,8 @@ import numpy
 import torch
 
 from cnnkit.data.medical.nifti import is_nifti, read_nifti
-from cnnkit.data.medical.studies import SPLITS, Study, patient_overlap, patient_split, read_studies
+from cnnkit.data.medical.studies import (SPLITS, PatientOverlapWarning, Study, patient_overlap, patient_split,
+                                         read_studies)
 from cnnkit.data.medical.volumes import Volume, resample, stack_slices, volume_slices
 from cnnkit.data.medical.windowing import apply_window, parse_window
 from cnnkit.errors import DataError
@@ -201,7 +202,7 @@ def prepare_slices(spec: str | Path, window: str | None, stack: int, val_fractio
     if info.get("patient_overlap"):
         shown = ", ".join(f"{p} ({'/'.join(s)})" for p, s in list(info["patient_overlap"].items())[:5])
         warnings.warn(f"{spec}: patients in more than one split: {shown}; scores measure fit to these patients, "
-                      "not generalisation to new ones", stacklevel=2)
+                      "not generalisation to new ones", PatientOverlapWarning, stacklevel=2)
     return out
 
 

@@ -35,6 +35,10 @@ SPLITS = ("train", "val", "test")
 CSV_NAME = "studies.csv"
 
 
+class PatientOverlapWarning(UserWarning):
+    """A patient's images are in more than one split: the scores measure fit to that patient."""
+
+
 @dataclass(frozen=True)
 class Study:
     """One image volume, its mask, its patient, and (optionally) its fixed split and slab of slices."""
