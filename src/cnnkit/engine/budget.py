@@ -29,6 +29,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
+from cnnkit.engine.distributed import DistInfo, all_reduce_sum
+
 # Until the first validation is measured, it is guessed as this fraction of a training epoch's time per
 # batch (forward only is ~1/3 of a training step; detection's NMS and COCOeval make it more).
 VALIDATION_GUESS = 0.5
@@ -150,3 +154,29 @@ class BudgetPlanner:
         used = self.elapsed()
         return (f"budget: {used:.0f} s of {self.seconds:.0f} s used ({100 * used / self.seconds:.1f}%), "
                 f"{self.total_steps} optimizer steps, {self.replans} plans")
+
+
+def make_budget(config, steps_per_epoch: int, train_loader, val_loader) -> BudgetPlanner | None:
+    """The planner of `config.budget` for these loaders, or None without a budget."""
+    seconds = config.budget_seconds()
+    if seconds is None:
+        return None
+    val_batches = len(val_loader) if val_loader is not None else 0
+    return BudgetPlanner(seconds, steps_per_epoch, val_batches_ratio=val_batches / max(1, len(train_loader)),
+                         validates=val_loader is not None, val_every=config.val_every,
+                         initial_total=config.epochs * steps_per_epoch)
+
+
+def replan_on_every_rank(budget: BudgetPlanner, global_step: int, epochs_done: int, dist: DistInfo,
+                         device: torch.device) -> int:
+    """Re-plan from the measured times, the same on every rank: their measurements are averaged first."""
+    elapsed = budget.elapsed()
+    if dist.enabled:
+        measured = torch.tensor([budget.step_seconds or 0.0, budget.val_seconds or 0.0, budget.save_seconds,
+                                 elapsed], dtype=torch.float64, device=device)
+        measured = all_reduce_sum(measured, dist) / dist.world_size
+        step, val, save, elapsed = (float(v) for v in measured)
+        budget.step_seconds = step or None
+        budget.val_seconds = val if budget.val_seconds is not None else None
+        budget.save_seconds = save
+    return budget.replan(global_step, epochs_done, elapsed)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from cnnkit.config import MIN_STEPS_PER_EPOCH, TrainConfig, fit_batch_size
 from cnnkit.device import configure_backends, resolve_precision
 from cnnkit.engine import checkpoint as ckpt
-from cnnkit.engine.budget import BudgetPlanner
+from cnnkit.engine.budget import make_budget, replan_on_every_rank
 from cnnkit.engine.distributed import DistInfo, all_reduce_sum, barrier, check_same_on_all_ranks
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.engine.optim import lr_factor_function, make_optimizer
@@ -107,7 +107,7 @@ class Trainer:
         self.batch_note = self._fit_batch_to_data()
         self.optimizer = make_optimizer(model, config, head_parameters)
         self.steps_per_epoch = math.ceil(len(train_loader) / config.accumulate_steps)
-        self.budget = self._make_budget()
+        self.budget = make_budget(config, self.steps_per_epoch, train_loader, val_loader)
         self.lr_factor = lr_factor_function(config, self.steps_per_epoch,
                                             self.budget.schedule_length if self.budget else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
@@ -350,17 +350,7 @@ class Trainer:
             self._compiled_eval[id(model)] = torch.compile(model)
         return self._compiled_eval[id(model)]
 
-    # ------------------------------------------------------------------ time budget
-    def _make_budget(self) -> BudgetPlanner | None:
-        seconds = self.config.budget_seconds()
-        if seconds is None:
-            return None
-        val_batches = len(self.val_loader) if self.val_loader is not None else 0
-        return BudgetPlanner(seconds, self.steps_per_epoch,
-                             val_batches_ratio=val_batches / max(1, len(self.train_loader)),
-                             validates=self.val_loader is not None, val_every=self.config.val_every,
-                             initial_total=self.config.epochs * self.steps_per_epoch)
-
+    # ------------------------------------------------------------------ time budget (cnnkit.engine.budget)
     def _clock(self) -> float:
         return self.budget.clock() if self.budget is not None else time.perf_counter()
 
@@ -368,20 +358,9 @@ class Trainer:
         return self.budget.planned_epochs() if self.budget is not None else self.config.epochs
 
     def _replan(self, epochs_done: int | None = None) -> None:
-        """Re-plan the budget from the measured times, the same on every rank (their measurements averaged)."""
-        budget = self.budget
         epochs_done = self.state.epoch if epochs_done is None else epochs_done
-        elapsed = budget.elapsed()
-        if self.dist.enabled:
-            measured = torch.tensor([budget.step_seconds or 0.0, budget.val_seconds or 0.0, budget.save_seconds,
-                                     elapsed], dtype=torch.float64, device=self.device)
-            measured = all_reduce_sum(measured, self.dist) / self.dist.world_size
-            step, val, save, elapsed = (float(v) for v in measured)
-            budget.step_seconds = step or None
-            budget.val_seconds = val if budget.val_seconds is not None else None
-            budget.save_seconds = save
-        budget.replan(self.state.global_step, epochs_done, elapsed)
-        self.config.epochs = budget.planned_epochs()  # "epoch k/N" in the log and the progress bar
+        replan_on_every_rank(self.budget, self.state.global_step, epochs_done, self.dist, self.device)
+        self.config.epochs = self.budget.planned_epochs()  # "epoch k/N" in the log and the progress bar
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
