@@ -243,6 +243,59 @@ def test_sharded_loader_workers_persist_and_repeat_whatever_their_number():
     assert sorted(int(i) for items, _ in first[0] for i in items) == list(range(12))
 
 
+def _smooth_image(seed: int, size=(16, 16)) -> Image.Image:
+    """Smooth colour blobs: JPEG keeps them within a few grey levels, unlike noise."""
+    coarse = numpy.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=numpy.uint8)
+    return Image.fromarray(coarse).resize(size, Image.BILINEAR)
+
+
+def test_gpu_jpeg_loader_decodes_jpegs_in_the_main_process_and_keeps_the_streaming_contract(tmp_path):
+    """decode=gpu: workers read JPEG bytes, the batch is decoded with torchvision's decoder on the run's device
+    (here the CPU, the same code path), other formats as before; a corrupt JPEG is skipped and named."""
+    from cnnkit.data.gpu_decode import GpuJpegLoader
+
+    for index in range(10):
+        folder = tmp_path / "d" / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        if index == 9:
+            _smooth_image(index).save(folder / f"{index}.png")
+        else:
+            _smooth_image(index).save(folder / f"{index}.jpg", quality=95)
+    (tmp_path / "d" / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    split = scan_dataset(tmp_path / "d").train
+    arguments = dict(batch_size=4, mean=[0.5] * 3, std=[0.5] * 3, shuffle=False, drop_last=False, seed=1,
+                     augment=None, max_bad_fraction=0.5)
+    cpu = StreamingLoader(split, 3, (16, 16), num_workers=0, **arguments)
+    gpu = GpuJpegLoader(split, 3, (16, 16), num_workers=1, **arguments)
+    with pytest.warns(UserWarning):
+        expected = [(images, labels) for images, labels in cpu]
+    with pytest.warns(UserWarning):
+        got = [(images, labels) for images, labels in gpu]
+    assert [len(labels) for _, labels in got] == [len(labels) for _, labels in expected]
+    assert sum(len(labels) for _, labels in got) == 10  # the corrupt file skipped, the PNG kept
+    for (a, la), (b, lb) in zip(got, expected):
+        assert torch.equal(la, lb)
+        assert (a - b).abs().max() <= 0.05  # two JPEG decoders: within a grey level or so (normalized by 0.5)
+    assert [path.name for path, _ in gpu.skipped] == ["bad.jpg"]
+
+
+def test_gpu_jpeg_loader_augments_with_each_samples_seed(tmp_path):
+    from cnnkit.data.augment import AugmentConfig
+    from cnnkit.data.gpu_decode import GpuJpegLoader
+
+    for index in range(8):
+        folder = tmp_path / "d" / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        _smooth_image(index, (40, 60)).save(folder / f"{index}.jpg", quality=95)
+    split = scan_dataset(tmp_path / "d").train
+    arguments = dict(batch_size=4, mean=[0.5] * 3, std=[0.5] * 3, shuffle=True, drop_last=True, seed=3,
+                     augment=AugmentConfig(hflip=True, resized_crop=0.35))
+    first = [images for images, _ in GpuJpegLoader(split, 3, (16, 16), num_workers=0, **arguments)]
+    again = [images for images, _ in GpuJpegLoader(split, 3, (16, 16), num_workers=2, **arguments)]
+    assert all(images.shape == (4, 3, 16, 16) for images in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # workers change nothing
+
+
 def test_sharded_loader_pins_memory_where_cuda_is():
     loader = ShardedLoader(TensorDataset(torch.arange(4)), 2, train=False)
     assert loader.pin_memory == CUDA

@@ -104,6 +104,9 @@ class TrainConfig:
     data_mode: str = setting(
         "auto", '"memory" (one uint8 tensor), "stream" (decode files per batch), "auto": memory if it fits')
     num_workers: int = setting(-1, "decoding processes for streamed data; -1 picks min(8, cores - 1)")
+    decode: str = setting(
+        "cpu", 'streamed image folders: "cpu" (workers decode with PIL) or "gpu" (workers read the bytes; JPEGs '
+               "are decoded in batches on the run's device with torchvision's nvJPEG path, then augmented there)")
     max_bad_fraction: float = setting(
         0.01, "image folders / CSVs: unreadable files skipped while at most max(1, this x N) are bad; 0: none")
     max_image_pixels: int = setting(
@@ -266,6 +269,7 @@ class TrainConfig:
             "schedule": ("constant", "step", "cosine", "cosine_restarts", "onecycle"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "data_mode": ("auto", "memory", "stream"),
+            "decode": ("cpu", "gpu"),
             "finetune": ("full", "linear", "gradual"),
             "head_init": ("random", "probe"),
             "task": tuple(TASKS),

@@ -372,7 +372,7 @@ class StreamingLoader:
                 self.dataset,
                 batch_sampler=self._batches,
                 num_workers=self.num_workers,
-                collate_fn=collate_skip_bad,
+                collate_fn=self._collate,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
                 # Only seeds the workers' base seed; given, so the global RNG is not consumed.
@@ -390,6 +390,7 @@ class StreamingLoader:
                     _report_bad(self._named(bad), self.num_samples, self.max_bad_fraction, source)  # raises
 
         for position, (keys, batch) in enumerate(zip(batches, loader)):
+            batch = None if batch is None else self._on_device(batch)
             returned = set() if batch is None else set(batch[2].tolist())
             count_bad([index for index, _ in keys if index not in returned and index not in bad])
             if batch is None:
@@ -397,7 +398,6 @@ class StreamingLoader:
                     continue  # evaluation: see the module docstring
                 batch = self._replacement(batches, position, bad, count_bad, source)
             images, labels, _ = batch
-            images = images.to(self.device, non_blocking=True)  # (B, C, H, W) uint8: 4x less to copy than float
             yield self._normalize(images), labels.to(self.device, non_blocking=True)
         self.skipped = self._named(bad)
         _report_bad(self.skipped, self.num_samples, self.max_bad_fraction, source)
@@ -416,15 +416,26 @@ class StreamingLoader:
             if key[0] in bad:
                 continue
             sample = self.dataset[key]
-            if sample is None:
+            batch = None if sample is None else self._on_device(self._collate([sample]))
+            if batch is None:
                 count_bad([key[0]])
                 continue
-            samples.append(sample)
+            samples.append(batch)
             if len(samples) == wanted:
                 break
         if not samples:
             raise DataError(f"{source}: every file of this process's shard is unreadable")
+        return tuple(torch.cat(parts) for parts in zip(*samples))
+
+    # Hooks of the GPU JPEG path (cnnkit.data.gpu_decode): how worker samples are batched, and how a batch
+    # becomes (uint8 images on the device, labels, file indices), or None if none of it could be decoded.
+    @staticmethod
+    def _collate(samples):
         return collate_skip_bad(samples)
+
+    def _on_device(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        images, labels, indices = batch
+        return images.to(self.device, non_blocking=True), labels, indices  # uint8: 4x less to copy than float
 
     def _named(self, bad: dict[int, None]) -> list[tuple[Path, str]]:
         """(path, reason) of skipped files; the reason comes from decoding once more in this process."""

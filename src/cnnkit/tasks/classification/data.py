@@ -123,5 +123,8 @@ def make_loader(dataset: ArrayDataset | FileSplit, preprocessing: Preprocessing,
     if isinstance(dataset, ArrayDataset):
         return TensorLoader(dataset.images, dataset.labels, **options)
     workers = config.num_workers if config.num_workers >= 0 else min(8, max(0, (os.cpu_count() or 1) - 1))
-    return StreamingLoader(dataset, preprocessing.channels, tuple(preprocessing.image_size),
-                           num_workers=workers, max_bad_fraction=config.max_bad_fraction, **options)
+    loader_class = StreamingLoader
+    if getattr(config, "decode", "cpu") == "gpu":  # JPEGs decoded in batches on the device (cnnkit.data.gpu_decode)
+        from cnnkit.data.gpu_decode import GpuJpegLoader as loader_class
+    return loader_class(dataset, preprocessing.channels, tuple(preprocessing.image_size),
+                        num_workers=workers, max_bad_fraction=config.max_bad_fraction, **options)
