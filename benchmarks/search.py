@@ -225,11 +225,21 @@ def write_markdown() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", nargs="+", choices=("regnet", "final", "scaling", "write"), required=True)
+    parser.add_argument("--part", nargs="+", choices=("regnet", "final", "scaling", "write", "next"), required=True,
+                        help="next: the first of final, scaling not yet done (several queued lock waiters share "
+                             "the parts)")
     parser.add_argument("--candidates", type=int, default=36)
     parser.add_argument("--full", type=int, default=8)
     parser.add_argument("--full-epochs", type=int, default=2)
     args = parser.parse_args()
+    if args.part == ["next"]:
+        WORK.mkdir(parents=True, exist_ok=True)
+        pending = [part for part in ("final", "scaling") if not (WORK / f"started-{part}").exists()]
+        if not pending:
+            print("every part has been run")
+            return
+        (WORK / f"started-{pending[0]}").touch()
+        args.part = [pending[0]]
     for part in args.part:
         if part == "write":
             write_markdown()
