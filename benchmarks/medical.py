@@ -353,7 +353,7 @@ def main() -> None:
                   f"RescaleIntercept {r['ct_small']['rescale_intercept']}).", ""]
     lines.append("Other agents were editing and running tests on this machine meanwhile (light load); heavy runs were "
                  "serialised by a lock.")
-    _common.finish(f"{NAME}-{args.tag}" if args.tag else NAME, "Medical imaging: ch2 brain mask and reading speed", header, payload, "\n".join(lines),
+    _common.finish(f"{NAME}-{args.tag}" if args.tag else NAME, "Medical imaging (issue 22): single-subject segmentation and reading speed", header, payload, "\n".join(lines),
                    args.results_dir)
 
 
