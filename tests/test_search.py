@@ -53,8 +53,8 @@ def test_regnet_design_equals_torchvision_on_published_configs(name: str) -> Non
 
 def test_every_sampled_regnet_builds_runs_at_28_and_32_and_its_spec_macs_are_measured() -> None:
     space, rng = RegNetSpace(), random.Random(0)
-    archs = [space.sample(rng) for _ in range(6)]
-    assert len({json.dumps(a, sort_keys=True) for a in archs}) == 6
+    archs = [space.sample(rng) for _ in range(4)]
+    assert len({json.dumps(a, sort_keys=True) for a in archs}) == 4
     for arch in archs:
         for in_chans, size in ((1, 28), (3, 32)):
             model = CustomCNN(space.spec(arch, size), num_classes=10, in_chans=in_chans, input_size=size).eval()
@@ -118,7 +118,7 @@ class FakeTrainer:
 
 def _search(root: Path, data: Path, trainer, **options):
     options = {"proxy_images": 40, "budget": "1h", "constraints": ["macs<=3M"], "log": lambda *a: None,
-               **options}
+               "latency_repeats": 1, **options}
     return search(root, data=str(data), trainer=trainer, **options)
 
 
@@ -157,9 +157,9 @@ def yaml_load(path: Path):
 
 
 def test_evolution_mutates_one_parameter_of_a_tournament_winner(tmp_path: Path, image_folder: Path) -> None:
-    result = _search(tmp_path / "evo", image_folder, FakeTrainer(), strategy="evolution", max_candidates=12)
+    result = _search(tmp_path / "evo", image_folder, FakeTrainer(), strategy="evolution", max_candidates=10)
     records = result["records"]
-    assert len(records) == 12
+    assert len(records) == 10
     population = [r["arch"] for r in records[:8]]
     for record in records[8:]:
         nearest = min(sum(record["arch"][k] != parent[k] for k in parent) for parent in population)

@@ -103,7 +103,7 @@ def test_random_cells_search_trains_darts_net_with_the_genotype(tmp_path, image_
 
     calls: list = []
     result = search(tmp_path / "cells", space="cells", strategy="random", data=str(image_folder), proxy_images=40,
-                    max_candidates=3, trainer=_fake_trainer(calls), log=lambda *a: None)
+                    max_candidates=3, trainer=_fake_trainer(calls), latency_repeats=1, log=lambda *a: None)
     assert len(result["records"]) == 3 and all(model == "darts_net" for model, _ in calls)
     assert all(check_genotype(s["model_args"]["genotype"]) for _, s in calls)
     recipe = yaml.safe_load((tmp_path / "cells" / "winner_recipe.yaml").read_text())
@@ -127,7 +127,8 @@ def test_compound_scaling_grid_then_the_family(tmp_path, image_folder) -> None:
     assert macs == sorted(macs) and macs[-1] / macs[0] > 3
     calls: list = []
     result = search(tmp_path / "scaling", space="scaling", strategy="grid", data=str(image_folder),
-                    proxy_images=40, max_candidates=2, trainer=_fake_trainer(calls), log=lambda *a: None)
+                    proxy_images=40, max_candidates=2, trainer=_fake_trainer(calls), latency_repeats=1,
+                    log=lambda *a: None)
     phis = [r["arch"]["phi"] for r in result["records"]]
     assert phis[:2] == [1, 1] and sorted(phis[2:]) == [-1, 0, 2]  # phi=1 of the best point is reused
     from cnnkit.models.custom import load_spec

@@ -113,9 +113,10 @@ def measure_latency(model: torch.nn.Module, input_shape: tuple[int, int, int], r
     x = torch.randn(1, *input_shape)
     times = []
     with torch.inference_mode():
-        for index in range(repeats + 3):
+        warmup = min(3, repeats)
+        for index in range(repeats + warmup):
             started = time.perf_counter()
             model(x)
-            if index >= 3:  # the first calls create oneDNN primitives
+            if index >= warmup:  # the first calls create oneDNN primitives
                 times.append(time.perf_counter() - started)
     return 1000 * sorted(times)[len(times) // 2]

@@ -37,7 +37,7 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
            proxy_images: int = 5000, seed: int = 0, workers: int = 1, full: int = 0, full_epochs: int = 10,
            max_candidates: int | None = None, settings: dict[str, Any] | None = None, resume: bool = False,
            base: str = "fastnet", darts_epochs: int = 2, random_cells: int = 8, trainer: Callable = train_candidate,
-           log: Callable = print) -> dict[str, Any]:
+           latency_repeats: int = 30, log: Callable = print) -> dict[str, Any]:
     """Run (or resume) a search in `root`; returns {"records", "full", "winner", "report"}.
 
     Args:
@@ -56,6 +56,7 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
         base: The scaled network for space=scaling.
         darts_epochs, random_cells: space=cells: epochs of the DARTS search; random cells trained beside its cell.
         trainer: train(model, data, run_dir, settings) -> metrics (cnnkit.search.proxy.train_candidate).
+        latency_repeats: forward passes timed per candidate (the median is its latency).
     """
     root = Path(root)
     options = {"space": space, "strategy": strategy, "data": data, "budget": budget,
@@ -94,7 +95,7 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
     records = list(directory.records.values())
     log(f"{len(records)} candidates ({directory.reused} from candidates.jsonl), "
         f"{directory.seconds_spent:.0f} s of training")
-    records = with_latency(root, records, space_object, proxy, directory)
+    records = with_latency(root, records, space_object, proxy, directory, latency_repeats)
     full_records = retrain(root, records, options, trainer, log, space_object)
     winner = pick_winner(records, full_records)
     if winner is not None:
@@ -105,7 +106,7 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
 
 
 def with_latency(root: Path, records: list[dict[str, Any]], space, proxy: dict[str, Any],
-                 directory: SearchDirectory) -> list[dict[str, Any]]:
+                 directory: SearchDirectory, repeats: int = 30) -> list[dict[str, Any]]:
     """The records with `latency_ms` (batch 1, CPU, fp32, median of 30), measured once per candidate after the
     search (not while other candidates train) and kept in latency.json."""
     import json
@@ -116,7 +117,7 @@ def with_latency(root: Path, records: list[dict[str, Any]], space, proxy: dict[s
         if record["key"] not in known:
             size = directory._input_size(record["arch"])
             model = space.build(record["arch"], proxy["channels"], size, len(proxy["classes"]))
-            known[record["key"]] = round(measure_latency(model, (proxy["channels"], size, size)), 4)
+            known[record["key"]] = round(measure_latency(model, (proxy["channels"], size, size), repeats), 4)
     atomic_write_text(path, json.dumps(known, indent=1))
     return [{**record, "latency_ms": known[record["key"]]} if record["key"] in known else record
             for record in records]
