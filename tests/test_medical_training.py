@@ -231,3 +231,16 @@ def test_voxel_spacing_resamples_slices_and_predictions_return_to_the_scan_grid(
     segmenter = Segmenter(model, record, None, torch.device("cpu"))
     volume, labels = predict_volume(segmenter, studies / "p4" / "image.nii.gz")
     assert labels.shape == volume.shape == (32, 32, 12)
+
+
+def test_empty_slice_fraction_thins_only_empty_training_slices(studies, tmp_path):
+    import nibabel as nib
+
+    chosen = [s for s in read_studies(studies / "studies.csv") if s.patient in ("p0", "p4")]
+    write_slice_dataset(chosen, tmp_path / "s", window="0,100", val_fraction=0.0, empty_fraction=0.01, seed=0)
+    mask = numpy.asarray(nib.load(str(studies / "p0" / "mask.nii.gz")).dataobj)
+    with_foreground = int(mask.any(axis=(0, 1)).sum())
+    assert 0 < with_foreground < 12
+    kept = list((tmp_path / "s" / "train" / "masks").glob("p0_z*.png"))
+    assert with_foreground <= len(kept) < 12  # every foreground slice, hardly any empty one
+    assert len(list((tmp_path / "s" / "test" / "masks").glob("p4_z*.png"))) == 12  # evaluation keeps all
