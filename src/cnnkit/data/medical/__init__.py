@@ -9,6 +9,7 @@ only when they read a file, and say how to install them if they are missing.
     volumes.py    Volume; axial slices, 2.5-D stacks and restacking; resampling to a spacing
     studies.py    study layouts (CSV or patient folders) and splits by patient; cross-split patient overlap
     slices.py     studies -> the slice dataset the segment task trains on (cached next to the studies)
+    classify.py   DICOM class folders -> windowed PNG folders split by patient (classify task); .dcm at predict
     medmnist.py   MedMNIST's published .npz files on local disk, checksum checked, never downloaded
 """
 
