@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--vit-seeds", type=int, nargs="+", default=[0], help="seeds of the ViT comparison")
     parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--reuse-mae", action="store_true", help="mae: fine-tune from the existing MAE run (its row "
+                        "in the result file stays)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="/tmp/cnnkit-ssl-runs", help="parent of the run directories")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1-minute budgets, 1 seed, few epochs")
@@ -195,6 +197,11 @@ def label_runs(args, model: str, pretrained: Path | None, rows_named: dict[str, 
 
 def mae(args) -> list[dict]:
     minutes = 0.3 if args.quick else args.mae_minutes
+    recipe = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, label_smoothing=0.1)
+    comparison = {"labels-vit-scratch": {},
+                  "labels-vit-mae-finetune": {"pretrained": True, "finetune": "full", "backbone_lr_ratio": 0.5}}
+    if args.reuse_mae and (Path(args.out) / "mae" / "best.safetensors").is_file():  # the fine-tuning only
+        return label_runs(args, "vit_mini", Path(args.out) / "mae", comparison, args.vit_seeds, recipe)
     settings = dict(task="pretrain", data="fashion-mnist", method="mae", model="vit_mini", epochs=100,
                     budget=f"{minutes:g}m", batch_size=256, optimizer="adamw", lr=1.5e-3, weight_decay=0.05,
                     momentum=0.9, val_every=2, name="mae", seed=0)
@@ -204,11 +211,7 @@ def mae(args) -> list[dict]:
     row = {"experiment": "mae", "settings": settings, "epochs": history[-1]["epoch"],
            "train_seconds": time.perf_counter() - started,
            "curve": [(line["epoch"], line.get("val_knn_accuracy"), line["train_loss"]) for line in history]}
-    recipe = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, label_smoothing=0.1)
-    rows = label_runs(args, "vit_mini", Path(args.out) / "mae", {
-        "labels-vit-scratch": {},
-        "labels-vit-mae-finetune": {"pretrained": True, "finetune": "full", "backbone_lr_ratio": 0.5},
-    }, args.vit_seeds, recipe)
+    rows = label_runs(args, "vit_mini", Path(args.out) / "mae", comparison, args.vit_seeds, recipe)
     return [row, *rows]
 
 
