@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from cnnkit.config import AugmentConfig
 from cnnkit.data import ArrayDataset, TensorLoader, compute_mean_std, load_dataset
-from cnnkit.data.augment import build_augmentations
 from cnnkit.data.images import is_image_file
 from cnnkit.data.loader import epoch_generator
 from cnnkit.data.preprocess import Preprocessing
