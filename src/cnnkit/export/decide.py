@@ -199,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--images", type=int, default=512)
     args = parser.parse_args(argv)
-    print(describe(choose_backend(args.run_dir, args.checkpoint, args.images)))
+    try:
+        print(describe(choose_backend(args.run_dir, args.checkpoint, args.images)))
+    except CnnkitError as error:  # a clear line, never a traceback (the run's data gone, not a classifier ...)
+        print(f"cnnkit: cannot choose a backend for {args.run_dir}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
