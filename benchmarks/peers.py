@@ -96,8 +96,16 @@ def scenes_for_peer(scenes: Path, task: str) -> Path:
                 for split in ("train", "val", "test")}
         for split, data in coco.items():
             (root / split / "labels").mkdir(parents=True, exist_ok=True)
-            if not (root / split / "images").exists():
-                (root / split / "images").symlink_to((scenes / split / "images").resolve())
+            # Real files (hard links where possible): ultralytics resolves a linked folder to its target and would
+            # read the scenes' box labels beside it.
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            for image_file in (scenes / split / "images").iterdir():
+                target = root / split / "images" / image_file.name
+                if not target.exists():
+                    try:
+                        os.link(image_file, target)
+                    except OSError:
+                        shutil.copyfile(image_file, target)
             by_image = {}
             for annotation in data["annotations"]:
                 by_image.setdefault(annotation["image_id"], []).append(annotation)
