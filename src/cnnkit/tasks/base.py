@@ -272,6 +272,21 @@ def describe_run(config, model: nn.Module, device: torch.device, sizes: str, ext
             f"{extra}; {device}{shown}, {config.epochs} epoch{'' if config.epochs == 1 else 's'}")
 
 
+@torch.no_grad()
+def outputs_in_batches(preprocessing, images, forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                       batch_size: int = 256) -> torch.Tensor:
+    """`forward` of the normalized images, in batches, concatenated on the CPU (float32).
+
+    `images`: image files, PIL images, arrays, or a uint8 (N, C, H, W) batch already at the model's size.
+    """
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
+        batch = images
+    else:
+        batch = preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
+    return torch.cat([forward(preprocessing.normalize(batch[start:start + batch_size]).to(device)).float().cpu()
+                      for start in range(0, len(batch), batch_size)])
+
+
 def unique_stems(paths: list[str]) -> list[str]:
     """File stems, numbered where two inputs share one (from different folders)."""
     names, used = [], set()

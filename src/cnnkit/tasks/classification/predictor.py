@@ -12,7 +12,7 @@ from cnnkit.data.preprocess import Preprocessing
 from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.errors import ConfigError
-from cnnkit.tasks.base import check_split, config_of, pick_split
+from cnnkit.tasks.base import check_split, config_of, outputs_in_batches, pick_split
 from cnnkit.tasks.classification.data import make_loader, prepare_data
 from cnnkit.tasks.classification.task import ClassificationTask, predict_logits
 
@@ -41,15 +41,8 @@ class Classifier:
     @torch.no_grad()
     def predict_proba(self, images) -> torch.Tensor:
         """Class probabilities (B, K) for image files, PIL images, arrays, or a uint8 (B, C, H, W) batch."""
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
-            batch = images
-        else:
-            batch = self.preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
-        outputs = []
-        for start in range(0, len(batch), 256):
-            inputs = self.preprocessing.normalize(batch[start:start + 256]).to(self.device)
-            outputs.append(predict_logits(self.model, inputs, self.tta).softmax(dim=1).cpu())
-        return torch.cat(outputs)
+        return outputs_in_batches(self.preprocessing, images,
+                                  lambda inputs: predict_logits(self.model, inputs, self.tta).softmax(dim=1), self.device)
 
     def predict(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-k (class name, probability) pairs per image, most likely first."""

@@ -11,7 +11,7 @@ import torch.nn as nn
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
-from cnnkit.tasks.base import check_split, config_of, pick_split
+from cnnkit.tasks.base import check_split, config_of, outputs_in_batches, pick_split
 from cnnkit.tasks.embed.data import make_loader, read_identities
 from cnnkit.tasks.embed.task import EmbedTask
 
@@ -37,13 +37,7 @@ class Embedder:
     @torch.no_grad()
     def embed(self, images) -> torch.Tensor:
         """(N, D) unit-length embeddings of image files, PIL images, arrays or a uint8 (N, C, H, W) batch."""
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
-            batch = images
-        else:
-            batch = self.preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
-        outputs = [self.model(self.preprocessing.normalize(batch[start:start + 256]).to(self.device)).float().cpu()
-                   for start in range(0, len(batch), 256)]
-        return torch.cat(outputs)
+        return outputs_in_batches(self.preprocessing, images, self.model, self.device)
 
     def predict(self, images) -> list[list[float]]:
         """The embedding of each image as a list of floats (JSON-ready)."""

@@ -14,7 +14,7 @@ from cnnkit.device import resolve_precision
 from cnnkit.engine.evaluate import evaluate_split
 from cnnkit.errors import ConfigError
 from cnnkit.metrics.knn import knn_accuracy
-from cnnkit.tasks.base import check_split, config_of, pick_split
+from cnnkit.tasks.base import check_split, config_of, outputs_in_batches, pick_split
 from cnnkit.tasks.pretrain.data import KNNLoader, read_pretrain_data
 from cnnkit.tasks.pretrain.task import PretrainTask
 
@@ -44,13 +44,7 @@ class Encoder:
     @torch.no_grad()
     def embed(self, images) -> torch.Tensor:
         """(N, D) features of image files, PIL images, arrays or a uint8 (N, C, H, W) batch."""
-        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4:
-            batch = images
-        else:
-            batch = self.preprocessing.load(images if isinstance(images, (list, tuple)) else [images])
-        outputs = [self.model(self.preprocessing.normalize(batch[start:start + 256]).to(self.device)).float().cpu()
-                   for start in range(0, len(batch), 256)]
-        return torch.cat(outputs)
+        return outputs_in_batches(self.preprocessing, images, self.model, self.device)
 
     def predict(self, images) -> list[list[float]]:
         """The features of each image as a list of floats (JSON-ready)."""
