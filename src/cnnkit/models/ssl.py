@@ -247,16 +247,20 @@ class MaskedFeatureNet(nn.Module):
         return self.predictor(encoded[:, 1:])  # (B, L, hog_dim)
 
 
+# The builders take num_classes as every zoo entry does (`cnnkit models`, summaries build them all alike) and do not
+# use it: a pretraining network has no classifier.
 @register_model(family="ssl", task="pretrain")
-def simclr(backbone: str = "fastnet", in_chans: int = 1, input_size=28, projection_dim: int = 128,
-           hidden_dim: int | None = None, backbone_args: dict | None = None) -> ContrastiveNet:
+def simclr(backbone: str = "fastnet", in_chans: int = 1, input_size=28, num_classes: int | None = None,
+           projection_dim: int = 128, hidden_dim: int | None = None,
+           backbone_args: dict | None = None) -> ContrastiveNet:
     """SimCLR (Chen et al. 2020): a zoo backbone without its head, and a projection MLP for NT-Xent."""
     return ContrastiveNet(backbone, in_chans, input_size, projection_dim, hidden_dim, backbone_args)
 
 
 @register_model(family="ssl", task="pretrain")
-def moco(backbone: str = "fastnet", in_chans: int = 1, input_size=28, projection_dim: int = 128,
-         hidden_dim: int | None = None, backbone_args: dict | None = None, queue_size: int = 4096,
+def moco(backbone: str = "fastnet", in_chans: int = 1, input_size=28, num_classes: int | None = None,
+         projection_dim: int = 128, hidden_dim: int | None = None, backbone_args: dict | None = None,
+         queue_size: int = 4096,
          momentum: float = 0.99) -> MomentumContrastNet:
     """MoCo v2 (Chen et al. 2020): SimCLR's network plus a momentum key encoder and a queue of negative keys."""
     return MomentumContrastNet(backbone, in_chans, input_size, projection_dim, hidden_dim, backbone_args, queue_size,
@@ -264,15 +268,16 @@ def moco(backbone: str = "fastnet", in_chans: int = 1, input_size=28, projection
 
 
 @register_model(family="ssl", task="pretrain")
-def mae(backbone: str = "vit_mini", in_chans: int = 1, input_size=28, mask_ratio: float = 0.75, decoder_dim: int = 64,
-        decoder_depth: int = 2, backbone_args: dict | None = None) -> MaskedAutoencoder:
+def mae(backbone: str = "vit_mini", in_chans: int = 1, input_size=28, num_classes: int | None = None,
+        mask_ratio: float = 0.75, decoder_dim: int = 64, decoder_depth: int = 2,
+        backbone_args: dict | None = None) -> MaskedAutoencoder:
     """MAE (He et al. 2022): a ViT encoder on the visible patches and a light decoder that reconstructs pixels."""
     return MaskedAutoencoder(backbone, in_chans, input_size, mask_ratio, decoder_dim, decoder_depth,
                              backbone_args=backbone_args)
 
 
 @register_model(family="ssl", task="pretrain")
-def beit(backbone: str = "vit_mini", in_chans: int = 1, input_size=28, mask_ratio: float = 0.4, hog_bins: int = 9,
-         backbone_args: dict | None = None) -> MaskedFeatureNet:
+def beit(backbone: str = "vit_mini", in_chans: int = 1, input_size=28, num_classes: int | None = None,
+         mask_ratio: float = 0.4, hog_bins: int = 9, backbone_args: dict | None = None) -> MaskedFeatureNet:
     """BEiT-style masked image modelling, predicting the HOG features of masked patches (MaskFeat's targets)."""
     return MaskedFeatureNet(backbone, in_chans, input_size, mask_ratio, hog_bins, backbone_args)
