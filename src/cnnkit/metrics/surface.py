@@ -58,25 +58,31 @@ def surface_distances(prediction: numpy.ndarray, truth: numpy.ndarray,
     return to_truth[predicted_surface], to_prediction[true_surface]
 
 
-def hausdorff(prediction, truth, spacing=None, percentile: float = 95.0) -> float | None:
-    """HD95 (or another percentile; 100 = Hausdorff) in mm: see the module docstring for the edge cases."""
+def _both_directions(prediction, truth, spacing):
+    """(forward, backward) surface distances, or the edge case's answer: None (both empty), inf (one empty)."""
     prediction, truth = numpy.asarray(prediction, dtype=bool), numpy.asarray(truth, dtype=bool)
     if not prediction.any() and not truth.any():
         return None
     if not prediction.any() or not truth.any():
         return math.inf
-    forward, backward = surface_distances(prediction, truth, spacing)
+    return surface_distances(prediction, truth, spacing)
+
+
+def hausdorff(prediction, truth, spacing=None, percentile: float = 95.0) -> float | None:
+    """HD95 (or another percentile; 100 = Hausdorff) in mm: see the module docstring for the edge cases."""
+    distances = _both_directions(prediction, truth, spacing)
+    if not isinstance(distances, tuple):
+        return distances
+    forward, backward = distances
     return float(max(numpy.percentile(forward, percentile), numpy.percentile(backward, percentile)))
 
 
 def average_surface_distance(prediction, truth, spacing=None) -> float | None:
     """ASSD in mm: the mean of both directions' surface distances together."""
-    prediction, truth = numpy.asarray(prediction, dtype=bool), numpy.asarray(truth, dtype=bool)
-    if not prediction.any() and not truth.any():
-        return None
-    if not prediction.any() or not truth.any():
-        return math.inf
-    forward, backward = surface_distances(prediction, truth, spacing)
+    distances = _both_directions(prediction, truth, spacing)
+    if not isinstance(distances, tuple):
+        return distances
+    forward, backward = distances
     return float(numpy.concatenate([forward, backward]).mean())
 
 
