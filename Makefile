@@ -44,7 +44,7 @@ demo: setup
 	@echo "run directory: runs/$(DEMO_RUN)"
 
 test: test-setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-all: test-setup
 	$(BIN)/pytest -q -m "slow or not slow"

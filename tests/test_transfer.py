@@ -210,3 +210,39 @@ def test_freeze_bn_keeps_pretrained_statistics_while_layers_train():
     plain.on_epoch_start(None, 0)
     model(torch.randn(8, 1, 28, 28) * 3 + 2)
     assert not torch.equal(model.stem[1].running_mean, before)
+
+
+def test_fit_input_channels_sums_rgb_and_spreads_gray():
+    from cnnkit.transfer.pretrained import fit_input_channels
+
+    rgb = torch.randn(8, 3, 3, 3)
+    assert torch.allclose(fit_input_channels(rgb, torch.Size([8, 1, 3, 3])), rgb.sum(1, keepdim=True))
+    gray = torch.randn(8, 1, 3, 3)
+    spread = fit_input_channels(gray, torch.Size([8, 3, 3, 3]))
+    image = torch.randn(1, 1, 5, 5)
+    # an RGB image responds as its channel mean did in the gray network
+    rgb_image = torch.cat([image, image * 0.5, image * 1.5], dim=1)
+    assert torch.allclose(nn.functional.conv2d(rgb_image, spread), nn.functional.conv2d(rgb_image.mean(1, keepdim=True), gray),
+                          atol=1e-5)
+    assert fit_input_channels(gray, torch.Size([4, 3, 3, 3])) is gray  # other shapes stay as they are
+
+
+@pytest.mark.parametrize("name", ["unet_resnet18", "deeplabv3_resnet18", "maskrcnn_resnet18_fpn"])
+def test_a_gray_classifier_starts_the_backbone_of_colour_segmenters(name, tmp_path):
+    """Issue 25 §3: a Fashion-MNIST resnet18 run (gray, 64 px: the ImageNet stem) starts every segmenter's encoder."""
+    from cnnkit.transfer import load_matching
+
+    torch.manual_seed(0)
+    classifier = create_model("resnet18", num_classes=10, in_chans=1, input_size=64)
+    path = tmp_path / "classifier.safetensors"
+    save_file({key: value.contiguous() for key, value in classifier.state_dict().items()}, str(path))
+    model = create_model(name, num_classes=11, in_chans=3, input_size=128)
+    message = load_matching(model, str(path), {"name": name, "args": {}})
+    own = model.state_dict()
+    backbone = [key for key in classifier.state_dict() if not key.startswith("fc.")]
+    loaded = int(message.split("loaded ")[1].split(" ")[0])
+    assert loaded == len(backbone), message  # every tensor of the trunk, none of the head
+    layer = next(key for key in own if key.endswith("layer3.1.conv2.weight"))
+    assert torch.equal(own[layer], classifier.state_dict()["layer3.1.conv2.weight"])
+    stem = next(key for key in own if key.endswith(("conv1.weight", "stem.0.weight")) and own[key].shape[1] == 3)
+    assert torch.allclose(own[stem], classifier.conv1.weight.detach().expand(-1, 3, -1, -1) / 3)

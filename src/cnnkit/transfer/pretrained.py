@@ -274,7 +274,7 @@ def load_matching(model: nn.Module, spec: str, architecture: dict) -> str:
     FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, timm:NAME). "imagenet" loads the ImageNet classifier
     of the model's backbone or encoder (resnet18 for unet_resnet18 ...) into it. Names are matched with or
     without the backbone's prefix (backbone., encoder.body.); RGB first-layer kernels are summed for
-    grayscale models.
+    grayscale models and the gray kernels spread over RGB for colour ones (`fit_input_channels`).
     """
     source = architecture["name"]
     if spec in ("imagenet", "default"):
@@ -283,16 +283,14 @@ def load_matching(model: nn.Module, spec: str, architecture: dict) -> str:
     own = model.state_dict()
     best: dict[str, torch.Tensor] = {}
     for strip in ("", "module.", "model.", "features."):
-        for add in ("", "backbone.", "encoder.body.", "model.backbone.body."):
-            renamed = {add + k[len(strip):]: v for k, v in state.items() if k.startswith(strip)}
+        for add in ("", "backbone.", "encoder.body.", "backbone.body.", "model.backbone.body.", TRUNK_PREFIX):
+            renamed = {add + _trunk_name(k[len(strip):], add): v for k, v in state.items() if k.startswith(strip)}
             fitted = {}
             for name, tensor in renamed.items():
                 target = own.get(name)
                 if target is None:
                     continue
-                if tensor.shape != target.shape and tensor.dim() == 4 and tensor.shape[1] == 3 and target.shape[1] == 1 \
-                        and tensor.shape[0] == target.shape[0] and tensor.shape[2:] == target.shape[2:]:
-                    tensor = tensor.sum(dim=1, keepdim=True)  # RGB kernels -> one gray channel
+                tensor = fit_input_channels(tensor, target.shape)
                 if tensor.shape == target.shape:
                     fitted[name] = tensor
             if len(fitted) > len(best):
@@ -301,6 +299,39 @@ def load_matching(model: nn.Module, spec: str, architecture: dict) -> str:
         raise CheckpointError(f"--pretrained {spec}: none of its tensors fit {architecture['name']} (by name and shape)")
     model.load_state_dict(best, strict=False)
     return f"pretrained {spec}: loaded {len(best)} of {len(own)} tensors (the rest keep their fresh initialisation)"
+
+
+# Detectors and instance segmenters on a zoo trunk (cnnkit.models.detection.zoo_trunk) hold a ResNet's
+# layers under this prefix, its conv1/bn1 as stem.0/stem.1.
+TRUNK_PREFIX = "model.backbone.trunk.stages."
+_TRUNK_STEM = {"conv1.": "stem.0.", "bn1.": "stem.1."}
+
+
+def _trunk_name(name: str, prefix: str) -> str:
+    if prefix != TRUNK_PREFIX:
+        return name
+    for old, new in _TRUNK_STEM.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def fit_input_channels(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A first convolution's kernels fitted to another input channel count, or `tensor` unchanged.
+
+    RGB -> gray: the three kernels summed (a gray image replicated to RGB gave the same response).
+    Gray -> RGB (a classifier trained on Fashion-MNIST starting a colour model's encoder): the gray kernel
+    spread over the channels, divided by 3, so an RGB image responds as its channel mean did, the
+    luminance the gray network saw.
+    """
+    if tensor.shape == shape or tensor.dim() != 4 or len(shape) != 4 or tensor.shape[0] != shape[0] \
+            or tensor.shape[2:] != shape[2:]:
+        return tensor
+    if tensor.shape[1] == 3 and shape[1] == 1:
+        return tensor.sum(dim=1, keepdim=True)
+    if tensor.shape[1] == 1 and shape[1] == 3:
+        return tensor.expand(-1, 3, -1, -1) / 3
+    return tensor
 
 
 def backbone_name(architecture: dict) -> str:

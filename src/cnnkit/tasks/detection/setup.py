@@ -8,11 +8,11 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from cnnkit.errors import ConfigError
 from cnnkit.registry import create_model, list_models
 from cnnkit.tasks.base import TaskSetup, build_record, describe_run, recorded_architecture, require_model_task
 from cnnkit.tasks.detection.data import common_size, image_statistics, make_detection_loader, read_detection_data
 from cnnkit.tasks.detection.task import DetectionTask
+from cnnkit.transfer import load_matching
 
 
 def resolve_detection_architecture(config, classes: list[str], input_size: tuple[int, int],
@@ -52,9 +52,6 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     """`cnnkit train --task detect`: data (validated, augmented), the detector, the record."""
     if not resume:  # before the data is read
         require_model_task(config, "detect", f"a detector: {', '.join(list_models(task='detect'))}")
-    if config.pretrained:
-        raise ConfigError("pretrained weights are not supported for detection yet; train from scratch "
-                          "(leave pretrained unset)")
     keep_freed_memory()
     return detector_setup(config, device, dist_info, resume, DetectionTask, read_detection_data,
                           resize_note="none: the detector takes images of any size (see its module)",
@@ -74,6 +71,10 @@ def detector_setup(config, device: torch.device, dist_info, resume, task_class: 
         architecture = resolve_detection_architecture(config, data.classes, input_size, image_statistics(data.train))
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     model = create_model(architecture["name"], **architecture["args"])
+    if config.pretrained and not resume:  # backbone tensors by name and shape (e.g. a classifier run's resnet18)
+        message = load_matching(model, config.pretrained, architecture)
+        if dist_info.is_main:
+            print(message, flush=True)
     task = task_class(model, data.classes)
     args: dict[str, Any] = architecture["args"]
     preprocessing = {"channels": 3, "image_size": list(input_size), "mean": args["image_mean"],

@@ -21,8 +21,6 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     Any model registered with task="instance" that follows the detection contract with masks (Mask R-CNN,
     the YOLO-style segmenter: see cnnkit.models.segmentation_maskrcnn and cnnkit.models.yolo_seg) fits.
     """
-    if config.pretrained:
-        raise ConfigError("pretrained weights are not supported for instance segmentation yet; train from scratch")
     if not resume and get_entry(config.model).task != "instance":
         raise ConfigError(f"model {config.model!r} is not an instance segmentation model; --task instance needs one "
                           f"of {', '.join(list_models(task='instance'))}")
