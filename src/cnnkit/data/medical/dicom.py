@@ -14,7 +14,8 @@ errors. A file's stored integers become model input in three steps, each DICOM's
 
 Multi-frame files give (frames, H, W). A series (one folder of single-frame files) is sorted along the slice
 normal (ImagePositionPatient . (row x column direction)), falling back to InstanceNumber, and becomes a
-`Volume` in RAS orientation with its spacing (`read_series`).
+`Volume` in RAS orientation with its spacing (`read_series`); `series_layout` (that order and affine) is
+shared with the DICOM SEG reader (cnnkit.data.medical.seg), so a SEG's label volume lines up with the series.
 
 Errors name the file and what to do: not a DICOM file, no pixel data (RT plans, structured reports),
 truncated pixel data, and compressed transfer syntaxes whose decoder is not installed (the message names
@@ -125,6 +126,32 @@ def _decode_error(path: Path, dataset, error: Exception) -> DataError:
     return DataError(f"cannot decode the pixel data of DICOM file {path}: {text.splitlines()[0] if text else error!r}")
 
 
+def read_dataset(path: str | Path, pixels: bool = True):
+    """pydicom's Dataset of one file (pixel data not decoded yet), or a DataError naming the file.
+
+    Args:
+        path: A DICOM Part 10 file.
+        pixels: False stops before the pixel data (a header read).
+
+    Raises:
+        DataError: The file is missing, a folder, not DICOM, or unreadable.
+    """
+    pydicom = pydicom_module()
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except FileNotFoundError:
+        raise DataError(f"DICOM file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder: read a series with read_series (cnnkit.data.medical)") from None
+    except InvalidDicomError as error:
+        raise DataError(f"{path} is not a DICOM file ({error}); a DICOM file has 'DICM' at byte 128") from None
+    except Exception as error:  # noqa: BLE001 - pydicom raises struct.error, EOFError, ValueError on bad files
+        raise DataError(f"cannot read DICOM file {path}: {error}; it may be truncated or corrupt") from None
+
+
 def read_dicom(path: str | Path, pixels: bool = True) -> DicomImage:
     """Read one DICOM file: pixel values after the modality LUT and the tags cnnkit uses.
 
@@ -135,20 +162,8 @@ def read_dicom(path: str | Path, pixels: bool = True) -> DicomImage:
     Raises:
         DataError: Naming the file: missing, not DICOM, no pixel data, truncated, no decoder installed.
     """
-    pydicom = pydicom_module()
-    from pydicom.errors import InvalidDicomError
-
     path = Path(path)
-    try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=not pixels)
-    except FileNotFoundError:
-        raise DataError(f"DICOM file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder: read a series with read_series (cnnkit.data.medical)") from None
-    except InvalidDicomError as error:
-        raise DataError(f"{path} is not a DICOM file ({error}); a DICOM file has 'DICM' at byte 128") from None
-    except Exception as error:  # noqa: BLE001 - pydicom raises struct.error, EOFError, ValueError on bad files
-        raise DataError(f"cannot read DICOM file {path}: {error}; it may be truncated or corrupt") from None
+    dataset = read_dataset(path, pixels)
     if pixels and not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         kind = dataset.get("Modality", "") or dataset.get("SOPClassUID", "")
         raise DataError(f"DICOM file {path} has no pixel data (Modality {kind or 'unknown'}: an RT plan, structured "
@@ -184,7 +199,9 @@ def read_dicom(path: str | Path, pixels: bool = True) -> DicomImage:
         patient_id=str(dataset.get("PatientID", "") or ""), study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
         series_uid=str(dataset.get("SeriesInstanceUID", "") or ""), modality=str(dataset.get("Modality", "") or ""),
         instance_number=int(dataset.get("InstanceNumber", 0) or 0),
-        extra={"slice_thickness": float(dataset.get("SliceThickness", 0) or 0)})
+        extra={"slice_thickness": float(dataset.get("SliceThickness", 0) or 0),
+               "sop_instance_uid": str(dataset.get("SOPInstanceUID", "") or ""),
+               "rows": int(dataset.get("Rows", 0) or 0), "columns": int(dataset.get("Columns", 0) or 0)})
 
 
 def dicom_files(folder: str | Path) -> list[Path]:
@@ -205,6 +222,38 @@ def dicom_files(folder: str | Path) -> list[Path]:
     if not files:
         raise DataError(f"{folder} holds no DICOM files (.dcm, .dicom, .ima or DICM-tagged files)")
     return files
+
+
+def series_layout(images: list[DicomImage]) -> tuple[list[DicomImage], numpy.ndarray]:
+    """A series' images in slice order and the RAS affine of their (cols, rows, slices) voxel array.
+
+    The order is along the slice normal (ImagePositionPatient . (row x column direction)), InstanceNumber
+    when a position is missing; the slice spacing is the median gap between positions. `read_series` and
+    the SEG reader (cnnkit.data.medical.seg) both use it, so an image and its mask share one grid.
+    """
+    first = images[0]
+    row_dir = numpy.array(first.orientation[:3]) if first.orientation else numpy.array([1.0, 0, 0])
+    col_dir = numpy.array(first.orientation[3:]) if first.orientation else numpy.array([0, 1.0, 0])
+    normal = numpy.cross(row_dir, col_dir)
+    if all(image.position is not None for image in images):
+        images = sorted(images, key=lambda image: float(numpy.dot(image.position, normal)))
+    else:
+        images = sorted(images, key=lambda image: image.instance_number)
+    first = images[0]
+    row_spacing, col_spacing = first.pixel_spacing or (1.0, 1.0)
+    if len(images) > 1 and images[0].position is not None:
+        gaps = numpy.diff([numpy.dot(image.position, normal) for image in images])
+        slice_spacing = float(numpy.median(gaps)) or 1.0
+    else:
+        slice_spacing = first.extra.get("slice_thickness") or 1.0
+    origin = numpy.array(first.position if first.position is not None else (0.0, 0.0, 0.0))
+    affine_lps = numpy.eye(4)
+    # Voxel (column j, row i, slice k): array index order (j, i, k) after read_series' transpose.
+    affine_lps[:3, 0] = row_dir * col_spacing
+    affine_lps[:3, 1] = col_dir * row_spacing
+    affine_lps[:3, 2] = normal * slice_spacing
+    affine_lps[:3, 3] = origin
+    return images, numpy.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps  # LPS -> RAS
 
 
 def read_series(source: str | Path | list, window: Window | str | None = None):
@@ -228,29 +277,9 @@ def read_series(source: str | Path | list, window: Window | str | None = None):
     patients = {image.patient_id for image in images}
     if len(patients) > 1:
         raise DataError(f"the series {source} mixes patients {sorted(patients)}: one series per folder")
+    images, affine = series_layout(images)
     first = images[0]
-    row_dir = numpy.array(first.orientation[:3]) if first.orientation else numpy.array([1.0, 0, 0])
-    col_dir = numpy.array(first.orientation[3:]) if first.orientation else numpy.array([0, 1.0, 0])
-    normal = numpy.cross(row_dir, col_dir)
-    if all(image.position is not None for image in images):
-        images.sort(key=lambda image: float(numpy.dot(image.position, normal)))
-    else:
-        images.sort(key=lambda image: image.instance_number)
     stack = numpy.concatenate([image.values for image in images])  # (Z, rows, cols)
-    row_spacing, col_spacing = first.pixel_spacing or (1.0, 1.0)
-    if len(images) > 1 and images[0].position is not None:
-        gaps = numpy.diff([numpy.dot(image.position, normal) for image in images])
-        slice_spacing = float(numpy.median(gaps)) or 1.0
-    else:
-        slice_spacing = first.extra.get("slice_thickness") or 1.0
-    origin = numpy.array(first.position if first.position is not None else (0.0, 0.0, 0.0))
-    affine_lps = numpy.eye(4)
-    # Voxel (column j, row i, slice k): array index order (j, i, k) after the transpose below.
-    affine_lps[:3, 0] = row_dir * col_spacing
-    affine_lps[:3, 1] = col_dir * row_spacing
-    affine_lps[:3, 2] = normal * slice_spacing
-    affine_lps[:3, 3] = origin
-    affine = numpy.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_lps  # LPS -> RAS
     data = stack.transpose(2, 1, 0)  # (Z, rows, cols) -> (cols, rows, Z)
     meta = {"source": str(source), "patient": first.patient_id, "modality": first.modality,
             "dicom_window": first.window, "photometric": first.photometric,
@@ -260,8 +289,8 @@ def read_series(source: str | Path | list, window: Window | str | None = None):
 
 def read_dicom_seg(path: str | Path) -> tuple[numpy.ndarray, list[int], dict[int, str]]:
     """A DICOM SEG file: its binary frames (F, H, W) uint8, the segment number of each frame, and the
-    segment labels {number: label}. Placing frames into an image volume (by their plane positions) is
-    left to the caller; `read_dicom_seg(...)[0] * segment number` gives index masks per frame.
+    segment labels {number: label}; `read_dicom_seg(...)[0] * segment number` gives index masks per frame.
+    `cnnkit.data.medical.seg.read_seg_volume` places the frames on the slices of the image they segment.
 
     Raises:
         DataError: If the file is not a SEG (Modality SEG) or cannot be read.

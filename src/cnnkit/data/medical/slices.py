@@ -21,6 +21,10 @@ spacing (trilinear / nearest) before slicing, so every study's slices have the s
 slabs ("START:STOP") stay in the scan's own slice indices and are converted. `predict_volume` resamples
 the same way and brings its labels back to the scan's grid (nearest neighbour).
 
+A DICOM SEG mask (cnnkit.data.medical.seg) is placed on its image's canonical grid, its segment labels name
+the classes when the layout has no classes.txt, and its label volume is kept as OUT/seg-masks/*.nii.gz for
+the 3-D evaluation of the run.
+
 `prepare_slices` is what the segment task calls for a study layout: it writes the dataset once into a
 cache folder next to the studies, named by a hash of the settings and the files' sizes and times, and
 reuses it while nothing changed.
@@ -48,8 +52,9 @@ CACHE_FOLDER = ".cnnkit-slices"
 FORMAT_VERSION = 1
 
 
-def read_volume(path: str | Path, mask: bool = False) -> Volume:
-    """A NIfTI file or a DICOM series folder as a canonical RAS Volume."""
+def read_volume(path: str | Path, mask: bool = False, image: str | Path | None = None) -> Volume:
+    """A NIfTI file or a DICOM series folder as a canonical RAS Volume; with mask=True also a DICOM SEG,
+    placed on the grid of `image` (its series folder or NIfTI: cnnkit.data.medical.seg)."""
     path = Path(path)
     if is_nifti(path):
         return read_nifti(path, mask=mask)
@@ -60,7 +65,17 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
         if mask:
             volume.data = numpy.rint(volume.data).astype(numpy.int64)
         return volume
-    raise DataError(f"{path} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM series folder")
+    from cnnkit.data.medical.seg import is_dicom_seg, read_seg_volume
+
+    if is_dicom_seg(path):
+        if not mask:
+            raise DataError(f"{path} is a DICOM SEG (a mask), not an image: give the image series it segments")
+        if image is None:
+            raise DataError(f"{path} is a DICOM SEG: its frames are placed on the slices of the image it segments; "
+                            "give that image too (read_seg_volume(seg, image) in cnnkit.data.medical.seg, or a "
+                            "studies CSV row patient,image,mask)")
+        return read_seg_volume(path, image)
+    raise DataError(f"{path} is neither a NIfTI file (.nii, .nii.gz), a DICOM series folder nor a DICOM SEG file")
 
 
 def windowed_stacks(volume: Volume, window: str | None, stack: int) -> numpy.ndarray:
@@ -74,7 +89,9 @@ def to_uint8(images: numpy.ndarray) -> numpy.ndarray:
     return numpy.clip(numpy.rint(images * 255.0), 0, 255).astype(numpy.uint8)
 
 
-def _class_names(root: Path, max_label: int) -> list[str]:
+def _class_names(root: Path, max_label: int, segments: list[tuple[int, str, str]] = ()) -> list[str]:
+    """classes.txt under `root`; without one, the DICOM SEG segment labels (`segments`: number, label, file),
+    then structure_K (or foreground for one class)."""
     file = root / "classes.txt"
     if file.is_file():
         names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -82,15 +99,31 @@ def _class_names(root: Path, max_label: int) -> list[str]:
         if len(names) <= max_label:
             raise DataError(f"{file} names {len(names)} classes but the masks hold label {max_label}; add the names")
         return names
-    return ["background", *(f"structure_{k}" for k in range(1, max_label + 1))] if max_label > 1 else \
+    names = ["background", *(f"structure_{k}" for k in range(1, max_label + 1))] if max_label > 1 else \
         ["background", "foreground"]
+    seen: dict[int, tuple[str, str]] = {}
+    for number, label, source in segments:
+        label = " ".join(label.split())  # one line per class in classes.txt
+        if number < 1:  # segment numbers start at 1; 0 stays background
+            continue
+        if number in seen and seen[number][0].strip().lower() != label.strip().lower():
+            raise DataError(f"segment {number} is {seen[number][0]!r} in {seen[number][1]} but {label!r} in {source}: "
+                            "one class number must mean one structure in every study; renumber the segments, or "
+                            f"write {file} to name the classes (one per line, background first)")
+        seen.setdefault(number, (label, source))
+        names[number] = label or names[number]
+    return names
 
 
 def write_slice_dataset(studies: list[Study], out: str | Path, window: str | None = "minmax", stack: int = 1,
                         val_fraction: float = 0.1, seed: int = 0, empty_fraction: float = 1.0,
                         classes_root: Path | None = None, test_fraction: float = 0.0,
-                        spacing: float | None = None) -> dict:
+                        spacing: float | None = None, final_out: str | Path | None = None) -> dict:
     """Write the slice dataset of `studies` to `out` (see the module docstring); returns medical.json's content.
+
+    A DICOM SEG mask is placed on its image's grid (cnnkit.data.medical.seg) and also written as
+    OUT/seg-masks/NNN_PATIENT.nii.gz, the mask medical.json names (what 3-D evaluation reads); `final_out` is
+    where `out` will be moved (prepare_slices writes to a staging folder), for those paths.
 
     Raises:
         DataError: Naming the study: an image and mask of different shapes, a slab outside the volume,
@@ -107,13 +140,22 @@ def write_slice_dataset(studies: list[Study], out: str | Path, window: str | Non
         raise DataError("no study is left for training: give some studies split=train or fewer to val/test")
     overlap = patient_overlap(splits)
     generator = numpy.random.default_rng(seed)
-    records, max_label, files = [], 0, []
+    records, max_label, files, segments = [], 0, [], []
     for split in SPLITS:
         for study in splits[split]:
             if study.mask is None:
                 raise DataError(f"study {study.patient} ({study.image}) has no mask; segmentation needs one per study")
             image = read_volume(study.image)
-            mask = read_volume(study.mask, mask=True)
+            mask = read_volume(study.mask, mask=True, image=study.image)
+            mask_file = study.mask
+            if "segment_labels" in mask.meta:  # a DICOM SEG: its label volume as a NIfTI for 3-D evaluation
+                from cnnkit.data.medical.nifti import write_nifti
+
+                segments += [(number, label, str(study.mask)) for number, label in mask.meta["segment_labels"].items()]
+                max_label = max([max_label, *mask.meta["segment_labels"]])  # declared segments are classes
+                name = f"seg-masks/{len(records):03d}_{study.name}.nii.gz"
+                write_nifti(mask.data.astype(numpy.int16), mask.affine, out / name)
+                mask_file = Path(final_out or out) / name
             if image.shape != mask.shape:
                 raise DataError(f"mask {study.mask} has shape {mask.shape} but its image {study.image} has "
                                 f"{image.shape} (after reorientation to RAS); a mask must be on its image's grid")
@@ -146,12 +188,13 @@ def write_slice_dataset(studies: list[Study], out: str | Path, window: str | Non
                 Image.fromarray(numpy.ascontiguousarray(pixels), mode=mode).save(out / split / "images" / name)
                 Image.fromarray(masks[z].astype(numpy.uint8), mode="L").save(out / split / "masks" / name)
                 files.append((f"{split}/images/{name}", study.patient, split))
-            records.append({"patient": study.patient, "image": str(study.image), "mask": str(study.mask),
+            records.append({"patient": study.patient, "image": str(study.image), "mask": str(mask_file),
+                            **({"mask_source": str(study.mask)} if mask_file != study.mask else {}),
                             "split": split, "slices": list(study.slices) if study.slices else None,
                             "shape": list(image.shape), "spacing": list(image.spacing)})
     if max_label > 254:
         raise DataError(f"masks hold label {max_label}: at most 254 structures fit the 8-bit mask PNGs")
-    classes = _class_names(classes_root or out, max_label)
+    classes = _class_names(classes_root or out, max_label, segments)
     (out / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
     with open(out / "patients.csv", "w", newline="", encoding="utf-8") as handle:
         handle.write("file,patient,split\n" + "".join(f"{f},{p},{s}\n" for f, p, s in files))
@@ -193,7 +236,7 @@ def prepare_slices(spec: str | Path, window: str | None, stack: int, val_fractio
     if not done.is_file():
         staging = out.with_name(out.name + f".partial-{torch.randint(0, 10**9, ()).item()}")
         write_slice_dataset(studies, staging, window, stack, val_fraction, seed, empty_fraction, classes_root=root,
-                            spacing=spacing)
+                            spacing=spacing, final_out=out)
         if out.exists():  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
         else:

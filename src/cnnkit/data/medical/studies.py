@@ -5,13 +5,16 @@ Two layouts:
     CSV (studies.csv, or any .csv with a "patient" column)     folder
     patient,image,mask[,split][,slices]                          ROOT/classes.txt            (optional)
     p001,p001/t1.nii.gz,p001/mask.nii.gz                         ROOT/p001/image.nii.gz      (or image/: a DICOM series)
-    p002,p002/ct/,p002/seg.nii.gz,test                           ROOT/p001/mask.nii.gz
-                                                                 ROOT/p002/...
+    p002,p002/ct/,p002/seg.nii.gz,test                           ROOT/p001/mask.nii.gz       (or seg.dcm, mask.dcm)
+    p003,p003/ct/,p003/liver-seg.dcm                             ROOT/p002/...
 
 Paths in a CSV are relative to the CSV's folder. `image` is a NIfTI file or a folder of one DICOM series;
-`mask` a NIfTI of class indices on the same grid (0 background). `split` (train, val or test) fixes a
-study's split; `slices` ("START:STOP", axial indices of the canonical volume) uses only a slab of it, for
-single-subject experiments (a held-out slab is not a held-out patient: `cnnkit data check` says so).
+`mask` a NIfTI of class indices on the same grid (0 background), or a DICOM SEG file (found by its SOP class
+or Modality SEG) made on the image: its frames are placed on the image's slices and segment k becomes
+class k, named by its SegmentLabel where there is no classes.txt (cnnkit.data.medical.seg). `split`
+(train, val or test) fixes a study's split; `slices` ("START:STOP", axial indices of the canonical volume)
+uses only a slab of it, for single-subject experiments (a held-out slab is not a held-out patient:
+`cnnkit data check` says so).
 
 Splits are by patient: every study of a patient goes to the same split, so no patient's slices are in
 both training and evaluation (slice-level splits leak: neighbouring slices are near copies, and the test
@@ -29,10 +32,12 @@ from pathlib import Path
 import torch
 
 from cnnkit.data.medical.nifti import is_nifti
+from cnnkit.data.medical.seg import SEG_SOP_CLASS_UID, is_dicom_seg
 from cnnkit.errors import DataError, DatasetNotFoundError
 
 SPLITS = ("train", "val", "test")
 CSV_NAME = "studies.csv"
+MASK_NAMES = ("mask.nii.gz", "mask.nii", "seg.dcm", "mask.dcm")  # a patient folder's mask, first found
 
 
 class PatientOverlapWarning(UserWarning):
@@ -126,13 +131,18 @@ def read_studies(spec: str | Path) -> list[Study]:
             image = _folder_image(folder)
             if image is None:
                 continue
-            mask = next((folder / n for n in ("mask.nii.gz", "mask.nii") if (folder / n).is_file()), None)
+            mask = next((folder / n for n in MASK_NAMES if (folder / n).is_file()), None)
             studies.append(Study(folder.name, image, mask))
     if not studies:
         raise DataError(f"{spec} lists no studies")
     for study in studies:
         if not (is_nifti(study.image) or study.image.is_dir()):
             raise DataError(f"study {study.patient}: image {study.image} is neither a NIfTI file nor a DICOM folder")
+        if study.mask is not None and study.mask.is_file() and not is_nifti(study.mask) and \
+                not is_dicom_seg(study.mask):
+            raise DataError(f"study {study.patient}: mask {study.mask} is neither a NIfTI file (.nii, .nii.gz) nor a "
+                            f"DICOM SEG (SOP class {SEG_SOP_CLASS_UID} or Modality SEG); give a label volume on the "
+                            "image's grid or the SEG made on its series")
     return studies
 
 
