@@ -1,12 +1,13 @@
 """DICOM SEG masks (issue 22): frames placed on the slices of the series they segment (by referenced
 SOPInstanceUID, else by position), voxel for voxel on the image volume's canonical grid, fractional
-thresholds, overlaps, the errors, pydicom's own SEG file, and a studies CSV with a SEG mask through
-prepare_slices to the slice PNGs."""
+thresholds, overlaps, the errors, pydicom's own SEG file, a studies CSV with a SEG mask through
+prepare_slices to the slice PNGs, and a SEG as the truth of `cnnkit predict-volume` and of a run's 3-D evaluation."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy
@@ -307,7 +308,7 @@ def test_studies_with_seg_masks_give_the_right_mask_slices(tmp_path, capsys):
     from PIL import Image
 
     from cnnkit.cli import main
-    from cnnkit.data.medical.slices import prepare_slices, read_volume, write_slice_dataset
+    from cnnkit.data.medical.slices import prepare_slices, read_mask, write_slice_dataset
     from cnnkit.data.medical.studies import read_studies
     from cnnkit.data.medical.volumes import volume_slices
 
@@ -328,8 +329,8 @@ def test_studies_with_seg_masks_give_the_right_mask_slices(tmp_path, capsys):
         numpy.testing.assert_array_equal(png, expected[z])
     assert len(list((out / "train" / "masks").iterdir())) == len(HEIGHTS)
     record = next(r for r in json.loads((out / "medical.json").read_text())["studies"] if r["patient"] == "p2")
-    assert record["mask_source"].endswith("seg.dcm") and Path(record["mask"]).is_file()  # read by 3-D evaluation
-    numpy.testing.assert_array_equal(volume_slices(read_volume(record["mask"], mask=True).data), expected)
+    assert record["mask"] == str(root / "p2" / "seg.dcm") and not (out / "seg-masks").exists()  # read by 3-D evaluation
+    numpy.testing.assert_array_equal(volume_slices(read_mask(record["mask"], record["image"]).data), expected)
     # The folder layout finds seg.dcm like mask.nii.gz, and `cnnkit data check` reads it.
     (root / "studies.csv").unlink()
     assert [(s.patient, s.mask.name) for s in read_studies(root)] == [("p1", "seg.dcm"), ("p2", "seg.dcm")]
@@ -349,3 +350,81 @@ def test_studies_with_seg_masks_give_the_right_mask_slices(tmp_path, capsys):
     (root / "p3" / "mask.dcm").write_bytes(next((root / "p1" / "image").iterdir()).read_bytes())  # a CT slice
     assert main(["data", "check", str(root)]) == 2
     assert "study p3: mask" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+TINY_UNET = {"base_width": 4, "decoder_channels": [16, 16, 8, 8, 4]}  # as tests/test_medical_training.py
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(studies root, run dir): a tiny U-Net trained one epoch on three series whose masks are SEGs."""
+    import cnnkit
+
+    root = tmp_path_factory.mktemp("seg-studies")
+    for patient in ("p1", "p2", "p3"):
+        write_series(root / patient / "image")
+        write_seg(root / patient / "seg.dcm")
+    (root / "studies.csv").write_text("patient,image,mask,split\np1,p1/image,p1/seg.dcm,train\n"
+                                      "p2,p2/image,p2/seg.dcm,test\np3,p3/image,p3/seg.dcm,val\n")
+    run = cnnkit.train(task="segment", data=str(root / "studies.csv"), window="minmax", image_size=32,
+                       model="unet", model_args=TINY_UNET, epochs=1, batch_size=4, lr=3e-3, translate=0, hflip=False,
+                       precision="fp32", channels_last=False, num_workers=0, progress=False, report=False,
+                       out=str(tmp_path_factory.mktemp("seg-runs")))
+    return root, Path(run.run_dir)
+
+
+def _predict_volume(run: Path, image: Path, truth: Path, out: Path, capsys) -> dict:
+    from cnnkit.cli import main
+
+    assert main(["predict-volume", str(run), str(image), "--truth", str(truth), "--out", str(out), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_predict_volume_scores_a_seg_truth_as_its_nifti(seg_run, tmp_path, capsys):
+    import cnnkit
+    from cnnkit.data.medical.nifti import write_like
+    from cnnkit.tasks.segmentation.volume import evaluate_volume
+
+    root, run = seg_run
+    series, seg = root / "p2" / "image", root / "p2" / "seg.dcm"
+    image = read_series(series)
+    expected = expected_from_image(image.data)  # the SEG's labels, read off the image's content
+    nifti_truth = write_like(expected.astype(numpy.uint8), image, tmp_path / "truth.nii.gz")  # the same, as NIfTI
+    by_seg = _predict_volume(run, series, seg, tmp_path / "a.nii.gz", capsys)
+    by_nifti = _predict_volume(run, series, nifti_truth, tmp_path / "b.nii.gz", capsys)
+    structures = by_seg["metrics"]["per_structure"]  # the run's classes, named by the SEG labels
+    assert {name: entry["true_voxels"] for name, entry in structures.items()} == \
+        {"Liver": int((expected == 1).sum()), "Tumour": int((expected == 2).sum())}
+    assert by_seg["metrics"] == by_nifti["metrics"]  # (this one-epoch run may predict background everywhere)
+    # The series as a NIfTI input: the SEG is placed on its voxels by geometry, and scores the same prediction.
+    image_nifti = write_like(image.data, image, tmp_path / "p2.nii.gz")
+    assert _predict_volume(run, image_nifti, seg, tmp_path / "c.nii.gz", capsys)["metrics"] == by_seg["metrics"]
+    # The run's own 3-D evaluation reads the test study's SEG with its series (no NIfTI copy in the cache).
+    segmenter = cnnkit.load(run)
+    volumes = segmenter.evaluate("test")["volumes"]
+    assert [v["patient"] for v in volumes] == ["p2"]
+    assert {k: volumes[0][k] for k in by_seg["metrics"]} == by_seg["metrics"]
+    assert not list((root / ".cnnkit-slices").glob("*/seg-masks"))
+    # Scores that a misplaced SEG could not match: the truth less its slice 2 (both segments), scored both ways.
+    partial = expected.copy()
+    partial[:, :, 2] = 0
+    scores = [evaluate_volume(segmenter, partial, image, truth, image=series) for truth in (seg, nifti_truth)]
+    assert scores[0] == scores[1]
+    for entry in scores[0]["per_structure"].values():
+        assert 0 < entry["dice"] < 1 and 0 < entry["hd95_mm"] < 10 and entry["true_voxels"] > 0
+
+
+def test_predict_volume_with_a_seg_of_another_image_is_a_clear_error(seg_run, tmp_path, capsys):
+    from cnnkit.cli import main
+
+    root, run = seg_run
+    small = write_seg(tmp_path / "small.dcm", rows=8, columns=8, frames=[(1, 1, numpy.ones((8, 8), bool))])
+    assert main(["predict-volume", str(run), str(root / "p2" / "image"), "--truth", str(small),
+                 "--out", str(tmp_path / "mask.nii.gz")]) == 2
+    assert re.search(r"small\.dcm has frames of 8x8 pixels but the series .*p2/image has 16x12",
+                     capsys.readouterr().err)
+    coronal = write_seg(tmp_path / "coronal.dcm", CORONAL, uids=False)  # made on a coronal series
+    assert main(["predict-volume", str(run), str(root / "p2" / "image"), "--truth", str(coronal),
+                 "--out", str(tmp_path / "mask.nii.gz")]) == 2
+    assert "coronal.dcm has orientation" in capsys.readouterr().err

@@ -1,12 +1,13 @@
 """`cnnkit predict-volume` (a segmentation run trained on studies, applied to a whole volume) and
 `cnnkit diagnose` (a classification run read as a diagnostic test).
 
-    cnnkit predict-volume RUN_DIR VOLUME [--out MASK.nii.gz] [--truth MASK.nii.gz] [--no-distances] [--json]
+    cnnkit predict-volume RUN_DIR VOLUME [--out MASK.nii.gz] [--truth MASK.nii.gz|SEG.dcm] [--no-distances] [--json]
     cnnkit diagnose RUN_DIR [--split test|val] [--bins N] [--plot FILE.png] [--json]
 
 VOLUME is a NIfTI file or a DICOM series folder; the run's window and slice stack are applied as in its
-training. The mask is written as a NIfTI in the input's orientation and affine; with --truth, Dice per
-structure, HD95 and ASSD (mm) are printed.
+training. The mask is written as a NIfTI in the input's orientation and affine; with --truth (a NIfTI on the
+input's grid, or a DICOM SEG made on it, placed on VOLUME's slices), Dice per structure, HD95 and ASSD (mm)
+are printed.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ def add_predict_volume(commands) -> None:
         "predict-volume", help="segment a NIfTI / DICOM series volume slice by slice into a NIfTI mask",
         description="Segment a volume with a run trained on studies (--data a studies CSV or patient folders):\n"
                     "every axial slice (or 2.5-D stack) windowed as in training, the predicted classes stacked back\n"
-                    "into a NIfTI with the input's own affine. --truth scores it: Dice per structure, Hausdorff-95\n"
-                    "and average symmetric surface distance in mm.",
+                    "into a NIfTI with the input's own affine. --truth (a NIfTI, or a DICOM SEG made on VOLUME)\n"
+                    "scores it: Dice per structure, Hausdorff-95 and average symmetric surface distance in mm.",
         epilog="example:\n  cnnkit predict-volume runs/brain ch2.nii.gz --out brain-mask.nii.gz --truth ch2bet-mask.nii.gz",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("volume", metavar="VOLUME", help="a .nii/.nii.gz file or a folder of one DICOM series")
     parser.add_argument("--out", metavar="MASK.nii.gz", help="default: RUN_DIR/predictions/NAME-mask.nii.gz")
-    parser.add_argument("--truth", metavar="MASK.nii.gz", help="a mask volume to score the prediction against")
+    parser.add_argument("--truth", metavar="MASK", help="the mask to score the prediction against: a NIfTI on "
+                        "VOLUME's grid, or a DICOM SEG made on VOLUME")
     parser.add_argument("--no-distances", action="store_true", help="with --truth: Dice only (skip HD95/ASSD)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--device", default="auto")
@@ -51,7 +53,8 @@ def run_predict_volume(args) -> int:
               "spacing_mm": list(volume.spacing),
               "voxels": {c: int((labels == k).sum()) for k, c in enumerate(segmenter.classes)}}
     if args.truth:
-        result["metrics"] = evaluate_volume(segmenter, labels, volume, args.truth, distances=not args.no_distances)
+        result["metrics"] = evaluate_volume(segmenter, labels, volume, args.truth, distances=not args.no_distances,
+                                            image=args.volume)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

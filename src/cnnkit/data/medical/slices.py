@@ -21,9 +21,11 @@ spacing (trilinear / nearest) before slicing, so every study's slices have the s
 slabs ("START:STOP") stay in the scan's own slice indices and are converted. `predict_volume` resamples
 the same way and brings its labels back to the scan's grid (nearest neighbour).
 
-A DICOM SEG mask (cnnkit.data.medical.seg) is placed on its image's canonical grid, its segment labels name
-the classes when the layout has no classes.txt, and its label volume is kept as OUT/seg-masks/*.nii.gz for
-the 3-D evaluation of the run.
+A DICOM SEG mask (cnnkit.data.medical.seg) is placed on its image's canonical grid and its segment labels name
+the classes when the layout has no classes.txt. `read_mask` is the one reader of a study's mask (NIfTI, or
+SEG on its image) that the slices, the run's 3-D evaluation and `predict-volume --truth` share. (Caches
+written before it also hold OUT/seg-masks/*.nii.gz, the SEG's label volume, and name it in medical.json;
+those NIfTI files are still read.)
 
 `prepare_slices` is what the segment task calls for a study layout: it writes the dataset once into a
 cache folder next to the studies, named by a hash of the settings and the files' sizes and times, and
@@ -78,6 +80,26 @@ def read_volume(path: str | Path, mask: bool = False, image: str | Path | None =
     raise DataError(f"{path} is neither a NIfTI file (.nii, .nii.gz), a DICOM series folder nor a DICOM SEG file")
 
 
+def read_mask(mask: str | Path, image: str | Path | None, shape: tuple[int, ...] | None = None) -> Volume:
+    """The mask of `image` as int64 class indices on its canonical grid: a NIfTI label volume (or a DICOM
+    series folder of labels), or a DICOM SEG placed on `image` (cnnkit.data.medical.seg).
+
+    Args:
+        mask: The mask file (or folder).
+        image: The image it labels: a NIfTI file or a DICOM series folder (None: a SEG is refused).
+        shape: The image volume's canonical shape, where the caller has it: a mask of another shape is refused.
+
+    Raises:
+        DataError: Naming the files: an unreadable mask, a SEG that does not fit `image`, another shape.
+    """
+    volume = read_volume(mask, mask=True, image=image)
+    if shape is not None and volume.shape != tuple(shape):
+        named = f" {image}" if image is not None else ""
+        raise DataError(f"mask {mask} has shape {volume.shape} but its image{named} has {tuple(shape)} (after "
+                        "reorientation to RAS); a mask must be on its image's grid")
+    return volume
+
+
 def windowed_stacks(volume: Volume, window: str | None, stack: int) -> numpy.ndarray:
     """(Z, K, H, W) float32 in [0, 1]: the volume windowed as a whole, cut into K-slice stacks."""
     scaled = apply_window(volume.data, parse_window(window), volume.meta.get("dicom_window"))
@@ -118,12 +140,11 @@ def _class_names(root: Path, max_label: int, segments: list[tuple[int, str, str]
 def write_slice_dataset(studies: list[Study], out: str | Path, window: str | None = "minmax", stack: int = 1,
                         val_fraction: float = 0.1, seed: int = 0, empty_fraction: float = 1.0,
                         classes_root: Path | None = None, test_fraction: float = 0.0,
-                        spacing: float | None = None, final_out: str | Path | None = None) -> dict:
+                        spacing: float | None = None) -> dict:
     """Write the slice dataset of `studies` to `out` (see the module docstring); returns medical.json's content.
 
-    A DICOM SEG mask is placed on its image's grid (cnnkit.data.medical.seg) and also written as
-    OUT/seg-masks/NNN_PATIENT.nii.gz, the mask medical.json names (what 3-D evaluation reads); `final_out` is
-    where `out` will be moved (prepare_slices writes to a staging folder), for those paths.
+    A DICOM SEG mask is placed on its image's grid (`read_mask`); medical.json names the SEG itself, which
+    the run's 3-D evaluation reads the same way.
 
     Raises:
         DataError: Naming the study: an image and mask of different shapes, a slab outside the volume,
@@ -146,19 +167,10 @@ def write_slice_dataset(studies: list[Study], out: str | Path, window: str | Non
             if study.mask is None:
                 raise DataError(f"study {study.patient} ({study.image}) has no mask; segmentation needs one per study")
             image = read_volume(study.image)
-            mask = read_volume(study.mask, mask=True, image=study.image)
-            mask_file = study.mask
-            if "segment_labels" in mask.meta:  # a DICOM SEG: its label volume as a NIfTI for 3-D evaluation
-                from cnnkit.data.medical.nifti import write_nifti
-
+            mask = read_mask(study.mask, study.image, image.shape)
+            if "segment_labels" in mask.meta:  # a DICOM SEG: its segments are classes, named by their labels
                 segments += [(number, label, str(study.mask)) for number, label in mask.meta["segment_labels"].items()]
-                max_label = max([max_label, *mask.meta["segment_labels"]])  # declared segments are classes
-                name = f"seg-masks/{len(records):03d}_{study.name}.nii.gz"
-                write_nifti(mask.data.astype(numpy.int16), mask.affine, out / name)
-                mask_file = Path(final_out or out) / name
-            if image.shape != mask.shape:
-                raise DataError(f"mask {study.mask} has shape {mask.shape} but its image {study.image} has "
-                                f"{image.shape} (after reorientation to RAS); a mask must be on its image's grid")
+                max_label = max([max_label, *mask.meta["segment_labels"]])
             if not numpy.allclose(image.affine, mask.affine, atol=1e-3):
                 warnings.warn(f"mask {study.mask} and image {study.image} have different affines; they are paired "
                               "voxel by voxel", stacklevel=2)
@@ -188,8 +200,7 @@ def write_slice_dataset(studies: list[Study], out: str | Path, window: str | Non
                 Image.fromarray(numpy.ascontiguousarray(pixels), mode=mode).save(out / split / "images" / name)
                 Image.fromarray(masks[z].astype(numpy.uint8), mode="L").save(out / split / "masks" / name)
                 files.append((f"{split}/images/{name}", study.patient, split))
-            records.append({"patient": study.patient, "image": str(study.image), "mask": str(mask_file),
-                            **({"mask_source": str(study.mask)} if mask_file != study.mask else {}),
+            records.append({"patient": study.patient, "image": str(study.image), "mask": str(study.mask),
                             "split": split, "slices": list(study.slices) if study.slices else None,
                             "shape": list(image.shape), "spacing": list(image.spacing)})
     if max_label > 254:
@@ -236,7 +247,7 @@ def prepare_slices(spec: str | Path, window: str | None, stack: int, val_fractio
     if not done.is_file():
         staging = out.with_name(out.name + f".partial-{torch.randint(0, 10**9, ()).item()}")
         write_slice_dataset(studies, staging, window, stack, val_fraction, seed, empty_fraction, classes_root=root,
-                            spacing=spacing, final_out=out)
+                            spacing=spacing)
         if out.exists():  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
         else:

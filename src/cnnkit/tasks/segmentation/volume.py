@@ -4,8 +4,9 @@
 as the run's training slices were (the checkpoint's preprocessing["medical"]), predicts every axial slice
 at the model's size, upsamples the logits to the slice's own size, and restacks the class indices into
 (X, Y, Z). `write_volume_prediction` writes them in the input's own orientation and affine, so the mask
-overlays the input in any viewer; `evaluate_volume` scores a prediction against a mask volume with Dice
-per structure, HD95 and ASSD in millimetres (cnnkit.metrics.surface).
+overlays the input in any viewer; `evaluate_volume` scores a prediction against a mask volume (a NIfTI, or a
+DICOM SEG placed on the predicted image's grid: cnnkit.data.medical.slices.read_mask) with Dice per
+structure, HD95 and ASSD in millimetres (cnnkit.metrics.surface).
 """
 
 from __future__ import annotations
@@ -57,15 +58,19 @@ def write_volume_prediction(labels: numpy.ndarray, volume, out: str | Path) -> P
     return write_like(labels.astype(dtype), volume, out)
 
 
-def evaluate_volume(segmenter, labels: numpy.ndarray, volume, mask_path: str | Path, distances: bool = True) -> dict:
-    """Dice per structure, HD95 and ASSD (mm) of `labels` against the mask volume at `mask_path`."""
-    from cnnkit.data.medical.slices import read_volume
+def evaluate_volume(segmenter, labels: numpy.ndarray, volume, mask_path: str | Path, distances: bool = True,
+                    image: str | Path | None = None) -> dict:
+    """Dice per structure, HD95 and ASSD (mm) of `labels` against the mask volume at `mask_path`.
+
+    Args:
+        mask_path: A NIfTI label volume on the image's grid, or a DICOM SEG made on the image.
+        image: The file or series folder `labels` were predicted on, where a SEG's frames are placed
+            (default: the one `volume` was read from).
+    """
+    from cnnkit.data.medical.slices import read_mask
     from cnnkit.metrics.surface import volume_metrics
 
-    truth = read_volume(mask_path, mask=True)
-    if truth.shape != labels.shape:
-        raise DataError(f"mask {mask_path} has shape {truth.shape} (RAS) but its image has {labels.shape}; "
-                        "a mask must be on its image's grid")
+    truth = read_mask(mask_path, image if image is not None else volume.meta.get("source"), labels.shape)
     return volume_metrics(labels, truth.data, segmenter.classes, volume.spacing, distances=distances)
 
 
@@ -88,10 +93,11 @@ def volume_metrics_text(metrics: dict) -> str:
 
 def evaluate_studies(segmenter, config, split: str) -> list[dict]:
     """Per study of `split` (a run trained on a study layout): the volume predicted slice by slice and scored
-    in 3-D against its mask, on the study's slab when it has one: Dice per structure, HD95, ASSD (mm)."""
+    in 3-D against its mask (a NIfTI, or a DICOM SEG placed on the study's image), on the study's slab when it
+    has one: Dice per structure, HD95, ASSD (mm)."""
     import json
 
-    from cnnkit.data.medical.slices import prepare_slices, read_volume
+    from cnnkit.data.medical.slices import prepare_slices, read_mask
     from cnnkit.metrics.surface import volume_metrics
 
     root = prepare_slices(config.data, config.window, config.slice_stack, config.val_fraction, config.seed,
@@ -104,7 +110,7 @@ def evaluate_studies(segmenter, config, split: str) -> list[dict]:
         if study["image"] not in cache:  # slabs of one volume are predicted once
             cache[study["image"]] = predict_volume(segmenter, study["image"])
         volume, labels = cache[study["image"]]
-        truth = read_volume(study["mask"], mask=True).data
+        truth = read_mask(study["mask"], study["image"], labels.shape).data
         first, last = study["slices"] or (0, labels.shape[2])
         metrics = volume_metrics(labels[:, :, first:last], truth[:, :, first:last], segmenter.classes, volume.spacing)
         results.append({"patient": study["patient"], "image": study["image"], "slices": [first, last], **metrics})
