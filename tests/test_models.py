@@ -194,3 +194,18 @@ def test_bad_arguments_raise_model_error() -> None:
         create_model("lenet5", num_classes=0)
     with pytest.raises(ModelError, match="input_size"):
         create_model("simple_cnn", input_size=(28,))
+
+
+
+def test_fastnet_act_relu_swaps_every_activation_and_bad_names_are_refused():
+    import torch.nn as nn
+
+    from cnnkit import create_model
+    from cnnkit.errors import ModelError
+
+    relu = create_model("fastnet", num_classes=10, in_chans=1, input_size=28, act="relu")
+    kinds = {type(module) for module in relu.modules() if isinstance(module, (nn.GELU, nn.ReLU))}
+    assert kinds == {nn.ReLU}
+    assert {type(m) for m in create_model("fastnet").modules() if isinstance(m, (nn.GELU, nn.ReLU))} == {nn.GELU}
+    with pytest.raises(ModelError, match="act='swish'"):
+        create_model("fastnet", act="swish")
