@@ -100,15 +100,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--note", default=None,
                         help="conditions of this run worth knowing (e.g. other work on the machine), kept with its rows")
     parser.add_argument("--encoder", choices=("scratch", "garments"), default="scratch",
-                        help="garments: start the resnet18 encoders (unet, deeplabv3, fcn, maskrcnn) from a Fashion-MNIST "
-                             "classifier trained first (rows named MODEL+garments); default scratch")
+                        help="garments: start the resnet18 encoders (unet, deeplabv3, fcn, maskrcnn) from a "
+                             "Fashion-MNIST classifier trained first (rows named MODEL+garments); default scratch")
     parser.add_argument("--encoder-minutes", type=float, default=10.0,
                         help="the garment classifier's training budget (default 10), counted in each row's total")
     parser.add_argument("--encoder-run", default=None,
                         help="reuse this garment classifier run instead of training one (its recorded minutes count)")
     parser.add_argument("--backbone-lr-ratio", type=float, default=None,
-                        help="with --encoder garments: the encoder's LR as a fraction of the decoder's (default: cnnkit's, "
-                             "0.1); rows with another value are named MODEL+garments-lrVALUE")
+                        help="with --encoder garments: the encoder's LR as a fraction of the decoder's (default: "
+                             "cnnkit's, 0.1); rows with another value are named MODEL+garments-lrVALUE")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the rows of models not run this time (default: keep them from segmentation.json)")
     return parser.parse_args()
@@ -185,7 +185,8 @@ def train_encoder(args, out: Path) -> dict:
 
     if args.encoder_run:
         run_dir = Path(args.encoder_run)
-        seconds = sum(json.loads(line)["epoch_seconds"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        seconds = sum(json.loads(line)["epoch_seconds"] for line in lines)
     else:
         settings = {**ENCODER, "out": str(out), "name": "encoder-garments", "seed": args.seed, "progress": False,
                     "report": False, "num_threads": args.threads or 0,

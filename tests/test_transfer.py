@@ -222,8 +222,8 @@ def test_fit_input_channels_sums_rgb_and_spreads_gray():
     image = torch.randn(1, 1, 5, 5)
     # an RGB image responds as its channel mean did in the gray network
     rgb_image = torch.cat([image, image * 0.5, image * 1.5], dim=1)
-    assert torch.allclose(nn.functional.conv2d(rgb_image, spread), nn.functional.conv2d(rgb_image.mean(1, keepdim=True), gray),
-                          atol=1e-5)
+    gray_response = nn.functional.conv2d(rgb_image.mean(1, keepdim=True), gray)
+    assert torch.allclose(nn.functional.conv2d(rgb_image, spread), gray_response, atol=1e-5)
     assert fit_input_channels(gray, torch.Size([4, 3, 3, 3])) is gray  # other shapes stay as they are
 
 

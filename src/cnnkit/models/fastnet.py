@@ -64,7 +64,8 @@ class FastNet(nn.Module):
             raise ModelError(f"fastnet act={act!r} is not one of {', '.join(ACTIVATIONS)}")
         activation = ACTIVATIONS[act]
         stem, *stages = widths
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), activation())
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem),
+                                  activation())
         channels = [stem, *stages]
         self.stages = nn.Sequential(*(FastStage(a, b, activation) for a, b in zip(channels[:-1], channels[1:])))
         self.pool = nn.AdaptiveMaxPool2d(1)

@@ -296,7 +296,8 @@ def load_matching(model: nn.Module, spec: str, architecture: dict) -> str:
             if len(fitted) > len(best):
                 best = fitted
     if not best:
-        raise CheckpointError(f"--pretrained {spec}: none of its tensors fit {architecture['name']} (by name and shape)")
+        raise CheckpointError(f"--pretrained {spec}: none of its tensors fit {architecture['name']} (by name and "
+                              "shape)")
     model.load_state_dict(best, strict=False)
     return f"pretrained {spec}: loaded {len(best)} of {len(own)} tensors (the rest keep their fresh initialisation)"
 
