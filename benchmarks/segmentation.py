@@ -106,9 +106,6 @@ def parse_args() -> argparse.Namespace:
                         help="the garment classifier's training budget (default 10), counted in each row's total")
     parser.add_argument("--encoder-run", default=None,
                         help="reuse this garment classifier run instead of training one (its recorded minutes count)")
-    parser.add_argument("--backbone-lr-ratio", type=float, default=None,
-                        help="with --encoder garments: the encoder's LR as a fraction of the decoder's (default: "
-                             "cnnkit's, 0.1); rows with another value are named MODEL+garments-lrVALUE")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the rows of models not run this time (default: keep them from segmentation.json)")
     return parser.parse_args()
@@ -129,8 +126,6 @@ def settings_for(name: str, args, out: Path, encoder: dict | None = None) -> dic
                     num_threads=args.threads or 0)
     if encoder is not None:
         settings["pretrained"] = encoder["run"]
-        if args.backbone_lr_ratio is not None:
-            settings["backbone_lr_ratio"] = args.backbone_lr_ratio
     if args.quick:  # two tiny epochs instead of a budget
         settings.update(batch_size=4, val_every=1, epochs=2,
                         model_args={**settings.get("model_args", {}), **quick_model_args(name)})
@@ -232,7 +227,7 @@ def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
                    test_per_class_mask_ap50={k: v.get("mask_ap50") for k, v in test["per_class"].items()})
     row["goal_met"] = row[key] >= goal
     if encoder is not None:  # issue 25 §3's goals for segmenters from a garment-trained encoder
-        row["name"] = f"{name}+garments" + (f"-lr{args.backbone_lr_ratio:g}" if args.backbone_lr_ratio is not None else "")
+        row["name"] = f"{name}+garments"
         row["encoder"] = encoder
         row["total_seconds"] = encoder["seconds"] + train_seconds
         goal = GARMENT_GOALS[name]

@@ -246,22 +246,3 @@ def test_a_gray_classifier_starts_the_backbone_of_colour_segmenters(name, tmp_pa
     assert torch.equal(own[layer], classifier.state_dict()["layer3.1.conv2.weight"])
     stem = next(key for key in own if key.endswith(("conv1.weight", "stem.0.weight")) and own[key].shape[1] == 3)
     assert torch.allclose(own[stem], classifier.conv1.weight.detach().expand(-1, 3, -1, -1) / 3)
-
-
-@pytest.mark.parametrize("name, backbone", [("unet_resnet18", "encoder.body."), ("deeplabv3_resnet18", "backbone."),
-                                            ("maskrcnn_resnet18_fpn", "model.backbone.trunk.")])
-def test_dense_models_train_their_pretrained_backbone_at_the_backbone_lr(name, backbone):
-    from cnnkit.transfer import decoder_parameter_names
-
-    model = create_model(name, num_classes=11, in_chans=3, input_size=128)
-    head = decoder_parameter_names(model)
-    names = {parameter_name for parameter_name, _ in model.named_parameters()}
-    assert head and head < names
-    assert all(not n.startswith(backbone) for n in head) and all(n.startswith(backbone) for n in names - head)
-    config = TrainConfig(lr=0.01, backbone_lr_ratio=0.1, optimizer="sgd")
-    groups = make_optimizer(model, config, head).param_groups
-    ids = {id(parameter): parameter_name for parameter_name, parameter in model.named_parameters()}
-    for group in groups:
-        kinds = {ids[id(parameter)] in head for parameter in group["params"]}
-        assert len(kinds) == 1 and group["lr"] == pytest.approx(0.01 if kinds.pop() else 0.001)
-    assert decoder_parameter_names(create_model("resnet18", num_classes=10)) is None  # no backbone prefix: one LR

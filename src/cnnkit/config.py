@@ -120,7 +120,7 @@ class TrainConfig:
     pretrained: str | None = setting(
         None, '"imagenet", a torchvision/timm weight name, a .safetensors/.pth file or a run dir')
     finetune: str = setting("full", 'with pretrained: "full", "linear" (feature extraction) or "gradual" (unfreezing)')
-    backbone_lr_ratio: float = setting(0.1, "with pretrained: the backbone's LR as a fraction of the head's")
+    backbone_lr_ratio: float = setting(0.1, "classify with pretrained: the backbone's LR as a fraction of the head's")
     unfreeze_every: int = setting(1, "finetune=gradual: release one more backbone block every this many epochs")
     head_init: str = setting(
         "random", 'with pretrained: "probe" fits the new head first (L-BFGS linear probe on frozen features)')

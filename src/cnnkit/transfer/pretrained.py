@@ -317,20 +317,6 @@ def _trunk_name(name: str, prefix: str) -> str:
     return name
 
 
-# Where a segmenter, detector or instance segmenter keeps the classifier it was built on (unet: encoder.body.,
-# fcn/deeplabv3: backbone., torchvision-style detectors: model.backbone.body., zoo trunks: TRUNK_PREFIX).
-BACKBONE_PREFIXES = ("encoder.body.", "backbone.", "model.backbone.body.", TRUNK_PREFIX)
-
-
-def decoder_parameter_names(model: nn.Module) -> set[str] | None:
-    """The parameters of a dense model outside its classifier backbone (decoder, heads, pyramid): with pretrained
-    weights they train at the full LR and the backbone at backbone_lr_ratio x it, as a fine-tuned classifier's
-    head and backbone do. None when the model has no backbone under BACKBONE_PREFIXES (one LR for all)."""
-    names = [name for name, _ in model.named_parameters()]
-    head = {name for name in names if not name.startswith(BACKBONE_PREFIXES)}
-    return head if len(head) < len(names) else None
-
-
 def fit_input_channels(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """A first convolution's kernels fitted to another input channel count, or `tensor` unchanged.
 

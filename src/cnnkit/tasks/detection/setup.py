@@ -12,7 +12,7 @@ from cnnkit.registry import create_model, list_models
 from cnnkit.tasks.base import TaskSetup, build_record, describe_run, recorded_architecture, require_model_task
 from cnnkit.tasks.detection.data import common_size, image_statistics, make_detection_loader, read_detection_data
 from cnnkit.tasks.detection.task import DetectionTask
-from cnnkit.transfer import decoder_parameter_names, load_matching
+from cnnkit.transfer import load_matching
 
 
 def resolve_detection_architecture(config, classes: list[str], input_size: tuple[int, int],
@@ -88,9 +88,7 @@ def detector_setup(config, device: torch.device, dist_info, resume, task_class: 
                                            eval_batch_size=eval_batch_size)
     sizes = (f"{len(data.train)} train / {len(data.val) if data.val else 0} val images, {len(data.classes)} classes, "
              f"{input_size[0]}x{input_size[1]}")
-    head = decoder_parameter_names(model) if config.pretrained else None  # the backbone at backbone_lr_ratio x LR
-    return TaskSetup(task, train_loader, val_loader, record, describe_run(config, model, device, sizes), callbacks,
-                     head_parameters=head)
+    return TaskSetup(task, train_loader, val_loader, record, describe_run(config, model, device, sizes), callbacks)
 
 
 def print_detection_metrics(trainer, metrics: dict) -> None:

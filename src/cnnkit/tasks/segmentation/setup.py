@@ -11,7 +11,7 @@ from cnnkit.registry import create_model, get_entry
 from cnnkit.tasks.base import TaskSetup, build_record, describe_run, recorded_architecture, resolve_architecture
 from cnnkit.tasks.segmentation.data import make_loader, pixel_class_weights, prepare_data
 from cnnkit.tasks.segmentation.task import VALUE_RANGE, SegmentationTask
-from cnnkit.transfer import decoder_parameter_names, load_matching
+from cnnkit.transfer import load_matching
 
 
 def setup(config, device, dist_info, resume) -> TaskSetup:
@@ -49,9 +49,7 @@ def setup(config, device, dist_info, resume) -> TaskSetup:
     sizes = (f"{len(data.train)} train / {len(data.val) if data.val else 0} val images, {len(data.classes)} classes, "
              f"{size}x{data.preprocessing.channels}, loss {loss.spec}")
     header = describe_run(config, model, device, sizes, precision=False)
-    # With pretrained weights the encoder trains at backbone_lr_ratio x the decoder's LR (as a fine-tuned classifier).
-    head = decoder_parameter_names(model) if config.pretrained else None
-    return TaskSetup(task, train_loader, val_loader, record, header, [print_segmentation_metrics], head_parameters=head)
+    return TaskSetup(task, train_loader, val_loader, record, header, [print_segmentation_metrics])
 
 
 def print_segmentation_metrics(trainer, metrics: dict) -> None:
