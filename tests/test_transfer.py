@@ -32,6 +32,16 @@ def test_rgb_kernels_are_summed_for_grayscale_and_the_head_is_reset():
     assert torch.allclose(gray.stem[0](image), rgb.stem[0](image.expand(-1, 3, -1, -1)), atol=1e-5)
 
 
+def test_gray_kernels_are_spread_for_an_rgb_classifier():
+    torch.manual_seed(0)
+    gray = create_model("fastnet", num_classes=10, in_chans=1)
+    rgb = create_model("fastnet", num_classes=10, in_chans=3)
+    report = adapt_state_dict(rgb, gray.state_dict(), "gray.safetensors")
+    assert report.channel_adapted == ["stem.0.weight"] and not report.reset
+    image = torch.rand(2, 3, 28, 28)  # an RGB image responds as its channel mean did in the gray network
+    assert torch.allclose(rgb.stem[0](image), gray.stem[0](image.mean(1, keepdim=True)), atol=1e-5)
+
+
 def test_wrapped_names_are_matched_and_foreign_weights_refused():
     model = create_model("fastnet", num_classes=10)
     wrapped = {f"module.{name}": tensor for name, tensor in model.state_dict().items()}

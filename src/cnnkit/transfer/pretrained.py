@@ -18,7 +18,8 @@ Downloads (torchvision, timm) are cached by those libraries; offline they fail w
 
 Fitting (`adapt_state_dict`): tensors that match the model by name and shape are loaded. A first
 convolution trained on RGB and used on grayscale gets its kernels summed over the colour channels
-(a gray image replicated to RGB gives the same response); the classifier head is re-initialised when
+(a gray image replicated to RGB gives the same response), and one trained on gray used on RGB gets
+its kernel spread over the channels (`fit_input_channels`); the classifier head is re-initialised when
 the class count differs (or, for cnnkit runs, when the class names differ); anything else that
 does not fit (e.g. a stem changed for small inputs) keeps its fresh initialisation and is reported.
 
@@ -83,14 +84,14 @@ class PretrainedReport:
 
     source: str
     loaded: list[str] = field(default_factory=list)
-    channel_adapted: list[str] = field(default_factory=list)  # RGB kernels summed to fewer input channels
+    channel_adapted: list[str] = field(default_factory=list)  # first kernels fitted: RGB <-> gray
     reset: list[str] = field(default_factory=list)  # kept fresh: head, or shapes that do not fit
     unused: list[str] = field(default_factory=list)  # in the weights but not in the model
 
     def summary(self) -> str:
         parts = [f"pretrained {self.source}: loaded {len(self.loaded)} tensors"]
         if self.channel_adapted:
-            parts.append(f"summed RGB kernels for grayscale in {', '.join(self.channel_adapted)}")
+            parts.append(f"fitted RGB/gray first kernels to the input channels in {', '.join(self.channel_adapted)}")
         if self.reset:
             shown = ", ".join(self.reset[:6]) + (" ..." if len(self.reset) > 6 else "")
             parts.append(f"re-initialised {len(self.reset)} ({shown})")
@@ -250,9 +251,8 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
         elif tensor.shape == target.shape:
             fitted[name] = tensor
             report.loaded.append(name)
-        elif (tensor.dim() == 4 and target.dim() == 4 and tensor.shape[0] == target.shape[0]
-              and tensor.shape[2:] == target.shape[2:] and target.shape[1] == 1 and tensor.shape[1] == 3):
-            fitted[name] = tensor.sum(dim=1, keepdim=True)  # (O, 3, k, k) -> (O, 1, k, k)
+        elif fit_input_channels(tensor, target.shape).shape == target.shape:  # RGB <-> gray first kernels
+            fitted[name] = fit_input_channels(tensor, target.shape)
             report.channel_adapted.append(name)
         else:
             report.reset.append(name)
