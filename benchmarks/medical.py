@@ -13,11 +13,11 @@ brain   mask = ch2bet > 0. A studies CSV with fixed slabs of axial slices (RAS z
         `cnnkit predict-volume`), scored on the test slab in 3-D: Dice, HD95 and ASSD in mm; plus the run's
         own pixel Dice on the test slices (`Segmenter.evaluate`). Goal: Dice >= 0.97 in <= 10 min of training.
 aal     the AAL atlas's 116 regions on the same grid and split (heavily imbalanced, 117 classes with background),
-        three runs of AAL_MINUTES each (default 3): plain cross-entropy; ce+dice; ce+dice with class weights
-        ("effective" numbers, Cui et al. 2019: loss-level class balancing; every slice holds structures, so
-        slice sampling has nothing to balance). Mean Dice over the structures of the test slab, and over those
-        that also occur in the training slabs (a slab split of one head leaves some structures unseen), plus
-        the per-structure Dice.
+        one run of AAL_MINUTES each (default 3) per variant: plain cross-entropy; ce+dice; ce+dice with class
+        weights ("effective" numbers, Cui et al. 2019: loss-level class balancing); ce+dice with class-balanced
+        slice sampling (sampler=oversample: each slice weighted by its rarest structure). Mean Dice over the
+        structures of the test slab, and over those that also occur in the training slabs (a slab split of
+        one head leaves some structures unseen), plus the per-structure Dice, epochs and best val mIoU.
 bone    CT bone (Debian's invesalius-examples: a head CT, int16 HU, 108 slices of 256x256 at 0.96x0.96x1.5 mm,
         with InVesalius's bone mask, which is exactly HU in [226, 3071]): the bone window (C 400, W 1800),
         3-slice stacks, the same U-Net for BONE_MINUTES (default 3); slabs train z 0-59, val z 65-74, test
@@ -37,6 +37,7 @@ Writes benchmarks/results/medical.json and .md (medical-quick.* for --quick; med
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -125,10 +126,11 @@ def brain_mask(work: Path, minutes: float, threads: int, quick: bool) -> dict:
 
 
 AAL_VARIANTS = {"ce": {"seg_loss": "ce"}, "ce+dice": {"seg_loss": "ce+dice"},
-                "ce+dice+class-weights": {"seg_loss": "ce+dice", "class_weights": "effective"}}
+                "ce+dice+class-weights": {"seg_loss": "ce+dice", "class_weights": "effective"},
+                "ce+dice+oversample": {"seg_loss": "ce+dice", "sampler": "oversample"}}
 
 
-def aal_regions(work: Path, minutes: float, threads: int, quick: bool) -> dict:
+def aal_regions(work: Path, minutes: float, threads: int, quick: bool, variants: list[str]) -> dict:
     import warnings
 
     import nibabel
@@ -155,7 +157,8 @@ def aal_regions(work: Path, minutes: float, threads: int, quick: bool) -> dict:
     train_slices = numpy.concatenate([truth[:, :, a:b].ravel() for a, b in SLABS["train"]])
     seen = set(numpy.unique(train_slices).tolist())
     results = {}
-    for variant, extra in AAL_VARIANTS.items():
+    for variant in variants:
+        extra = AAL_VARIANTS[variant]
         settings = {"task": "segment", "data": str(studies), "window": "percentile", "slice_stack": 3,
                     "model": "unet", "model_args": MODEL_ARGS, "image_size": 64 if quick else 128, "batch_size": 16,
                     "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "onecycle", "hflip": False,
@@ -167,6 +170,8 @@ def aal_regions(work: Path, minutes: float, threads: int, quick: bool) -> dict:
             started = time.perf_counter()
             run = cnnkit.train(**settings)
             seconds = time.perf_counter() - started
+        history = [json.loads(line) for line in (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines()
+                   if line.strip()]
         segmenter = cnnkit.load(run.run_dir)
         volume, predicted = predict_volume(segmenter, image_path)
         metrics = volume_metrics(predicted[:, :, first:last], truth[:, :, first:last], segmenter.classes,
@@ -175,7 +180,8 @@ def aal_regions(work: Path, minutes: float, threads: int, quick: bool) -> dict:
         index = {name: k for k, name in enumerate(segmenter.classes)}
         in_both = [dice for name, dice in in_test.items() if index[name] in seen]
         results[variant] = {
-            "settings": settings, "train_seconds": round(seconds, 1),
+            "settings": settings, "train_seconds": round(seconds, 1), "epochs": history[-1].get("epoch"),
+            "best_val_miou": max((line.get("val_miou") or 0.0) for line in history),
             "mean_dice_test_structures": float(numpy.mean(list(in_test.values()))),
             "mean_dice_structures_also_in_training": float(numpy.mean(in_both)),
             "structures_in_test": len(in_test), "structures_also_in_training": len(in_both),
@@ -292,6 +298,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of the brain-mask run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--aal-minutes", type=float, default=3.0, help="training budget of each AAL run")
+    parser.add_argument("--aal-variants", nargs="+", default=list(AAL_VARIANTS), choices=list(AAL_VARIANTS),
+                        help="AAL runs: loss / class-balancing variants (default: all)")
     parser.add_argument("--bone-minutes", type=float, default=3.0, help="training budget of the CT bone run")
     parser.add_argument("--parts", nargs="+", default=["brain", "read"], choices=["brain", "aal", "bone", "read"])
     parser.add_argument("--work", help="folder for the studies, slices and run (default: a temporary folder)")
@@ -311,7 +319,7 @@ def main() -> None:
         if "brain" in args.parts:
             payload["brain"] = brain_mask(work / "brain", args.minutes, args.threads, args.quick)
         if "aal" in args.parts:
-            payload["aal"] = aal_regions(work / "aal", args.aal_minutes, args.threads, args.quick)
+            payload["aal"] = aal_regions(work / "aal", args.aal_minutes, args.threads, args.quick, args.aal_variants)
         if "bone" in args.parts:
             payload["bone"] = ct_bone(work / "bone", args.bone_minutes, args.threads, args.quick)
     lines = ["**Single subjects: each part trains and tests on slabs of one head (ch2 T1; the InVesalius CT); the "
@@ -329,9 +337,11 @@ def main() -> None:
     if "aal" in payload:
         runs = payload["aal"]["runs"]
         lines += ["## AAL atlas, 116 regions, same slabs (test z 100-134)", "", _common.markdown_table(
-            ["variant", "mean Dice (test structures)", "mean Dice (also in training)", "structures", "train s"],
+            ["variant", "mean Dice (test structures)", "mean Dice (also in training)", "structures", "train s",
+             "epochs", "best val mIoU"],
             [[name, f"{r['mean_dice_test_structures']:.4f}", f"{r['mean_dice_structures_also_in_training']:.4f}",
-              f"{r['structures_in_test']} / {r['structures_also_in_training']}", r["train_seconds"]]
+              f"{r['structures_in_test']} / {r['structures_also_in_training']}", r["train_seconds"],
+              r.get("epochs"), f"{r.get('best_val_miou', 0.0):.4f}"]
              for name, r in runs.items()]), "", "Per-structure Dice (test slab):", "",
             _common.markdown_table(["structure", *runs], [[s, *(runs[v]["per_structure_dice"][s] for v in runs)]
                                                           for s in next(iter(runs.values()))["per_structure_dice"]]),
@@ -351,8 +361,7 @@ def main() -> None:
                   f"CT_small HU vs pydicom apply_modality_lut: max |difference| {r['ct_small']['hu_max_abs_difference_vs_pydicom']}"
                   f" (HU {r['ct_small']['hu_min']} .. {r['ct_small']['hu_max']}, mean {r['ct_small']['hu_mean']}, "
                   f"RescaleIntercept {r['ct_small']['rescale_intercept']}).", ""]
-    lines.append("Other agents were editing and running tests on this machine meanwhile (light load); heavy runs were "
-                 "serialised by a lock.")
+    lines.append("The load averages at the start and end are in the header; heavy runs were serialised by a lock.")
     _common.finish(f"{NAME}-{args.tag}" if args.tag else NAME, "Medical imaging (issue 22): single-subject segmentation and reading speed", header, payload, "\n".join(lines),
                    args.results_dir)
 

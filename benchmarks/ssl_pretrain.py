@@ -111,9 +111,8 @@ def pretrain(args) -> list[dict]:
     settings = dict(task="pretrain", data="fashion-mnist", method=args.method, model="fastnet", epochs=100,
                     budget=f"{minutes:g}m", batch_size=512, val_every=2, name=args.method, seed=0)
     started = time.perf_counter()
-    train(args, **settings)
+    run_dir = Path(train(args, **settings).run_dir)  # not out/METHOD: an earlier run there gets a new name
     seconds = time.perf_counter() - started
-    run_dir = Path(args.out) / args.method
     history = metrics_of(run_dir)
     evaluated = time.perf_counter()
     result = cnnkit.load(run_dir, device="cpu").evaluate("test")
@@ -186,9 +185,9 @@ def label_runs(args, model: str, pretrained: Path | None, rows_named: dict[str, 
             if extra.get("pretrained"):
                 settings["pretrained"] = str(pretrained)
             started = time.perf_counter()
-            train(args, **settings)
+            run_dir = Path(train(args, **settings).run_dir)
             seconds[name].append(time.perf_counter() - started)
-            results[name].append(test_accuracy(Path(args.out) / settings["name"]))
+            results[name].append(test_accuracy(run_dir))
             print(f"{name} seed {seed}: test accuracy {results[name][-1]:.4f}", flush=True)
     return [{"experiment": name, "model": model, "seeds": seeds, "test_accuracy": results[name],
              "summary": _common.summarize(results[name]), "seconds": seconds[name],
@@ -206,12 +205,12 @@ def mae(args) -> list[dict]:
                     budget=f"{minutes:g}m", batch_size=256, optimizer="adamw", lr=1.5e-3, weight_decay=0.05,
                     momentum=0.9, val_every=2, name="mae", seed=0)
     started = time.perf_counter()
-    train(args, **settings)
-    history = metrics_of(Path(args.out) / "mae")
+    mae_dir = Path(train(args, **settings).run_dir)
+    history = metrics_of(mae_dir)
     row = {"experiment": "mae", "settings": settings, "epochs": history[-1]["epoch"],
            "train_seconds": time.perf_counter() - started,
            "curve": [(line["epoch"], line.get("val_knn_accuracy"), line["train_loss"]) for line in history]}
-    rows = label_runs(args, "vit_mini", Path(args.out) / "mae", comparison, args.vit_seeds, recipe)
+    rows = label_runs(args, "vit_mini", mae_dir, comparison, args.vit_seeds, recipe)
     return [row, *rows]
 
 

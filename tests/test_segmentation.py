@@ -39,6 +39,40 @@ def scenes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ data
+def test_class_balanced_sampling_draws_images_of_rare_classes_more_often(tmp_path):
+    """sampler=oversample for task=segment: 9 images hold only the square, 1 holds the bar too. By hand: the
+    square is in 10 images, the bar in 1, background in 10 -> weights 1/10 for nine, 1 for the bar image, so
+    the bar image is drawn with probability 1 / 1.9 ~ 0.53 per draw (a plain shuffle: 0.1)."""
+    from cnnkit.config import TrainConfig
+    from cnnkit.data.segmentation import class_balanced_weights
+    from cnnkit.data.sharded_loader import ShardedLoader
+
+    (tmp_path / "classes.txt").write_text("square\nbar\n")
+    for k in range(10):
+        mask = numpy.zeros((8, 8), numpy.uint8)
+        mask[1:4, 1:4] = 1
+        if k == 7:
+            mask[6, :] = 2
+        write_pair(tmp_path, "train", f"i{k}", numpy.full((8, 8, 3), 40, numpy.uint8), mask)
+    files = scan_segmentation(tmp_path, "train")
+    weights = class_balanced_weights(files)
+    bar_image = [p[0].name for p in files.pairs].index("i7.png")
+    expected = torch.full((10,), 0.1, dtype=torch.float64)
+    expected[bar_image] = 1.0
+    assert torch.allclose(weights, expected)
+    dataset = list(range(10))
+    loader = ShardedLoader(dataset, 2, train=True, seed=0, weights=weights)
+    draws = [index for epoch in range(200) for index in loader.shard_indices(epoch)]
+    assert 0.45 < draws.count(bar_image) / len(draws) < 0.61
+    assert loader.shard_indices(3) == ShardedLoader(dataset, 2, train=True, seed=0, weights=weights).shard_indices(3)
+    plain = [index for epoch in range(200) for index in ShardedLoader(dataset, 2, train=True).shard_indices(epoch)]
+    assert plain.count(bar_image) == 200  # a permutation: each image once per epoch
+    with pytest.raises(ConfigError, match="weights"):
+        ShardedLoader(dataset, 2, train=True, weights=torch.ones(3))
+    with pytest.raises(ConfigError, match="sampler=oversample is for task=classify and task=segment"):
+        TrainConfig(task="detect", sampler="oversample")
+
+
 def test_scenes_layout_puts_background_first(scenes):
     files = scan_segmentation(scenes, "train")
     assert files.classes == ["background", "square", "bar"]

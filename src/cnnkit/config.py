@@ -174,7 +174,8 @@ class TrainConfig:
     class_weights_beta: float = setting(
         0.999, "class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)")
     sampler: str = setting(
-        "shuffle", '"shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement)')
+        "shuffle", '"shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement; '
+                   'task=segment: images weighted by their rarest class)')
     loss: str = setting(
         "ce", '"ce" (cross-entropy) or "focal" (Lin et al. 2017: (1 - p)^gamma down-weights easy images)')
     focal_gamma: float = setting(2.0, "loss=focal: the focusing exponent gamma; 0 is cross-entropy")
@@ -346,6 +347,9 @@ class TrainConfig:
                               ("sampler", ("shuffle", "oversample")), ("loss", ("ce", "focal"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.sampler == "oversample" and self.task not in ("classify", "segment"):
+            raise ConfigError(f"sampler=oversample is for task=classify and task=segment, not task={self.task}; "
+                              "use sampler=shuffle")
         if not 0.0 <= self.class_weights_beta < 1.0:
             raise ConfigError(f"class_weights_beta={self.class_weights_beta} must be in [0, 1) (e.g. 0.999)")
         if not self.focal_gamma >= 0.0:

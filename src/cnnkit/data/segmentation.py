@@ -277,6 +277,26 @@ def class_pixel_counts(files: SegmentationFiles, ignore_index: int = IGNORE_INDE
     return counts
 
 
+def class_balanced_weights(files: SegmentationFiles, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Sampling weight of each training image for class-balanced sampling (sampler=oversample), float64 (N,).
+
+    The image-level analogue of the classifiers' oversampler, for tiny or rare structures (nnU-Net samples
+    patches around a random foreground class for the same reason): with n_c the number of images holding
+    class c, an image weighs max over its classes c of 1 / n_c, so an image holding a structure that only a
+    few images show is drawn as often as those few together would be under a plain shuffle of one image
+    per structure. Background counts as a class like any other (it is in nearly every image, so it rarely
+    decides). An image with only ignored pixels weighs 0; if every image does, all weigh 1."""
+    num_classes = len(files.classes)
+    presence = torch.zeros(len(files.pairs), num_classes, dtype=torch.bool)
+    for row, (_, mask_path) in enumerate(files.pairs):
+        mask = read_mask(mask_path, num_classes, ignore_index).flatten()
+        presence[row] = torch.bincount(mask[mask != ignore_index], minlength=num_classes) > 0
+    images_per_class = presence.sum(0).double()
+    inverse = torch.where(presence, 1.0 / images_per_class.clamp(min=1), torch.zeros((), dtype=torch.float64))
+    weights = inverse.max(1).values
+    return weights if weights.sum() > 0 else torch.ones(len(files.pairs), dtype=torch.float64)
+
+
 # ----------------------------------------------------------------------------------------------- loading
 # The loader of every file dataset decoded per item is sharded_loader.ShardedLoader; the old name stays.
 SegmentationLoader = ShardedLoader

@@ -97,6 +97,9 @@ class ShardedLoader:
         rank, world_size: This process's place under torchrun.
         collate_fn: How samples become a batch (default: torch's, which stacks tensors).
         pin_memory: Collate into pinned memory; None: when CUDA is available.
+        weights: Training only: draw each epoch's items with replacement with these probabilities (one value
+            >= 0 per item, e.g. segmentation.class_balanced_weights) instead of a permutation; same length,
+            same (seed, epoch) generator, so every rank draws the same order.
 
     Raises:
         ConfigError: For batch_size < 1, a rank outside 0..world_size-1, or a training set that gives
@@ -104,7 +107,8 @@ class ShardedLoader:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0,
-                 rank: int = 0, world_size: int = 1, collate_fn=None, pin_memory: bool | None = None):
+                 rank: int = 0, world_size: int = 1, collate_fn=None, pin_memory: bool | None = None,
+                 weights: torch.Tensor | None = None):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -112,6 +116,10 @@ class ShardedLoader:
         self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
         self.num_workers, self.rank, self.world_size, self.collate_fn = num_workers, rank, world_size, collate_fn
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        if weights is not None and (len(weights) != len(dataset) or not bool((weights >= 0).all())
+                                    or float(weights.sum()) <= 0):
+            raise ConfigError(f"sampling weights need one value >= 0 per item ({len(dataset)}) and a positive sum")
+        self.weights = None if weights is None else weights.double()
         self.epoch = 0
         self._batches, self._persistent = _CurrentBatches(), None  # with workers: one DataLoader for the run
         if train and self.num_samples < batch_size:
@@ -135,7 +143,11 @@ class ShardedLoader:
         count = len(self.dataset)
         if not self.train:
             return list(range(self.rank, count, self.world_size))
-        order = torch.randperm(count, generator=epoch_generator(self.seed, epoch)).tolist()
+        generator = epoch_generator(self.seed, epoch)
+        if self.weights is None:
+            order = torch.randperm(count, generator=generator).tolist()
+        else:  # weighted draws with replacement (class-balanced sampling), as many as there are items
+            order = torch.multinomial(self.weights, count, replacement=True, generator=generator).tolist()
         padded = self.num_samples * self.world_size
         if padded > count:  # repeat the start of the permutation (cyclically, for tiny datasets)
             order += [order[position % count] for position in range(padded - count)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from cnnkit.data.preprocess import Preprocessing
-from cnnkit.data.segmentation import (SegmentationDataset, SegmentationFiles, check_masks,
+from cnnkit.data.segmentation import (SegmentationDataset, SegmentationFiles, check_masks, class_balanced_weights,
                                       class_pixel_counts, has_split, image_channels, mean_std, read_image,
                                       scan_segmentation, segmentation_transform)
 from cnnkit.data.sharded_loader import ShardedLoader
@@ -91,7 +91,8 @@ def make_loader(files: SegmentationFiles, preprocessing: Preprocessing, config, 
     dataset = SegmentationDataset(files, preprocessing.channels, transform, config.ignore_index)
     workers = config.num_workers if config.num_workers >= 0 else min(4, max(0, (os.cpu_count() or 1) - 1))
     batch_size = max(1, config.batch_size // world_size) if train else config.batch_size
-    return ShardedLoader(dataset, batch_size, train, config.seed, workers, rank, world_size)
+    weights = class_balanced_weights(files, config.ignore_index) if train and config.sampler == "oversample" else None
+    return ShardedLoader(dataset, batch_size, train, config.seed, workers, rank, world_size, weights=weights)
 
 
 def pixel_class_weights(files: SegmentationFiles, mode: str, beta: float, ignore_index: int) -> torch.Tensor | None:
