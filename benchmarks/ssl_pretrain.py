@@ -238,8 +238,10 @@ def markdown(rows: list[dict]) -> str:
             gain = by_name[tuned]["summary"]["mean"] - by_name[scratch]["summary"]["mean"]
             lines.append(f"- {tuned} - {scratch} >= {goal * 100:.0f} points: {gain * 100:+.2f} points: "
                          f"{'met' if gain >= goal else 'NOT met'}")
-    lines += ["", "Other agents were editing files and running tests on the same 2 cores meanwhile (light load, see "
-              "the load averages); every run here held the shared heavy-job lock.", ""]
+    lines += ["", "Every run here held the shared heavy-job lock; the load averages under 'Measured by' show what else "
+              "ran. Rows of 2026-12-06: other agents edited files and ran tests meanwhile (light load). Rows of "
+              "2026-12-07 (simclr, labels-*): a niced analysis script and one niced unit test ran beside the SimCLR "
+              "pretraining for a few minutes.", ""]
     return "\n".join(lines) + "\n" + _common.runs_markdown(rows, "experiment")
 
 
