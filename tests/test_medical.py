@@ -99,6 +99,35 @@ def test_multi_frame_and_seg():
     assert frames.sum() == 36233
 
 
+def test_enhanced_multi_frame_applies_each_frames_own_rescale(tmp_path):
+    """Functional groups: frame f's PixelValueTransformationSequence (slope 1 + f, intercept -10 f) wins, the
+    shared group's (slope 3, intercept 5) covers frames without their own; pydicom's apply_modality_lut would
+    leave the stored values unscaled."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    dataset = pydicom.dcmread(dicom_file("rtdose.dcm"))
+    stored = dataset.pixel_array.astype(numpy.float32)
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+
+    def group(slope, intercept):
+        transformation = Dataset()
+        transformation.RescaleSlope, transformation.RescaleIntercept = str(slope), str(intercept)
+        item = Dataset()
+        item.PixelValueTransformationSequence = Sequence([transformation])
+        return item
+
+    dataset.PerFrameFunctionalGroupsSequence = Sequence(
+        [group(1 + frame, -10 * frame) if frame < 10 else Dataset() for frame in range(15)])
+    dataset.SharedFunctionalGroupsSequence = Sequence([group(3, 5)])
+    dataset.save_as(tmp_path / "enhanced.dcm")
+    values = read_dicom(tmp_path / "enhanced.dcm").values
+    expected = numpy.stack([stored[f] * (1 + f) - 10 * f if f < 10 else stored[f] * 3 + 5 for f in range(15)])
+    numpy.testing.assert_allclose(values, expected)
+
+
 def test_dicom_errors_name_the_file(tmp_path):
     plan = dicom_file("rtplan.dcm")
     with pytest.raises(DataError, match=r"rtplan\.dcm has no pixel data"):

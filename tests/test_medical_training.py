@@ -212,6 +212,30 @@ def test_classify_dicom_folders_by_patient_and_predict_raw_dicom(tmp_path, capsy
     assert main(["diagnose", str(run.run_dir), "--bins", "5"]) == 0
 
 
+def test_classify_validation_of_dicom_folders_is_split_by_patient(tmp_path):
+    """Validation is carved from the training PNGs as whole patients: no patient has images in both train and
+    val, in the streamed and the in-memory paths alike."""
+    import csv
+
+    from cnnkit.config import TrainConfig
+    from cnnkit.data.medical.classify import prepare_dicom_classes
+    from cnnkit.tasks.classification.data import prepare_data
+
+    root = _dicom_classes(tmp_path / "xray")
+    cache = prepare_dicom_classes(root, "40,400", seed=0)
+    with open(cache / "patients.csv", newline="") as handle:
+        patient_of = {(cache / row["file"]).resolve(): row["patient"] for row in csv.DictReader(handle)}
+    config = TrainConfig(data=str(root), window="40,400", val_fraction=0.3, data_mode="stream")
+    data = prepare_data(config)
+    train = {patient_of[Path(p).resolve()] for p in data.train.paths}
+    val = {patient_of[Path(p).resolve()] for p in data.val.paths}
+    assert val and train and not train & val
+    assert len(data.train.paths) == 2 * len(train) and len(data.val.paths) == 2 * len(val)  # 2 images each
+    in_memory = prepare_data(TrainConfig(data=str(root), window="40,400", val_fraction=0.3, data_mode="memory"))
+    assert len(in_memory.val.labels) == len(data.val.paths)
+    assert torch.equal(in_memory.val.labels, data.val.labels)
+
+
 def test_voxel_spacing_resamples_slices_and_predictions_return_to_the_scan_grid(studies, tmp_path):
     from PIL import Image
 

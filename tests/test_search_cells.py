@@ -137,3 +137,24 @@ def test_compound_scaling_grid_then_the_family(tmp_path, image_folder) -> None:
     sizes = [settings.get("image_size", 28) for _, settings in calls]
     assert sizes[-3:] != [28, 28, 28]  # gamma > 1 changes the resolution ...
     assert "The scaled family" in (tmp_path / "scaling" / "report.md").read_text()
+
+
+def test_random_cells_are_matched_to_the_darts_cell_in_parameters() -> None:
+    """The DARTS-vs-random comparison is at equal size: random genotypes are redrawn until their network has
+    within PARAM_TOLERANCE of the DARTS network's parameters."""
+    import random
+
+    from cnnkit.models.darts import DARTS_V2
+    from cnnkit.search.cells import PARAM_TOLERANCE, CellSpace, matched_genotype
+
+    space = CellSpace()
+
+    class Directory:
+        def costs(self, arch):
+            return space.costs(arch, 1, 28, 10)
+
+    target = space.costs({"genotype": DARTS_V2}, 1, 28, 10)["params"]
+    rng = random.Random(0)
+    sizes = [Directory().costs({"genotype": matched_genotype(rng, Directory(), target)})["params"] for _ in range(4)]
+    assert all(abs(size - target) <= PARAM_TOLERANCE * target for size in sizes)
+    assert len(set(sizes)) > 1  # still random cells, not one cell

@@ -211,6 +211,38 @@ def test_cross_entropy_with_weights_and_ignore_matches_torch():
     assert loss == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_dice_and_tversky_equal_the_one_hot_formula_in_value_and_gradient():
+    """soft_counts gathers instead of building a (B, K, H, W) one-hot; both losses (and their gradients) must
+    equal the textbook one-hot computation, ignored pixels and class weights included."""
+    from cnnkit.losses.segmentation import tversky_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 5, 6, generator=generator)
+    targets = torch.randint(0, 7, (3, 5, 6), generator=generator)
+    targets[0, :2] = 255
+    weights = torch.rand(7, generator=generator) + 0.1
+
+    def reference(x, alpha, beta, smooth, w):
+        counted = (targets != 255).unsqueeze(1)
+        p = x.softmax(1) * counted
+        t = F.one_hot(targets.where(counted[:, 0], 0), 7).permute(0, 3, 1, 2) * counted
+        tp = (p * t).sum((0, 2, 3))
+        index = (tp + smooth) / (tp + alpha * (p.sum((0, 2, 3)) - tp) + beta * (t.sum((0, 2, 3)) - tp) + smooth)
+        return ((1 - index) * w).sum() / w.sum()
+
+    for loss_fn, alpha, beta, smooth in ((lambda x, w: dice_loss(x, targets, class_weights=w), 0.5, 0.5, 0.5),
+                                         (lambda x, w: tversky_loss(x, targets, class_weights=w), 0.3, 0.7, 1.0)):
+        for w in (None, weights):
+            ours = logits.clone().requires_grad_()
+            theirs = logits.clone().requires_grad_()
+            value = loss_fn(ours, w)
+            expected = reference(theirs, alpha, beta, smooth, torch.ones(7) if w is None else w)
+            value.backward()
+            expected.backward()
+            assert float(value) == pytest.approx(float(expected), rel=1e-5)
+            assert torch.allclose(ours.grad, theirs.grad, atol=1e-7)
+
+
 def test_dice_loss_hand_values():
     # Certain predictions (huge logits): 2 pixels, classes 0 and 1, both right -> Dice 1 per class -> loss 0.
     targets = torch.tensor([[[0, 1]]])

@@ -172,7 +172,8 @@ class TrainConfig:
     class_weights: str = setting(
         "none", 'loss weight per class from training counts: "none", "inverse" (1/n) or "effective"')
     class_weights_beta: float = setting(
-        0.999, "class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019)")
+        0.999, "class_weights=effective: weight (1 - beta) / (1 - beta^n) (Cui et al. 2019); with n in the "
+               "thousands (segmentation counts pixels) every class gets the same weight: use beta nearer 1")
     sampler: str = setting(
         "shuffle", '"shuffle" (each image once per epoch) or "oversample" (classes equally often, with replacement; '
                    'task=segment: images weighted by their rarest class)')

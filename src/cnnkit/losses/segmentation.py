@@ -45,21 +45,38 @@ import torch.nn.functional as F
 from cnnkit.config import parse_loss_spec  # noqa: F401 - the spec is a setting, parsed with the config; re-exported
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
-              class_weights: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
-    """Soft multi-class Dice loss (see the module docstring): logits (B, K, H, W), targets (B, H, W)."""
+def soft_counts(logits: torch.Tensor, targets: torch.Tensor,
+                ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft per-class counts over the batch's counted pixels, float32 (K,) each: true positives sum(p t),
+    predicted mass sum(p) and target pixels sum(t), with p the softmax and t the one-hot target.
+
+    sum(p t) is the softmax at each pixel's own class, added into its class (gather + scatter_add), so no
+    (B, K, H, W) one-hot tensor is built: with 117 classes at batch 16 x 128 x 128 that tensor was 245 MB of
+    int64 per step and made a ce+dice step ~2x a ce step."""
     num_classes = logits.shape[1]
-    counted = (targets != ignore_index).unsqueeze(1)  # (B, 1, H, W)
-    probabilities = logits.float().softmax(dim=1) * counted
-    one_hot = F.one_hot(targets.where(counted.squeeze(1), 0), num_classes).permute(0, 3, 1, 2) * counted
-    dims = (0, 2, 3)
-    intersection = (probabilities * one_hot).sum(dims)  # (K,)
-    total = probabilities.sum(dims) + one_hot.sum(dims)
-    dice = (2 * intersection + smooth) / (total + smooth)
-    loss = 1 - dice
+    counted = targets != ignore_index  # (B, H, W)
+    probabilities = logits.float().softmax(dim=1) * counted.unsqueeze(1)
+    safe_targets = targets.where(counted, 0).long()
+    own = probabilities.gather(1, safe_targets.unsqueeze(1)).flatten()  # 0 where not counted
+    true_positive = torch.zeros(num_classes, device=logits.device, dtype=own.dtype).scatter_add(
+        0, safe_targets.flatten(), own)
+    predicted = probabilities.sum((0, 2, 3))
+    target_pixels = torch.bincount(safe_targets[counted], minlength=num_classes).to(own.dtype)
+    return true_positive, predicted, target_pixels
+
+
+def _class_mean(loss: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
     if class_weights is not None:
         return (loss * class_weights).sum() / class_weights.sum()
     return loss.mean()
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
+              class_weights: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Dice loss (see the module docstring): logits (B, K, H, W), targets (B, H, W)."""
+    intersection, predicted, target_pixels = soft_counts(logits, targets, ignore_index)
+    dice = (2 * intersection + smooth) / (predicted + target_pixels + smooth)
+    return _class_mean(1 - dice, class_weights)
 
 
 def tversky_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
@@ -67,19 +84,11 @@ def tversky_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int 
                  smooth: float = 1.0) -> torch.Tensor:
     """Soft multi-class Tversky loss (module docstring): alpha weighs false positives, beta false negatives;
     alpha = beta = 0.5 gives `dice_loss` with twice the smoothing. Logits (B, K, H, W), targets (B, H, W)."""
-    num_classes = logits.shape[1]
-    counted = (targets != ignore_index).unsqueeze(1)  # (B, 1, H, W)
-    probabilities = logits.float().softmax(dim=1) * counted
-    one_hot = F.one_hot(targets.where(counted.squeeze(1), 0), num_classes).permute(0, 3, 1, 2) * counted
-    dims = (0, 2, 3)
-    true_positive = (probabilities * one_hot).sum(dims)  # (K,)
-    false_positive = probabilities.sum(dims) - true_positive
-    false_negative = one_hot.sum(dims) - true_positive
+    true_positive, predicted, target_pixels = soft_counts(logits, targets, ignore_index)
+    false_positive = predicted - true_positive
+    false_negative = target_pixels - true_positive
     index = (true_positive + smooth) / (true_positive + alpha * false_positive + beta * false_negative + smooth)
-    loss = 1 - index
-    if class_weights is not None:
-        return (loss * class_weights).sum() / class_weights.sum()
-    return loss.mean()
+    return _class_mean(1 - index, class_weights)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,

@@ -4,8 +4,9 @@ First-order DARTS (Liu et al. 2019, section 2.3 with xi = 0): the proxy subset i
 step updates the architecture parameters alpha with Adam on a batch of the second half, then the weights
 with SGD on a batch of the first half. This bilevel loop is DARTS itself, so it is written here rather than
 run by the Trainer; the derived cells are then trained and scored like every other candidate (the classify
-task's setup and the Trainer), together with random cells of the same width and depth: the baseline every
-NAS paper should beat (Li and Talwalkar 2019; Yang et al. 2020).
+task's setup and the Trainer), together with random cells of the same width and depth and, with DARTS, of
+the same parameter count within 10% (rejection sampling): the baseline every NAS paper should beat (Li and
+Talwalkar 2019; Yang et al. 2020).
 
 Against DARTS's collapse to skip connections (Zela et al. 2020; Chen et al. 2019): the derived normal cell
 keeps at most `max_skips` = 2 skip connections (P-DARTS's cap; the weaker extra skips take their edge's best
@@ -31,6 +32,7 @@ from cnnkit.files import atomic_write_text
 from cnnkit.models.darts import DartsNetwork, SearchNetwork, derive_edges, random_genotype
 
 MAX_SKIPS = 2
+PARAM_TOLERANCE = 0.1  # random cells compared with DARTS's: within 10% of its parameters
 
 
 class CellSpace:
@@ -128,6 +130,20 @@ def darts_search(data: str, epochs: int, channels: int, layers: int, seed: int, 
             "alpha_normal": normal.tolist(), "alpha_reduce": reduce.tolist()}
 
 
+def matched_genotype(rng: random.Random, directory, params: int, draws: int = 2000) -> dict:
+    """A uniformly random genotype whose network has within PARAM_TOLERANCE of `params` parameters (rejection
+    sampling, counted on the meta device: nothing is built); the closest of `draws` if none is that close."""
+    best, best_gap = None, math.inf
+    for _ in range(draws):
+        genotype = random_genotype(rng)
+        gap = abs(directory.costs({"genotype": genotype, "origin": "random"})["params"] - params) / params
+        if gap <= PARAM_TOLERANCE:
+            return genotype
+        if gap < best_gap:
+            best, best_gap = genotype, gap
+    return best
+
+
 def run_cells(space: CellSpace, directory, options: dict[str, Any], proxy: dict[str, Any], log: Callable) -> list[str]:
     """DARTS's cell (strategy darts) and random cells (both strategies); returns the report's lines."""
     from cnnkit.search.directory import BudgetExhausted
@@ -146,14 +162,19 @@ def run_cells(space: CellSpace, directory, options: dict[str, Any], proxy: dict[
         darts_record = directory.evaluate({"genotype": found["genotype"], "origin": "darts"}, epochs)
     rng = random.Random(options["seed"])
     count = options.get("random_cells") or (8 if options["strategy"] == "darts" else 10**6)
+    target = darts_record["params"] if darts_record is not None else None
     randoms = []
     try:
         for _ in range(count):
-            randoms.append(directory.evaluate({"genotype": random_genotype(rng), "origin": "random"}, epochs))
+            genotype = random_genotype(rng) if target is None else matched_genotype(rng, directory, target)
+            randoms.append(directory.evaluate({"genotype": genotype, "origin": "random"}, epochs))
     except BudgetExhausted:
         pass
     scores = [r["score"] for r in randoms if r.get("score") is not None]
     lines = ["## DARTS cell vs random cells", ""]
+    if target is not None:
+        lines.append(f"Random cells drawn uniformly, keeping those within {100 * PARAM_TOLERANCE:.0f}% of the DARTS "
+                     f"network's {target:,} parameters (equal size, same proxy training).")
     if scores:
         lines.append(f"{len(scores)} random cells: median proxy accuracy {100 * statistics.median(scores):.2f}% "
                      f"(range {100 * min(scores):.2f}-{100 * max(scores):.2f}%), median parameters "

@@ -10,8 +10,9 @@ with patients.csv (file,patient,split) and medical.json, cached by a hash of the
 window goes into the checkpoint's preprocessing, and `predict` on a raw .dcm goes through
 `dicom_picture`: the same window and rounding, then the same decoding as the PNGs.
 
-The classify task carves its validation split from train/ by image, so images of one training patient can
-be in both train and val (early stopping is a little optimistic); the test split is by patient.
+The classify task carves its validation split from the training images by patient too
+(`patient_val_split`: whole patients, `val_fraction` of them), so early stopping never sees a training
+patient's other images; the test split is by patient.
 """
 
 from __future__ import annotations
@@ -137,6 +138,33 @@ def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: fl
     else:
         staging.rename(out)
     return out
+
+
+def patient_val_split(root: str | Path, train_paths: list[Path], val_fraction: float,
+                      seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices) into `train_paths` (PNGs written by `prepare_dicom_classes` under `root`),
+    validation drawn as whole patients (patients.csv) with `patient_split`'s seeded recipe.
+
+    Raises:
+        DataError: If a PNG is not in patients.csv (a folder edited by hand), or too few patients remain."""
+    import csv
+
+    root = Path(root)
+    with open(root / "patients.csv", newline="", encoding="utf-8") as handle:
+        patient_of = {row["file"]: row["patient"] for row in csv.DictReader(handle)}
+    patients = []
+    for path in train_paths:
+        key = Path(path).relative_to(root).as_posix()
+        if key not in patient_of:
+            raise DataError(f"{path} is not listed in {root / 'patients.csv'}: delete {root} so cnnkit writes the "
+                            "slices again")
+        patients.append(patient_of[key])
+    if val_fraction <= 0:
+        return torch.arange(len(patients)), torch.zeros(0, dtype=torch.int64)
+    studies = [Study(patient, Path(patient), None) for patient in sorted(set(patients))]
+    val_patients = {study.patient for study in patient_split(studies, val_fraction, seed)["val"]}
+    chosen = torch.tensor([patient in val_patients for patient in patients])
+    return chosen.logical_not().nonzero().flatten(), chosen.nonzero().flatten()
 
 
 @dataclass(frozen=True)

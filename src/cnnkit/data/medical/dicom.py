@@ -5,8 +5,9 @@ errors. A file's stored integers become model input in three steps, each DICOM's
 
 1. Modality LUT (PS3.3 C.11.1): `RescaleSlope * stored + RescaleIntercept` (or a Modality LUT Sequence),
    by `pydicom.pixels.apply_modality_lut`. For CT this gives Hounsfield units (CT_small: intercept -1024,
-   so stored 0 is air at -1024 HU). Enhanced multi-frame files with per-frame rescale values use the
-   top-level (shared) rescale: a documented limit.
+   so stored 0 is air at -1024 HU). Enhanced multi-frame files keep the rescale in functional groups
+   (PixelValueTransformationSequence, per frame or shared), where pydicom 3.0's function does not look:
+   cnnkit applies each frame's own slope and intercept (`_modality_values`).
 2. VOI / window (PS3.3 C.11.2): `cnnkit.data.medical.windowing` (a preset, C,W, the file's own window,
    percentile clipping), giving float32 in [0, 1].
 3. MONOCHROME1 (bright = low values, common in X-ray): inverted after windowing, 1 - x, so bone is bright
@@ -152,6 +153,40 @@ def read_dataset(path: str | Path, pixels: bool = True):
         raise DataError(f"cannot read DICOM file {path}: {error}; it may be truncated or corrupt") from None
 
 
+def _frame_rescale(dataset, frame: int) -> tuple[float, float] | None:
+    """(slope, intercept) of one frame of an enhanced multi-frame file: its own functional group first, then
+    the shared one; None when neither holds a PixelValueTransformationSequence."""
+    groups = []
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame):
+        groups.append(per_frame[frame])
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        transformation = group.get("PixelValueTransformationSequence")
+        if transformation and "RescaleSlope" in transformation[0]:
+            item = transformation[0]
+            return float(item.RescaleSlope), float(item.get("RescaleIntercept", 0.0))
+    return None
+
+
+def _modality_values(stored: numpy.ndarray, dataset, frames: int) -> numpy.ndarray:
+    """float32 (frames, H, W) after the modality LUT: pydicom's apply_modality_lut, or each frame's own
+    rescale from the functional groups of an enhanced multi-frame file without a top-level one."""
+    from pydicom.pixels import apply_modality_lut
+
+    if "RescaleSlope" not in dataset and "ModalityLUTSequence" not in dataset:
+        rescales = [_frame_rescale(dataset, frame) for frame in range(frames)]
+        if any(rescale is not None for rescale in rescales):
+            values = stored.astype(numpy.float32)  # a copy: the file's array is left as decoded
+            for frame, rescale in enumerate(rescales):
+                if rescale is not None:
+                    values[frame] = values[frame] * rescale[0] + rescale[1]
+            return values
+    return apply_modality_lut(stored, dataset).astype(numpy.float32)
+
+
 def read_dicom(path: str | Path, pixels: bool = True) -> DicomImage:
     """Read one DICOM file: pixel values after the modality LUT and the tags cnnkit uses.
 
@@ -182,9 +217,7 @@ def read_dicom(path: str | Path, pixels: bool = True) -> DicomImage:
         if color:
             values = stored.astype(numpy.float32)
         else:
-            from pydicom.pixels import apply_modality_lut
-
-            values = apply_modality_lut(stored, dataset).astype(numpy.float32)
+            values = _modality_values(stored, dataset, frames)
     window = None
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         window = (_first(dataset.WindowCenter), _first(dataset.WindowWidth))

@@ -54,8 +54,7 @@ def prepare_data(config, preprocessing: Preprocessing | None = None) -> Prepared
         channels, size = preprocessing.channels, tuple(preprocessing.image_size)
     files = _scan_files(config, root)
     if files is not None:
-        train_indices, val_indices = train_val_split(len(files.train), config.val_fraction, config.seed,
-                                                     labels=files.train.labels)
+        train_indices, val_indices = _val_split(config, root, files, medical)
         train = files.train.subset(train_indices)
         # From a sample of file headers; the in-memory path below decides again from every image.
         sampled_channels, sampled_size = infer_size_and_channels(train, channels=channels, size=size)
@@ -67,14 +66,31 @@ def prepare_data(config, preprocessing: Preprocessing | None = None) -> Prepared
                 preprocessing = Preprocessing(sampled_channels, sampled_size, tuple(mean), tuple(std))
             return PreparedData(train, val, files.test, list(files.classes), preprocessing, medical)
     splits = load_dataset(root, channels=channels, size=size, max_bad_fraction=config.max_bad_fraction)
-    train_indices, val_indices = train_val_split(len(splits.train), config.val_fraction, config.seed,
-                                                 labels=splits.train.labels)
+    if medical is not None:  # by patient, from the file list (the PNGs cnnkit wrote all decode)
+        files = files if files is not None else scan_dataset(root)
+        if len(files.train) != len(splits.train):
+            raise DataError(f"{root}: {len(files.train) - len(splits.train)} of the slices cnnkit wrote could not be "
+                            f"read back; delete {root} so cnnkit writes them again")
+        train_indices, val_indices = _val_split(config, root, files, medical)
+    else:
+        train_indices, val_indices = train_val_split(len(splits.train), config.val_fraction, config.seed,
+                                                     labels=splits.train.labels)
     train = splits.train.subset(train_indices)
     val = splits.train.subset(val_indices) if len(val_indices) else None
     if preprocessing is None:
         mean, std = compute_mean_std(train.images)
         preprocessing = Preprocessing(train.channels, train.image_size, tuple(mean), tuple(std))
     return PreparedData(train, val, splits.test, list(splits.classes), preprocessing, medical)
+
+
+def _val_split(config, root: str, files, medical: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation indices into the training files: by image (stratified, seeded), or by patient for the PNGs
+    written from DICOM class folders (a patient's images never in both train and val)."""
+    if medical is not None:
+        from cnnkit.data.medical.classify import patient_val_split
+
+        return patient_val_split(root, files.train.paths, config.val_fraction, config.seed)
+    return train_val_split(len(files.train), config.val_fraction, config.seed, labels=files.train.labels)
 
 
 def _dataset_root(config) -> tuple[str, dict | None]:
