@@ -236,6 +236,32 @@ def test_classify_validation_of_dicom_folders_is_split_by_patient(tmp_path):
     assert torch.equal(in_memory.val.labels, data.val.labels)
 
 
+def test_classify_from_a_csv_of_dicom_files(tmp_path):
+    """A path,label CSV of DICOM files trains like class folders: windowed PNGs beside the CSV, test and
+    validation by patient; `dicom_patients` reports the same validation patients training used."""
+    import csv
+
+    import cnnkit
+    from cnnkit.data.medical.classify import dicom_patients, is_dicom_class_folder
+
+    root = _dicom_classes(tmp_path / "xray")
+    listing = tmp_path / "list.csv"
+    rows = [f"xray/{path.parent.name}/{path.name},{path.parent.name}" for path in sorted(root.rglob("*.dcm"))]
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n")
+    assert is_dicom_class_folder(listing) and not is_dicom_class_folder(tmp_path / "missing.csv")
+    run = cnnkit.train(data=str(listing), window="40,400", model="simple_cnn", image_size=32, epochs=1, batch_size=4,
+                       val_fraction=0.3, translate=0, hflip=False, precision="fp32", channels_last=False,
+                       num_workers=0, progress=False, report=False, out=str(tmp_path / "runs"))
+    cache = next((tmp_path / ".cnnkit-slices").iterdir())
+    with open(cache / "patients.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert len(written) == 24 and {row["split"] for row in written} == {"train", "test"}
+    patients = dicom_patients(listing, seed=0, val_fraction=0.3)
+    assert patients["val"] and not set(patients["val"]) & set(patients["train"])
+    assert not set(patients["test"]) & (set(patients["train"]) | set(patients["val"]))
+    assert cnnkit.load(run.run_dir).classes == ["bright", "dark"]
+
+
 def test_voxel_spacing_resamples_slices_and_predictions_return_to_the_scan_grid(studies, tmp_path):
     from PIL import Image
 

@@ -2,6 +2,8 @@
 
     ROOT/<class>/**/*.dcm                        split by patient here (PatientID; test_fraction of patients)
     ROOT/train/<class>/**/*.dcm, ROOT/test/...    your split, kept (patients in both are reported)
+    LIST.csv with header path,label              DICOM paths (relative to the CSV) and class names: split by
+                                                 patient like the first layout; the slices go beside the CSV
 
 Each file is read through the modality LUT (HU for CT), windowed (`window=`: a CT preset, C,W, the file's
 own "dicom" window, percentile or minmax per image), MONOCHROME1 inverted, and written as an 8-bit grey PNG
@@ -42,8 +44,11 @@ def _dicoms(folder: Path) -> list[Path]:
 
 
 def is_dicom_class_folder(spec) -> bool:
-    """Whether `spec` is a folder of class folders (or train/test of class folders) holding DICOM files."""
+    """Whether `spec` is a folder of class folders (or train/test of class folders) holding DICOM files, or a
+    path,label CSV listing DICOM files (its first row decides)."""
     root = Path(str(spec)).expanduser()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return _csv_lists_dicom(root)
     if not root.is_dir():
         return False
     base = root / "train" if (root / "train").is_dir() else root
@@ -60,6 +65,32 @@ def dicom_picture(path: str | Path, window: str | None) -> numpy.ndarray:
     """uint8 (H, W): one DICOM file windowed as the training PNGs were (middle frame of a multi-frame file)."""
     frames = read_dicom(path).windowed(window)
     return to_uint8(frames[len(frames) // 2])
+
+
+def _csv_lists_dicom(path: Path) -> bool:
+    import csv
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        columns = [name.strip().lower() for name in next(reader, [])]
+        if "path" not in columns:
+            return False
+        first = next((row for row in reader if row and any(field.strip() for field in row)), None)
+    return first is not None and Path(first[columns.index("path")].strip()).suffix.lower() in DICOM_SUFFIXES
+
+
+def _layout(spec) -> tuple[Path, dict[str, dict[str, list[Path]]]]:
+    """(the folder the slices go under, {split or "": {class: files}}) of class folders or a DICOM CSV."""
+    path = Path(str(spec)).expanduser()
+    if path.is_file():
+        from cnnkit.data.listing import read_csv_index
+
+        paths, labels, classes = read_csv_index(path)
+        files: dict[str, list[Path]] = {name: [] for name in classes}
+        for file, label in zip(paths, labels):
+            files[classes[label]].append(Path(file))
+        return path.parent, {"": files}
+    return path, _class_files(path)
 
 
 def _class_files(root: Path) -> dict[str, dict[str, list[Path]]]:
@@ -79,7 +110,8 @@ def split_entries(root: Path, layout: dict, seed: int, test_fraction: float = TE
     for split, classes in layout.items():
         for name, files in classes.items():
             for path in files:
-                patient = read_dicom(path, pixels=False).patient_id or str(path.relative_to(root))
+                patient = read_dicom(path, pixels=False).patient_id or (
+                    str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
                 entries.append((split, name, path, patient))
     if not entries:
         raise DataError(f"{root} holds no DICOM files in class folders")
@@ -92,19 +124,25 @@ def split_entries(root: Path, layout: dict, seed: int, test_fraction: float = TE
     return entries
 
 
-def dicom_patients(spec, seed: int = 0) -> dict[str, list[str]]:
-    """{split: patients} of a DICOM class folder, split as training would split it (headers only)."""
-    root = Path(str(spec)).expanduser()
-    entries = split_entries(root, _class_files(root), seed)
-    return {split: sorted({p for s, _, _, p in entries if s == split}) for split in ("train", "val", "test")}
+def dicom_patients(spec, seed: int = 0, val_fraction: float = 0.0) -> dict[str, list[str]]:
+    """{split: patients} of a DICOM class folder or CSV, split as training would split it (headers only;
+    validation patients drawn from the training patients as `patient_val_split` draws them)."""
+    root, layout = _layout(spec)
+    entries = split_entries(root, layout, seed)
+    patients = {split: sorted({p for s, _, _, p in entries if s == split}) for split in ("train", "val", "test")}
+    if val_fraction > 0 and patients["train"]:
+        studies = [Study(patient, Path(patient), None) for patient in patients["train"]]
+        val = {study.patient for study in patient_split(studies, val_fraction, seed)["val"]}
+        patients["train"] = [p for p in patients["train"] if p not in val]
+        patients["val"] = sorted(val)
+    return patients
 
 
 def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: float = TEST_FRACTION) -> Path:
     """The PNG image folder of a DICOM class folder, written once into ROOT/.cnnkit-slices/HASH and reused."""
     from PIL import Image
 
-    root = Path(str(spec)).expanduser()
-    layout = _class_files(root)
+    root, layout = _layout(spec)
     digest = hashlib.sha256(json.dumps({"window": parse_window(window).spec, "seed": seed, "test": test_fraction,
                                         "kind": "classify"}).encode())
     for split, classes in layout.items():

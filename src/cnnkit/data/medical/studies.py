@@ -204,7 +204,7 @@ def patient_report(spec: str | Path, val_fraction: float = 0.1, seed: int = 0) -
     elif _is_dicom_classes(path):
         from cnnkit.data.medical.classify import dicom_patients
 
-        patients = dicom_patients(path, seed)
+        patients = dicom_patients(path, seed, val_fraction)
         source = "DICOM PatientID"
     elif path.is_dir() and (path / "patients.csv").is_file():
         with open(path / "patients.csv", newline="", encoding="utf-8") as handle:
