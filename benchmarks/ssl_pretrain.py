@@ -241,7 +241,7 @@ def markdown(rows: list[dict]) -> str:
     lines += ["", "Every run here held the shared heavy-job lock; the load averages under 'Measured by' show what else "
               "ran. Rows of 2026-12-06: other agents edited files and ran tests meanwhile (light load). Rows of "
               "2026-12-07 (simclr, labels-*): a niced analysis script and one niced unit test ran beside the SimCLR "
-              "pretraining for a few minutes.", ""]
+              "pretraining for a few minutes; beside the MoCo run (moco row), niced unit tests for about 5 of its 29 minutes.", ""]
     return "\n".join(lines) + "\n" + _common.runs_markdown(rows, "experiment")
 
 

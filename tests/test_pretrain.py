@@ -168,6 +168,24 @@ def test_knn_vote_equals_brute_force():
     assert meter.compute()["knn_accuracy"] == pytest.approx(8 / 9)
 
 
+def test_probe_monitor_scores_a_linear_probe_beside_the_knn():
+    """probe_monitor=true: the meter adds linear_probe_accuracy. Classes separable by a plane only along one
+    feature that kNN's cosine neighbourhoods mostly ignore: the probe gets them all right."""
+    from cnnkit.tasks.pretrain.task import PretrainTask
+
+    generator = torch.Generator().manual_seed(0)
+    task = PretrainTask(torch.nn.Identity(), "simclr", num_classes=2, probe=True)
+    meter = task.new_meter()
+    for role, count in ((BANK, 400), (QUERY, 100)):
+        features = torch.randn(count, 8, generator=generator) * 3
+        labels = (torch.rand(count, generator=generator) < 0.5).long()
+        features[:, 0] = labels * 2.0 - 1.0  # the class: +-1 along the first feature, noise elsewhere
+        meter.update(features, torch.stack([labels, torch.full_like(labels, role)], 1))
+    result = meter.compute()
+    assert result["linear_probe_accuracy"] == 1.0 and result["knn_accuracy"] < 0.9
+    assert type(PretrainTask(torch.nn.Identity(), "simclr", num_classes=2).new_meter()) is KNNMeter  # off by default
+
+
 def test_cli_pretrain_then_evaluate_then_fine_tune_with_pretrained(tmp_path, image_folder):
     result = run_cli("train", "--task", "pretrain", "--data", image_folder, "--epochs", 2, "--out", tmp_path,
                      "--name", "ssl", "num_threads=1", "batch_size=64", "val_fraction=0.2", "report=false",

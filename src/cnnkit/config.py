@@ -235,6 +235,8 @@ class TrainConfig:
     knn_k: int = setting(200, "task=pretrain: neighbours of the kNN monitor (cosine, weighted), run every val_every "
                          "epochs when the data has labels")
     knn_temperature: float = setting(0.1, "task=pretrain: temperature of the kNN monitor's vote weights")
+    probe_monitor: bool = setting(False, "task=pretrain: also fit a linear probe on the kNN monitor's bank at each "
+                                  "validation (val_linear_probe_accuracy; a few seconds each)")
 
     # --- run ---
     monitor: str | None = setting(

@@ -70,7 +70,7 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     architecture = recorded_architecture(resume) if resume else architecture_of(config, data.preprocessing)
     model = create_model(architecture["name"], **architecture["args"])
     task = PretrainTask(model, config.method, len(data.classes) if data.val is not None else 0, config.temperature,
-                        config.knn_k, config.knn_temperature)
+                        config.knn_k, config.knn_temperature, config.probe_monitor)
     # A record names at least one class: unlabeled data is recorded as one "unlabeled" class, and says so.
     record = build_record(task.name, architecture, data.classes or ["unlabeled"], data.preprocessing.to_dict(), config)
     record["labelled"] = data.labelled
@@ -94,4 +94,6 @@ def print_knn_accuracy(trainer, metrics: dict) -> None:
     """After each validated epoch: the kNN accuracy of the backbone's features."""
     if trainer.dist.is_main and "val_knn_accuracy" in metrics:
         tqdm.write(f"  val kNN accuracy {metrics['val_knn_accuracy']:.4f} (k={trainer.config.knn_k}, bank of "
-                   f"{metrics.get('val_bank_count', 0)} train images)")
+                   f"{metrics.get('val_bank_count', 0)} train images)"
+                   + (f"; linear probe {metrics['val_linear_probe_accuracy']:.4f}"
+                      if "val_linear_probe_accuracy" in metrics else ""))

@@ -38,12 +38,12 @@ class PretrainTask(Task):
     name = "pretrain"
 
     def __init__(self, model: nn.Module, method: str, num_classes: int = 0, temperature: float | None = None,
-                 knn_k: int = DEFAULT_K, knn_temperature: float = DEFAULT_TEMPERATURE):
+                 knn_k: int = DEFAULT_K, knn_temperature: float = DEFAULT_TEMPERATURE, probe: bool = False):
         if method not in METHODS:
             raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
         self.model, self.method, self.num_classes = model, method, num_classes
         self.temperature = temperature if temperature is not None else DEFAULT_TEMPERATURES.get(method, 0.2)
-        self.knn_k, self.knn_temperature = knn_k, knn_temperature
+        self.knn_k, self.knn_temperature, self.probe = knn_k, knn_temperature, probe
         self.monitor = "val_knn_accuracy" if num_classes else "train_loss"
 
     def training_step(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -74,7 +74,25 @@ class PretrainTask(Task):
         return {"features": model(images).float()}  # the backbone's features (B, D)
 
     def new_meter(self) -> KNNMeter:
-        return KNNMeter(max(self.num_classes, 1), self.knn_k, self.knn_temperature)
+        meter = ProbingKNNMeter if self.probe else KNNMeter
+        return meter(max(self.num_classes, 1), self.knn_k, self.knn_temperature)
 
     def update_meter(self, meter: KNNMeter, result: dict, targets: torch.Tensor) -> None:
         meter.update(result["features"], targets)
+
+
+class ProbingKNNMeter(KNNMeter):
+    """The kNN monitor plus a linear probe (probe_monitor=true): L-BFGS logistic regression on the bank's
+    features at the default L2 strength (cnnkit.transfer.linear_probe), scored on the queries, as
+    `linear_probe_accuracy` (val_linear_probe_accuracy in metrics.jsonl). `cnnkit evaluate` fits the full probe
+    (all training images, L2 picked on validation); this one follows the curve during training."""
+
+    def compute(self, per_class: bool = False) -> dict:
+        from cnnkit.transfer.linear_probe import fit_linear_probe
+
+        result = super().compute(per_class)
+        bank, bank_labels, queries, query_labels = self.split()
+        fit = fit_linear_probe((bank, bank_labels), None, self.num_classes)
+        logits = queries.double() @ fit.weight.double().T + fit.bias.double()
+        result["linear_probe_accuracy"] = float((logits.argmax(1) == query_labels).double().mean())
+        return result
