@@ -198,8 +198,10 @@ def write_markdown() -> None:
              f"- date: {first['date']}, commit {first['git_commit']}",
              f"- machine: {machine['cpu_model']} ({machine['cpu_family_model']}), {machine['usable_cpus']} usable "
              f"CPUs, torch {machine['torch']}, {THREADS} torch threads",
-             "- load: every part ran under the shared heavy-job lock (one heavy job at a time); other agents were "
-             "editing and running small tests meanwhile (light load). Load average at start / end of each part below.",
+             "- load: every part ran under the shared heavy-job lock (one heavy job at a time). Parts of 2026-12-06/07 "
+             "(regnet, scaling, final seed 0): other agents edited and ran small tests meanwhile (light load); parts "
+             "of 2026-12-07 (cells, final seeds 1-2): alone, except a niced unit test for ~3 minutes of the final part. "
+             "Load average at start / end of each part below.",
              "- commands: `flock /tmp/cnnkit-heavy.lock nice -n 5 .venv/bin/python benchmarks/search.py --part "
              "regnet final` (and `--part scaling`), then `--part write`", ""]
     summary: dict = {"machine": machine}
