@@ -52,16 +52,18 @@ def soft_counts(logits: torch.Tensor, targets: torch.Tensor,
 
     sum(p t) is the softmax at each pixel's own class, added into its class (gather + scatter_add), so no
     (B, K, H, W) one-hot tensor is built: with 117 classes at batch 16 x 128 x 128 that tensor was 245 MB of
-    int64 per step and made a ce+dice step ~2x a ce step."""
+    int64 per step; the Dice loss's forward + backward there went from 0.74-0.83 s to 0.26-0.28 s (2 threads,
+    AMD EPYC Zen 4, 3 interleaved rounds each)."""
     num_classes = logits.shape[1]
     counted = targets != ignore_index  # (B, H, W)
     probabilities = logits.float().softmax(dim=1) * counted.unsqueeze(1)
     safe_targets = targets.where(counted, 0).long()
     own = probabilities.gather(1, safe_targets.unsqueeze(1)).flatten()  # 0 where not counted
-    true_positive = torch.zeros(num_classes, device=logits.device, dtype=own.dtype).scatter_add(
-        0, safe_targets.flatten(), own)
+    index = safe_targets.flatten()
+    true_positive = torch.zeros(num_classes, device=logits.device, dtype=own.dtype).scatter_add(0, index, own)
     predicted = probabilities.sum((0, 2, 3))
-    target_pixels = torch.bincount(safe_targets[counted], minlength=num_classes).to(own.dtype)
+    target_pixels = torch.zeros(num_classes, device=logits.device, dtype=own.dtype).scatter_add(
+        0, index, counted.flatten().to(own.dtype))  # no boolean indexing: no host sync on CUDA
     return true_positive, predicted, target_pixels
 
 
