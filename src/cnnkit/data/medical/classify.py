@@ -131,8 +131,7 @@ def dicom_patients(spec, seed: int = 0, val_fraction: float = 0.0) -> dict[str, 
     entries = split_entries(root, layout, seed)
     patients = {split: sorted({p for s, _, _, p in entries if s == split}) for split in ("train", "val", "test")}
     if val_fraction > 0 and patients["train"]:
-        studies = [Study(patient, Path(patient), None) for patient in patients["train"]]
-        val = {study.patient for study in patient_split(studies, val_fraction, seed)["val"]}
+        val = _val_patients(patients["train"], val_fraction, seed)
         patients["train"] = [p for p in patients["train"] if p not in val]
         patients["val"] = sorted(val)
     return patients
@@ -178,6 +177,13 @@ def prepare_dicom_classes(spec, window: str | None, seed: int, test_fraction: fl
     return out
 
 
+def _val_patients(patients, val_fraction: float, seed: int) -> set[str]:
+    """The validation patients drawn from `patients` (whole patients, `patient_split`'s seeded recipe): one
+    function, so training and `cnnkit data check` draw the same ones."""
+    studies = [Study(patient, Path(patient), None) for patient in sorted(set(patients))]
+    return {study.patient for study in patient_split(studies, val_fraction, seed)["val"]}
+
+
 def patient_val_split(root: str | Path, train_paths: list[Path], val_fraction: float,
                       seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, val indices) into `train_paths` (PNGs written by `prepare_dicom_classes` under `root`),
@@ -199,8 +205,7 @@ def patient_val_split(root: str | Path, train_paths: list[Path], val_fraction: f
         patients.append(patient_of[key])
     if val_fraction <= 0:
         return torch.arange(len(patients)), torch.zeros(0, dtype=torch.int64)
-    studies = [Study(patient, Path(patient), None) for patient in sorted(set(patients))]
-    val_patients = {study.patient for study in patient_split(studies, val_fraction, seed)["val"]}
+    val_patients = _val_patients(patients, val_fraction, seed)
     chosen = torch.tensor([patient in val_patients for patient in patients])
     return chosen.logical_not().nonzero().flatten(), chosen.nonzero().flatten()
 
