@@ -243,7 +243,7 @@ def merge_previous(name: str, header: dict[str, Any], rows: list[dict[str, Any]]
                     row["run"]["cpu"] = f"{machine['cpu_model']} ({machine.get('cpu_family_model', '?')})"
                 kept.append(row)
     position = {model: index for index, model in enumerate(order)}
-    return sorted(kept + rows, key=lambda row: position.get(row[key], len(position)))
+    return sorted(kept + rows, key=lambda row: position.get(row.get(key), len(position)))
 
 
 def runs_markdown(rows: Sequence[dict[str, Any]], key: str) -> str:

@@ -12,6 +12,7 @@ random unit vectors of the run's embedding size: median latency of one query ove
 
     .venv/bin/python benchmarks/embedding.py                                 # arcface, triplet, softmax
     .venv/bin/python benchmarks/embedding.py --losses arcface --epochs 30 --minutes 20
+    .venv/bin/python benchmarks/embedding.py --budget --minutes 20          # each loss trains for 20 minutes
     .venv/bin/python benchmarks/embedding.py --quick                         # smoke test: tiny everything
 
 Writes benchmarks/results/embedding.json and .md (embedding-quick.* with --quick).
@@ -43,9 +44,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="fastnet", help="trunk of the embedder (default fastnet)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per loss (default 20)")
     parser.add_argument("--minutes", type=float, default=20.0, help="stop a run after this many minutes (default 20)")
+    parser.add_argument("--budget", action="store_true",
+                        help="train each loss for --minutes with `budget=` (epochs and LR schedule planned for "
+                             "the time) instead of --epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=20, help="gallery search: calls per size (default 20)")
+    parser.add_argument("--extra-train", metavar="DIR",
+                        help="a CJK glyph set (made there if missing: `cnnkit data make-glyphs DIR --characters cjk "
+                             "--distinct-pictures --variants 3`) whose identities, train and test, all join the "
+                             "training split; the test identities stay --data's")
     parser.add_argument("--out", default="/tmp/cnnkit-embedding-runs", help="parent of the run directories")
     parser.add_argument("--quick", action="store_true", help="smoke test: few identities, 1 epoch, small galleries")
     parser.add_argument("--results-dir", help="where the result files go (default benchmarks/results)")
@@ -55,12 +63,41 @@ def parse_args() -> argparse.Namespace:
 def make_data(path: Path, quick: bool) -> str:
     from cnnkit.data.glyphs import GlyphsConfig, find_fonts, fonts_hash, make_glyphs
 
-    fonts = find_fonts()
     if not (path / "README.txt").is_file():
         config = GlyphsConfig(variants=1) if quick else GlyphsConfig()
         characters = "ABCDEFGHJKLMNPRSTUVWXYZ" if quick else None
-        make_glyphs(path, config, fonts=fonts, **({"characters": characters} if characters else {}))
-    return f"{(path / 'README.txt').read_text().splitlines()[0]} (fonts {fonts_hash(fonts)})"
+        make_glyphs(path, config, fonts=find_fonts(), **({"characters": characters} if characters else {}))
+    readme = (path / "README.txt").read_text().splitlines()
+    digest = next((line.split(": ", 1)[1] for line in readme if line.startswith("fonts digest: ")), None)
+    if digest is None:  # made before the README recorded it: the digest of the fonts its README lists
+        names = set(next(line for line in readme if line.startswith("fonts: "))[len("fonts: "):].split(", "))
+        digest = fonts_hash([face for face in find_fonts() if face.name in names])
+    return f"{readme[0]} (fonts {digest})"
+
+
+def with_extra_training(base: Path, extra: Path) -> Path:
+    """BASE's test split, and BASE's training identities plus every identity of EXTRA (hard links)."""
+    import os
+
+    from cnnkit.data.glyphs import CJK_CHARACTERS, GlyphsConfig, make_glyphs
+
+    if not (extra / "README.txt").is_file():
+        make_glyphs(extra, GlyphsConfig(variants=3, distinct_pictures=True), characters=CJK_CHARACTERS)
+    combined = base.with_name(f"{base.name}+{extra.name}")
+    if (combined / "README.txt").is_file():
+        return combined
+    sources = [base / "train", extra / "train", extra / "test"]
+    identities = [folder for source in sources for folder in sorted(source.iterdir()) if folder.is_dir()]
+    if len({folder.name for folder in identities}) != len(identities):
+        raise SystemExit(f"{base} and {extra} share identities: choose an extra set of other characters")
+    for split, folders in (("train", identities), ("test", sorted((base / "test").iterdir()))):
+        for folder in folders:
+            (combined / split / folder.name).mkdir(parents=True)
+            for file in folder.iterdir():
+                os.link(file, combined / split / folder.name / file.name)
+    readme = (base / "README.txt").read_text().splitlines()[0] + f" + every identity of {extra} in training"
+    (combined / "README.txt").write_text(readme + "\n" + (extra / "README.txt").read_text())
+    return combined
 
 
 def cnnkit(*arguments: str) -> subprocess.CompletedProcess:
@@ -73,12 +110,14 @@ def train_and_evaluate(loss: str, args, data: Path) -> dict:
     name = f"{loss}-{args.model}" + ("-quick" if args.quick else "")
     started = time.perf_counter()
     epochs = 1 if args.quick else args.epochs
+    if args.budget:
+        settings["budget"] = f"{args.minutes * 60:.0f}s"
     command = ["train", "--task", "embed", "--data", data, "--model", args.model, "--epochs", epochs, "--out", args.out,
                "--name", name, *[f"{key}={value}" for key, value in settings.items()]]
     process = subprocess.Popen([sys.executable, "-m", "cnnkit", *map(str, command)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        output, _ = process.communicate(timeout=args.minutes * 60 + 120)
+        output, _ = process.communicate(timeout=args.minutes * 60 + (300 if args.budget else 120))
     except subprocess.TimeoutExpired:  # the budget: the run keeps what its completed epochs saved
         process.terminate()
         output, _ = process.communicate()
@@ -125,6 +164,10 @@ def main() -> None:
     _common.set_threads(args.threads)
     data = Path(args.data + ("-quick" if args.quick else ""))
     description = make_data(data, args.quick)
+    if args.extra_train:
+        data = with_extra_training(data, Path(args.extra_train))
+        description = (data / "README.txt").read_text().splitlines()[0] + \
+            f"; extra training identities: {(data / 'README.txt').read_text().splitlines()[1]}"
     rows = [train_and_evaluate(loss, args, data) for loss in args.losses]
     sizes = [1, 1000] if args.quick else [1, 10_000, 1_000_000]
     latency = gallery_latency(128, sizes, 3 if args.quick else args.repeats)

@@ -7,8 +7,11 @@ against its COCO file, plain accuracy on Fashion-MNIST's test split.
 
 Rows (--rows, default all):
 - classify: Fashion-MNIST, cnnkit's default (fastnet, `budget=`) vs YOLO11n-cls from `yolo11n-cls.yaml`, imgsz 32.
-- detect:   scenes, cnnkit `yolo_fastnet` (benchmarks/detection.py's recipe) vs YOLO11n from `yolo11n.yaml`, imgsz 128.
-- instance: scenes, cnnkit `yolo_seg_fastnet` (benchmarks/segmentation.py's recipe) vs YOLO11n-seg, imgsz 128.
+- detect:   scenes, cnnkit `yolo_fastnet` (benchmarks/detection.py's recipe; --detect-model for Faster R-CNN or
+            SSDlite) vs YOLO11n from `yolo11n.yaml`, imgsz 128.
+- instance: scenes, cnnkit `yolo_seg_fastnet` (benchmarks/segmentation.py's recipe; --instance-model maskrcnn for
+            Mask R-CNN) vs YOLO11n-seg, imgsz 128.
+Rows merge into the result file by (task, cnnkit model, minutes): one invocation per row is fine.
 cnnkit plans its epochs with `budget=` (cnnkit.engine.budget); ultralytics with its own `time=`.
 
 The peer is ultralytics (AGPL-3.0): never a dependency of cnnkit. Put it in its own environment:
@@ -20,6 +23,7 @@ and pass --peer-python /work/peer-venv/bin/python (default: $CNNKIT_PEER_PYTHON,
 the script runs cnnkit's side only and says so in the results.
 
     .venv/bin/python benchmarks/peers.py --rows detect --minutes 15
+    .venv/bin/python benchmarks/peers.py --rows detect --minutes 30 --detect-model fasterrcnn_resnet18_fpn
     .venv/bin/python benchmarks/peers.py --quick              # tiny data, 20 s budgets: a smoke test
 
 Writes benchmarks/results/peers.json and .md (peers-quick.* for --quick).
@@ -43,6 +47,8 @@ NAME = "peers"
 ROWS = ("classify", "detect", "instance")
 DEFAULT_PEER = "/work/peer-venv/bin/python"
 IMAGE_SIZE = {"classify": 32, "detect": 128, "instance": 128}
+DETECT_MODELS = ("yolo_fastnet", "fasterrcnn_resnet18_fpn", "ssdlite_mobilenet_v3_large")  # detection.py's recipes
+INSTANCE_MODELS = ("yolo_seg", "maskrcnn")  # segmentation.py's MODELS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,11 +56,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each side (default 15)")
+    parser.add_argument("--detect-model", default="yolo_fastnet", choices=DETECT_MODELS,
+                        help="cnnkit's detector in the detect row (default yolo_fastnet)")
+    parser.add_argument("--instance-model", default="yolo_seg", choices=INSTANCE_MODELS,
+                        help="cnnkit's instance segmenter in the instance row: benchmarks/segmentation.py's "
+                             "yolo_seg (yolo_seg_fastnet, default) or maskrcnn (maskrcnn_resnet18_fpn)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side (default 1)")
     parser.add_argument("--scenes", default="data/scenes", help="the scenes benchmark (made if missing)")
     parser.add_argument("--peer-python", default=os.environ.get("CNNKIT_PEER_PYTHON", DEFAULT_PEER))
     parser.add_argument("--out", default="runs/peers", help="where both sides' runs go")
-    parser.add_argument("--quick", action="store_true", help="tiny data and 20 s budgets (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="tiny data and budgets of 20 s (or --minutes if less): a smoke test")
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--side", choices=("cnnkit",), help=argparse.SUPPRESS)  # internal: one side, in a child
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -159,17 +170,18 @@ def score_coco(predictions: list[dict], scenes: Path, masks: bool) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------- cnnkit's side (a child process)
-def cnnkit_settings(task: str, data: str, minutes: float, quick: bool) -> dict:
+def cnnkit_settings(task: str, data: str, minutes: float, quick: bool, model: str | None = None) -> dict:
     if task == "classify":
         values = {"task": "classify", "data": data}
     elif task == "detect":
         from detection import COMMON, RECIPES
 
-        values = {**COMMON, **RECIPES["yolo_fastnet"][1], "model": "yolo_fastnet", "data": data}
+        model = model or DETECT_MODELS[0]
+        values = {**COMMON, **RECIPES[model][1], "model": model, "data": data}
     else:
         from segmentation import BENCHMARK_KEYS, MODELS
 
-        values = {k: v for k, v in MODELS["yolo_seg"].items() if k not in BENCHMARK_KEYS}
+        values = {k: v for k, v in MODELS[model or INSTANCE_MODELS[0]].items() if k not in BENCHMARK_KEYS}
         values["data"] = data
     values.update(budget=f"{minutes * 60:g}s", report=False, progress=False)
     if quick:
@@ -210,7 +222,7 @@ def run_cnnkit_side(settings: dict) -> None:
 # ---------------------------------------------------------------------------- one row
 def run_row(task: str, args, scenes: Path) -> dict:
     out = Path(args.out) / (task + ("-quick" if args.quick else "")) / time.strftime("%Y%m%d-%H%M%S")
-    minutes = 20 / 60 if args.quick else args.minutes
+    minutes = min(args.minutes, 20 / 60) if args.quick else args.minutes
     if task == "classify":
         folders = fashion_mnist_folders(Path("data/fashion-mnist-png"), args.quick)
         cnnkit_data, peer_data, test_images = (str(folders) if args.quick else "fashion-mnist"), str(folders), \
@@ -219,7 +231,8 @@ def run_row(task: str, args, scenes: Path) -> dict:
         cnnkit_data, test_images = str(scenes), scenes / "test" / "images"
     base = {"task": task, "threads": args.threads, "test_images": str(test_images), "imgsz": IMAGE_SIZE[task]}
     children = []
-    ours = {**base, "out": str(out / "cnnkit"), "config": cnnkit_settings(task, cnnkit_data, minutes, args.quick)}
+    model = {"detect": args.detect_model, "instance": args.instance_model}.get(task)
+    ours = {**base, "out": str(out / "cnnkit"), "config": cnnkit_settings(task, cnnkit_data, minutes, args.quick, model)}
     Path(ours["out"]).mkdir(parents=True, exist_ok=True)
     pin = ["taskset", "-c"] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else None
     command = [sys.executable, __file__, "--side", "cnnkit", "--settings", json.dumps(ours)]
@@ -236,7 +249,8 @@ def run_row(task: str, args, scenes: Path) -> dict:
                                                   stdout=subprocess.DEVNULL)))
     codes = {name: child.wait() for name, child in children}
     row = {"task": task, "minutes": minutes, "threads": args.threads, "concurrent": peer_available,
-           "pinned": pin is not None, "out": str(out)}
+           "pinned": pin is not None, "out": str(out), "cnnkit_model": ours["config"].get("model", "fastnet")}
+    row["row"] = f"{task}/{row['cnnkit_model']}/{minutes:g}min"  # the key under which rows merge across runs
     for name, file in (("cnnkit", out / "cnnkit" / "cnnkit.json"), ("peer", out / "peer" / "peer.json")):
         if name == "peer" and not peer_available:
             row["peer"] = {"missing": f"no peer environment at {args.peer_python} (see this script's docstring)"}
@@ -275,6 +289,11 @@ def main() -> None:
 
         scenes = ensure_scenes(scenes, args.quick)
     results = [run_row(task, args, scenes) for task in args.rows]
+    results = _common.merge_previous(NAME, header, results, "row", [], args.results_dir)
+    for r in results:  # rows measured before the row key existed
+        r.setdefault("cnnkit_model", r.get("cnnkit", {}).get("model", "?"))
+        r.setdefault("row", f"{r['task']}/{r['cnnkit_model']}/{r['minutes']:g}min")
+    results.sort(key=lambda r: (r["minutes"], ROWS.index(r["task"]), r["row"]))
     rows = []
     for r in results:
         metric = _main_metric(r["task"])
@@ -292,7 +311,8 @@ def main() -> None:
     body = ("Both sides trained at the same time, each pinned to its own core with "
             f"{args.threads} torch thread(s), from scratch, same minutes; both scored here with the same "
             "evaluator (pycocotools on the scenes test split; plain accuracy on Fashion-MNIST test).\n\n"
-            + _common.markdown_table(["task", "metric", "minutes", "cnnkit", "ultralytics", "cnnkit / peer"], rows))
+            + _common.markdown_table(["task", "metric", "minutes", "cnnkit", "ultralytics", "cnnkit / peer"], rows)
+            + "\n\n" + _common.runs_markdown(results, "row"))
     if args.quick:
         body += "\n\n" + _common.QUICK_NOTE + "\n"
     _common.finish(NAME, "cnnkit beside ultralytics: same data, threads, minutes",

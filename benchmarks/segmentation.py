@@ -23,6 +23,7 @@ instead; their "epochs" read run/planned.
     .venv/bin/python benchmarks/segmentation.py --data data/scenes --models unet deeplabv3 --minutes 10
     .venv/bin/python benchmarks/segmentation.py --quick                       # smoke test: tiny data, seconds
     .venv/bin/python benchmarks/segmentation.py --models unet --encoder garments   # encoder from a garment classifier
+    .venv/bin/python benchmarks/segmentation.py --models unet --encoder scene-crops  # ... trained on the scenes' garments
 
 The scenes data is made with `cnnkit data make-scenes DATA --seed 0` when DATA does not exist yet.
 Writes benchmarks/results/segmentation.json and .md (segmentation-quick.* for --quick).
@@ -82,6 +83,11 @@ BENCHMARK_KEYS = ("goal",)  # keys of MODELS entries that are not training setti
 ENCODER = {"task": "classify", "model": "resnet18", "data": "fashion-mnist", "image_size": 64, "channels": 1,
            "batch_size": 128, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4, "schedule": "onecycle",
            "hflip": True, "translate": 6, "scale": 0.3, "label_smoothing": 0.1}
+# `--encoder scene-crops`: the same classifier trained on the garments as the scenes show them: 64x64 windows of
+# the train split's canvases around each object at its own scale (28-54 px, with its tint, clutter and
+# neighbours), labelled with its class; RGB, so the encoder's stem fits the segmenters' as it is.
+SCENE_ENCODER = {**ENCODER, "channels": 3, "translate": 4, "scale": 0.1}
+WINDOW = 64
 ENCODER_MODELS = ("unet", "deeplabv3", "fcn", "maskrcnn")  # the resnet18 segmenters
 GARMENT_GOALS = {"unet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}  # within 30 min of segmentation
 
@@ -99,9 +105,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny scenes, a few seconds per model")
     parser.add_argument("--note", default=None,
                         help="conditions of this run worth knowing (e.g. other work on the machine), kept with its rows")
-    parser.add_argument("--encoder", choices=("scratch", "garments"), default="scratch",
+    parser.add_argument("--encoder", choices=("scratch", "garments", "scene-crops"), default="scratch",
                         help="garments: start the resnet18 encoders (unet, deeplabv3, fcn, maskrcnn) from a "
-                             "Fashion-MNIST classifier trained first (rows named MODEL+garments); default scratch")
+                             "Fashion-MNIST classifier trained first (rows named MODEL+garments); scene-crops: from "
+                             "a classifier of 64x64 windows around the train split's objects (MODEL+scene-crops); "
+                             "default scratch")
     parser.add_argument("--encoder-minutes", type=float, default=10.0,
                         help="the garment classifier's training budget (default 10), counted in each row's total")
     parser.add_argument("--encoder-run", default=None,
@@ -174,26 +182,61 @@ def inference_speed(predictor, settings: dict, task: str) -> float:
     return count / (time.perf_counter() - started)
 
 
+def write_windows(scenes: Path, out: Path, size: int = WINDOW) -> dict[str, int]:
+    """SIZE x SIZE windows of the train and test canvases, one around each object at its own scale (shifted to
+    stay inside the canvas), as class folders out/SPLIT/CLASS/N.png: what the segmenters' encoders must see."""
+    from PIL import Image
+
+    from cnnkit.data.detection import read_split
+
+    counts = {}
+    for split in ("train", "test"):
+        count = 0
+        for image in read_split(scenes, split).images:
+            with Image.open(image.file) as picture:
+                picture = picture.convert("RGB")
+                for box, label in zip(image.boxes.tolist(), image.labels.tolist()):
+                    left = min(max(0, round((box[0] + box[2]) / 2 - size / 2)), max(0, picture.width - size))
+                    top = min(max(0, round((box[1] + box[3]) / 2 - size / 2)), max(0, picture.height - size))
+                    folder = out / split / f"{label}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    picture.crop((left, top, left + size, top + size)).save(folder / f"{count}.png")
+                    count += 1
+        counts[split] = count
+    out.with_name(out.name + ".json").write_text(json.dumps(counts))  # beside, not in, the class folders: done
+    return counts
+
+
 def train_encoder(args, out: Path) -> dict:
-    """The garment classifier the encoders start from (`--encoder garments`): its run, minutes and test accuracy."""
+    """The classifier the encoders start from (`--encoder garments` or `scene-crops`): its run, minutes and test
+    accuracy (Fashion-MNIST's test split, or the windows of the scenes' test split)."""
     import cnnkit
+
+    recipe, name = (ENCODER, "encoder-garments") if args.encoder == "garments" else (SCENE_ENCODER, "encoder-scene-crops")
+    if args.encoder == "scene-crops":
+        windows = out / "scene-windows"
+        if not windows.with_name(windows.name + ".json").is_file():
+            counts = write_windows(Path(args.data), windows)
+            print(f"encoder data: {counts['train']} train / {counts['test']} test windows of {WINDOW} px in {windows}",
+                  flush=True)
+        recipe = {**recipe, "data": str(windows)}
 
     if args.encoder_run:
         run_dir = Path(args.encoder_run)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         seconds = sum(json.loads(line)["epoch_seconds"] for line in lines)
     else:
-        settings = {**ENCODER, "out": str(out), "name": "encoder-garments", "seed": args.seed, "progress": False,
+        settings = {**recipe, "out": str(out), "name": name, "seed": args.seed, "progress": False,
                     "report": False, "num_threads": args.threads or 0,
                     "budget": f"{0.1 if args.quick else args.encoder_minutes:g}m"}
-        print(f"encoder: resnet18 on Fashion-MNIST at 64 px, budget {settings['budget']}", flush=True)
+        print(f"encoder: resnet18 on {settings['data']} at 64 px, budget {settings['budget']}", flush=True)
         started = time.perf_counter()
         run_dir = cnnkit.train(settings).run_dir
         seconds = time.perf_counter() - started
     accuracy = cnnkit.load(run_dir, device="cpu").evaluate("test")["accuracy"]
-    print(f"encoder: {run_dir}, {seconds / 60:.1f} min, Fashion-MNIST test accuracy {accuracy:.4f}", flush=True)
-    return {"run": str(run_dir), "seconds": seconds, "test_accuracy": accuracy,
-            "settings": dict(ENCODER)}
+    print(f"encoder: {run_dir}, {seconds / 60:.1f} min, test accuracy {accuracy:.4f}", flush=True)
+    return {"run": str(run_dir), "seconds": seconds, "test_accuracy": accuracy, "settings": dict(recipe),
+            "kind": args.encoder}
 
 
 def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
@@ -227,7 +270,7 @@ def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
                    test_per_class_mask_ap50={k: v.get("mask_ap50") for k, v in test["per_class"].items()})
     row["goal_met"] = row[key] >= goal
     if encoder is not None:  # issue 25 §3's goals for segmenters from a garment-trained encoder
-        row["name"] = f"{name}+garments"
+        row["name"] = f"{name}+{encoder.get('kind', 'garments')}"
         row["encoder"] = encoder
         row["total_seconds"] = encoder["seconds"] + train_seconds
         goal = GARMENT_GOALS[name]
@@ -266,7 +309,9 @@ def markdown(rows: list[dict], args) -> str:
                       f"{row['test_box_map50']:.4f}"]
         if row.get("encoder"):
             encoder = row["encoder"]
-            lines[-1] += (f". Encoder: resnet18 trained on Fashion-MNIST first ({encoder['seconds'] / 60:.1f} min, test "
+            source = ("64x64 windows around the scenes' train objects" if encoder.get("kind") == "scene-crops"
+                      else "Fashion-MNIST")
+            lines[-1] += (f". Encoder: resnet18 trained on {source} first ({encoder['seconds'] / 60:.1f} min, test "
                           f"accuracy {encoder['test_accuracy']:.4f}); total {row['total_seconds'] / 60:.1f} min")
         if row.get("note"):
             lines[-1] += f". Conditions: {row['note']}"
@@ -289,14 +334,14 @@ def main() -> None:
         make_scenes(Path(args.data), args.quick)
         out = Path(args.out) if args.out else Path(temporary) / "runs"
         encoder = None
-        if args.encoder == "garments":
+        if args.encoder != "scratch":
             unfit = [name for name in args.models if name not in ENCODER_MODELS]
             if unfit:
-                raise SystemExit(f"--encoder garments: {', '.join(unfit)} has no resnet18 encoder; choose among "
+                raise SystemExit(f"--encoder {args.encoder}: {', '.join(unfit)} has no resnet18 encoder; choose among "
                                  f"{', '.join(ENCODER_MODELS)}")
             encoder = train_encoder(args, out)
         rows = [run_model(name, args, out, encoder) for name in args.models]
-    order = [*MODELS, *(f"{name}+garments" for name in ENCODER_MODELS)]
+    order = [*MODELS, *(f"{name}+{kind}" for kind in ("garments", "scene-crops") for name in ENCODER_MODELS)]
     rows = _common.merge_previous(NAME, header, rows, "name", order, args.results_dir, args.fresh)
     title = "Segmentation on the scenes benchmark (U-Net, DeepLabV3, FCN, Mask R-CNN, YOLO-seg)"
     _common.finish(NAME, title, header, {"minutes": args.minutes, "results": rows}, markdown(rows, args),

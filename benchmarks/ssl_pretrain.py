@@ -11,7 +11,9 @@ Parts (each a separate invocation is fine: rows are merged into the result file 
                from scratch vs from the SSL run (LP-FT: probe head first, then all layers) vs the SSL run's
                linear probe alone; test accuracy on the 10,000 test images
     mae        MAE pretraining of vit_mini (budget --mae-minutes), then the same 1%-label comparison for the ViT:
-               from scratch vs from MAE, the same fine-tuning recipe and epochs
+               from scratch vs from MAE, the same fine-tuning recipe and epochs (--vit-seeds)
+    beit       the same with cnnkit's BEiT (masked patches predict HOG features: MaskFeat's targets, not BEiT's
+               dVAE tokens); with mae, one scratch row serves both
 
     flock /tmp/cnnkit-heavy.lock nice -n 5 .venv/bin/python benchmarks/ssl_pretrain.py --parts baselines simclr labels mae
     .venv/bin/python benchmarks/ssl_pretrain.py --quick        # smoke test: tiny budgets, 1 seed
@@ -33,25 +35,27 @@ import _common
 
 NAME = "ssl"
 ORDER = ["knn-raw-pixels", "random-fastnet", "simclr", "moco", "labels-scratch", "labels-ssl-probe",
-         "labels-ssl-finetune", "mae", "labels-vit-scratch", "labels-vit-mae-finetune"]
+         "labels-ssl-finetune", "mae", "beit", "labels-vit-scratch", "labels-vit-mae-finetune",
+         "labels-vit-beit-finetune"]
 GOALS = {"linear probe >= 0.90 (best of SimCLR/MoCo)": 0.90, "1% labels: SSL fine-tune - scratch >= +5 points": 0.05,
-         "MAE fine-tune - ViT scratch >= +2 points": 0.02}
+         "MAE (and BEiT) fine-tune - ViT scratch >= +2 points": 0.02}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["baselines", "simclr", "labels", "mae"],
-                        default=["baselines", "simclr", "labels", "mae"])
+    parser.add_argument("--parts", nargs="+", choices=["baselines", "simclr", "labels", "mae", "beit"],
+                        default=["baselines", "simclr", "labels", "mae", "beit"])
     parser.add_argument("--method", choices=["simclr", "moco"], default="simclr")
     parser.add_argument("--minutes", type=float, default=11.0, help="SimCLR/MoCo pretraining budget (default 11)")
-    parser.add_argument("--mae-minutes", type=float, default=3.5, help="MAE pretraining budget (default 3.5)")
+    parser.add_argument("--mae-minutes", type=float, default=3.5,
+                        help="MAE / BEiT pretraining budget, each (default 3.5)")
     parser.add_argument("--label-images", type=int, default=600, help="labelled images of the 1%% experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--vit-seeds", type=int, nargs="+", default=[0], help="seeds of the ViT comparison")
     parser.add_argument("--finetune-epochs", type=int, default=30)
-    parser.add_argument("--reuse-mae", action="store_true", help="mae: fine-tune from the existing MAE run (its row "
-                        "in the result file stays)")
+    parser.add_argument("--reuse-mae", action="store_true", help="mae/beit: fine-tune from the existing MAE/BEiT "
+                        "run in --out (its row in the result file stays)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="/tmp/cnnkit-ssl-runs", help="parent of the run directories")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1-minute budgets, 1 seed, few epochs")
@@ -177,12 +181,12 @@ def label_runs(args, model: str, pretrained: Path | None, rows_named: dict[str, 
     seconds: dict[str, list[float]] = {name: [] for name in rows_named}
     for seed in seeds:
         for name, extra in rows_named.items():
-            if extra.get("pretrained") and pretrained is None:
+            if extra.get("pretrained") is True and pretrained is None:
                 continue
             settings = dict(data=str(folders[seed]), model=model, epochs=epochs, batch_size=64, seed=seed,
                             name=f"{name}-seed{seed}", val_fraction=0.1, **recipe)
             settings.update(extra)
-            if extra.get("pretrained"):
+            if extra.get("pretrained") is True:
                 settings["pretrained"] = str(pretrained)
             started = time.perf_counter()
             run_dir = Path(train(args, **settings).run_dir)
@@ -194,24 +198,27 @@ def label_runs(args, model: str, pretrained: Path | None, rows_named: dict[str, 
              "settings": {**recipe, **rows_named[name], "epochs": epochs}} for name in rows_named if results[name]]
 
 
-def mae(args) -> list[dict]:
+def masked(args, methods: list[str]) -> list[dict]:
+    """MAE and/or BEiT (HOG targets) pretraining of vit_mini, then the 1%-label comparison: scratch vs each."""
     minutes = 0.3 if args.quick else args.mae_minutes
     recipe = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, label_smoothing=0.1)
-    comparison = {"labels-vit-scratch": {},
-                  "labels-vit-mae-finetune": {"pretrained": True, "finetune": "full", "backbone_lr_ratio": 0.5}}
-    if args.reuse_mae and (Path(args.out) / "mae" / "best.safetensors").is_file():  # the fine-tuning only
-        return label_runs(args, "vit_mini", Path(args.out) / "mae", comparison, args.vit_seeds, recipe)
-    settings = dict(task="pretrain", data="fashion-mnist", method="mae", model="vit_mini", epochs=100,
-                    budget=f"{minutes:g}m", batch_size=256, optimizer="adamw", lr=1.5e-3, weight_decay=0.05,
-                    momentum=0.9, val_every=2, name="mae", seed=0)
-    started = time.perf_counter()
-    mae_dir = Path(train(args, **settings).run_dir)
-    history = metrics_of(mae_dir)
-    row = {"experiment": "mae", "settings": settings, "epochs": history[-1]["epoch"],
-           "train_seconds": time.perf_counter() - started,
-           "curve": [(line["epoch"], line.get("val_knn_accuracy"), line["train_loss"]) for line in history]}
-    rows = label_runs(args, "vit_mini", mae_dir, comparison, args.vit_seeds, recipe)
-    return [row, *rows]
+    rows, comparison = [], {"labels-vit-scratch": {}}
+    for method in methods:
+        run_dir = Path(args.out) / method
+        if not (args.reuse_mae and (run_dir / "best.safetensors").is_file()):  # else: fine-tuning only
+            settings = dict(task="pretrain", data="fashion-mnist", method=method, model="vit_mini", epochs=100,
+                            budget=f"{minutes:g}m", batch_size=256, optimizer="adamw", lr=1.5e-3, weight_decay=0.05,
+                            momentum=0.9, val_every=2, name=method, seed=0)
+            started = time.perf_counter()
+            run_dir = Path(train(args, **settings).run_dir)
+            history = metrics_of(run_dir)
+            rows.append({"experiment": method, "settings": settings, "epochs": history[-1]["epoch"],
+                         "train_seconds": time.perf_counter() - started,
+                         "curve": [(line["epoch"], line.get("val_knn_accuracy"), line["train_loss"])
+                                   for line in history]})
+        comparison[f"labels-vit-{method}-finetune"] = {"pretrained": str(run_dir), "finetune": "full",
+                                                       "backbone_lr_ratio": 0.5}
+    return rows + label_runs(args, "vit_mini", None, comparison, args.vit_seeds, recipe)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -233,7 +240,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"- linear probe >= 0.90 (better of SimCLR/MoCo): {max(contrastive):.4f}: "
                      f"{'met' if max(contrastive) >= 0.90 else 'NOT met'}")
     for scratch, tuned, goal in (("labels-scratch", "labels-ssl-finetune", 0.05),
-                                 ("labels-vit-scratch", "labels-vit-mae-finetune", 0.02)):
+                                 ("labels-vit-scratch", "labels-vit-mae-finetune", 0.02),
+                                 ("labels-vit-scratch", "labels-vit-beit-finetune", 0.02)):
         if scratch in by_name and tuned in by_name:
             gain = by_name[tuned]["summary"]["mean"] - by_name[scratch]["summary"]["mean"]
             lines.append(f"- {tuned} - {scratch} >= {goal * 100:.0f} points: {gain * 100:+.2f} points: "
@@ -267,8 +275,8 @@ def main() -> None:
             # 1561 in epoch 1, test accuracy 0.13; with freeze_bn: NaN in epoch 1)
             "labels-ssl-finetune": {"pretrained": True, "finetune": "full"},
         }, args.seeds, {})
-    if "mae" in args.parts:
-        rows += mae(args)
+    if "mae" in args.parts or "beit" in args.parts:
+        rows += masked(args, [method for method in ("mae", "beit") if method in args.parts])
     rows = _common.merge_previous(NAME, header, rows, "experiment", ORDER, None)
     _common.finish(NAME, "Self-supervised pretraining on Fashion-MNIST (issue 20)", header, {"results": rows},
                    markdown(rows), None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from cnnkit.layers.margin import MarginHead
 from cnnkit.losses.metric import contrastive_loss, pairwise_distances, triplet_loss
 from cnnkit.metrics.verification import (auc, balanced, equal_error_rate, identification_metrics, kfold_accuracy, roc,
                                          tar_at_far)
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -155,6 +157,23 @@ def test_pk_loader_batches_hold_p_identities_of_k_images():
     assert [t.tolist() for _, t in loader] != [t.tolist() for t in batches]  # the next epoch draws anew
 
 
+def test_pk_loader_under_ddp_gives_each_rank_whole_batches_of_the_same_epoch():
+    from cnnkit.tasks.embed import PKLoader
+
+    labels = torch.arange(120) % 10  # 10 identities of 12 images
+    images = labels.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).to(torch.uint8).contiguous()
+    options = dict(mean=[0.0], std=[1.0], shuffle=True, augment=None, drop_last=True, seed=3)
+    single = [t.tolist() for _, t in PKLoader(images, labels, 3, batch_size=12, **options)]
+    ranks = [PKLoader(images, labels, 3, batch_size=12, rank=rank, world_size=2, **options) for rank in (0, 1)]
+    shares = [[t.tolist() for _, t in loader] for loader in ranks]
+    assert len(shares[0]) == len(shares[1]) == 5  # 120 images / 2 ranks / 12 per batch
+    for rank, share in enumerate(shares):
+        assert share == single[rank::2][:5]  # global batches rank, rank + 2, ...: each P x K whole
+        for targets in share:
+            assert sorted(torch.bincount(torch.tensor(targets))[torch.bincount(torch.tensor(targets)) > 0].tolist()) \
+                == [3, 3, 3, 3]
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def glyphs(tmp_path_factory) -> Path:
@@ -174,6 +193,24 @@ def test_glyph_identities_are_disjoint_between_train_and_test(glyphs):
     test = {p.name for p in (glyphs / "test").iterdir()}
     assert train and test and not train & test
     assert len(list((glyphs / "train" / sorted(train)[0]).iterdir())) >= 8
+
+
+def test_ddp_trains_an_embedding_on_two_processes(glyphs, tmp_path):
+    """`torchrun --nproc_per_node 2`: each rank trains on its share of the P x K batches, every rank validates
+    on every embedding (the same metrics), rank 0 writes the run."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cnnkit",
+               "train", "--task", "embed", "--data", str(glyphs), "--epochs", "2", "--out", str(tmp_path), "--name",
+               "ddp", "batch_size=32", "val_fraction=0.2", "embed_loss=triplet", "images_per_identity=4",
+               "report=false", "progress=false", "num_threads=1"]
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and 0 <= lines[-1]["val_rank1"] <= 1 and lines[-1]["val_identities"] >= 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ddp"]  # one run directory, from rank 0
+    wrong = subprocess.run(command[:-5] + ["batch_size=8", "embed_loss=triplet", "images_per_identity=4",
+                                           "progress=false", "num_threads=1"],
+                           cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0 and "4 per process of 2" in wrong.stderr + wrong.stdout
 
 
 def test_cli_trains_evaluates_verifies_and_searches(glyphs, tmp_path):

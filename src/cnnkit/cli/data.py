@@ -179,16 +179,30 @@ def run_data_check(args) -> int:
 def _add_data_make_glyphs(actions) -> None:
     parser = actions.add_parser(
         "make-glyphs", help="write the glyph identity benchmark (face-recognition style, from installed fonts)",
-        usage="cnnkit data make-glyphs OUT [--size PX] [--variants N] [--test-fraction F] [--seed S]",
+        usage="cnnkit data make-glyphs OUT [--characters SET] [--distinct-pictures] [--min-fonts N] [--size PX]\n"
+              "                               [--variants N] [--test-fraction F] [--seed S]",
         description="An open-set identity benchmark for --task embed: an identity is a character, its images\n"
                     "that character in every installed font that has it (DejaVu, Liberation, Noto ...), each with\n"
                     "seeded small distortions. Test identities (OUT/test/) are never in OUT/train/. Look-alike\n"
                     "characters (Latin A, Greek Alpha, Cyrillic A ...) are kept once. More fonts, more images:\n"
-                    "e.g. `apt-get install fonts-noto-core fonts-freefont-ttf`. OUT/README.txt lists the fonts.",
+                    "e.g. `apt-get install fonts-noto-core fonts-freefont-ttf`. OUT/README.txt lists the fonts.\n\n"
+                    "More identities: --characters cjk takes ~3,300 Han characters and Hangul syllables, drawn by\n"
+                    "Debian's CJK fonts (apt-get install fonts-noto-cjk fonts-arphic-ukai fonts-arphic-uming\n"
+                    "fonts-wqy-microhei fonts-wqy-zenhei fonts-ipafont-gothic fonts-ipafont-mincho fonts-nanum):\n"
+                    "~10 distinct fonts each. Their collections' faces (Noto Sans CJK JP, KR, SC ...) often draw\n"
+                    "a character the same way: add --distinct-pictures to keep one of each identical picture.",
         epilog="examples:\n  cnnkit data make-glyphs data/glyphs\n"
+               "  cnnkit data make-glyphs data/glyphs-cjk --characters cjk --distinct-pictures --variants 3\n"
                "  cnnkit train --task embed --data data/glyphs embed_loss=arcface",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", metavar="OUT", help="new (empty) folder to write")
+    parser.add_argument("--characters", choices=("default", "cjk", "all"), default="default",
+                        help="default: Latin, Greek, Cyrillic, digits, symbols and some more scripts; cjk: Han "
+                             "characters and Hangul syllables; all: both")
+    parser.add_argument("--distinct-pictures", action="store_true",
+                        help="keep a font's picture of a character only if no earlier font drew the same picture")
+    parser.add_argument("--min-fonts", type=int, default=8, metavar="N",
+                        help="leave out characters drawn by fewer fonts (default 8)")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
     parser.add_argument("--variants", type=int, default=2, metavar="N", help="distorted copies per font (default 2)")
     parser.add_argument("--test-fraction", type=float, default=0.3, metavar="F",
@@ -199,13 +213,16 @@ def _add_data_make_glyphs(actions) -> None:
 
 
 def run_data_make_glyphs(args) -> int:
-    from cnnkit.data.glyphs import GlyphsConfig, make_glyphs
+    from cnnkit.data.glyphs import CHARACTER_SETS, GlyphsConfig, make_glyphs
     from cnnkit.errors import CnnkitError
 
-    if args.size < 8 or args.variants < 1 or not 0 < args.test_fraction < 1:
-        raise CnnkitError("--size must be 8 or more, --variants 1 or more, --test-fraction in (0, 1)")
-    config = GlyphsConfig(size=args.size, variants=args.variants, test_fraction=args.test_fraction, seed=args.seed)
-    for split, (identities, images) in make_glyphs(args.out, config, progress=not args.quiet).items():
+    if args.size < 8 or args.variants < 1 or not 0 < args.test_fraction < 1 or args.min_fonts < 2:
+        raise CnnkitError("--size must be 8 or more, --variants 1 or more, --test-fraction in (0, 1), "
+                          "--min-fonts 2 or more")
+    config = GlyphsConfig(size=args.size, variants=args.variants, test_fraction=args.test_fraction, seed=args.seed,
+                          min_fonts=args.min_fonts, distinct_pictures=args.distinct_pictures)
+    made = make_glyphs(args.out, config, characters=CHARACTER_SETS[args.characters], progress=not args.quiet)
+    for split, (identities, images) in made.items():
         print(f"{split}: {identities} identities, {images} images")
     print(f"wrote {args.out} (fonts and settings: {Path(args.out) / 'README.txt'})")
     return 0

@@ -8,8 +8,18 @@ Omniglot-style setting of face verification. Characters that look alike in a ref
 Greek "Alpha", Cyrillic "A"; "O" and "0" ...) are kept once, so no two identities are the same picture.
 
     make_glyphs("data/glyphs")   # train/<identity>/*.png, test/<identity>/*.png, README.txt
+    make_glyphs("data/glyphs-cjk", GlyphsConfig(distinct_pictures=True), characters=CJK_CHARACTERS)
 
 The same settings and fonts give byte-identical files. Identities are named U+XXXX (their code point).
+
+CJK (`CJK_CHARACTERS`): with Debian's CJK fonts (fonts-noto-cjk, fonts-arphic-ukai/-uming, fonts-wqy-microhei/
+-zenhei, fonts-ipafont-gothic/-mincho, fonts-nanum) thousands of Han characters and Hangul syllables become
+identities, each drawn by ~10 distinct fonts: many identities, few "photos" each, as in face sets. Font
+collections (.ttc) count face by face (Noto Sans CJK JP, KR, SC ...); their faces often draw a character the
+same way, so `distinct_pictures` keeps one of each identical picture.
+
+Which fonts draw a character is read from each face's character map (fontTools, via matplotlib) before
+anything is drawn: drawing every character in every font was the slow part.
 """
 
 from __future__ import annotations
@@ -39,6 +49,11 @@ CHARACTERS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
               + "".join(chr(c) for c in range(0x905, 0x93A))  # Devanagari
               + "".join(chr(c) for c in range(0xE01, 0xE2F))  # Thai
               + "".join(chr(c) for c in range(0x13A0, 0x13F5)))  # Cherokee
+# Every 8th CJK unified ideograph (the block is ordered by radical and strokes, so this spreads over it) and
+# every 16th Hangul syllable: ~3,300 candidates; those drawn by too few fonts are left out at run time.
+CJK_CHARACTERS = ("".join(chr(c) for c in range(0x4E00, 0x9FA6, 8))
+                  + "".join(chr(c) for c in range(0xAC00, 0xD7A4, 16)))
+CHARACTER_SETS = {"default": CHARACTERS, "cjk": CJK_CHARACTERS, "all": CHARACTERS + CJK_CHARACTERS}
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class GlyphsConfig:
         similarity: Characters whose reference rendering correlates above this with an earlier kept one are
             left out (look-alikes).
         seed: Fixes the identity split and the distortions.
+        distinct_pictures: Keep a font's picture of a character only when no earlier font drew the very same
+            picture (font collections' faces, and fonts sharing glyphs); min_fonts then counts distinct pictures.
     """
 
     size: int = 32
@@ -61,13 +78,74 @@ class GlyphsConfig:
     min_fonts: int = 8
     similarity: float = 0.9
     seed: int = 0
+    distinct_pictures: bool = False
 
 
-def find_fonts(roots=FONT_ROOTS) -> list[Path]:
-    """The TrueType/OpenType fonts under `roots`, sorted, without symbol and maths fonts."""
-    fonts = [path for root in roots if Path(root).is_dir() for path in Path(root).rglob("*")
-             if path.suffix.lower() in (".ttf", ".otf") and not any(word in path.name for word in SKIPPED_FONTS)]
-    return sorted(fonts, key=lambda path: path.name)
+@dataclass(frozen=True)
+class FontFace:
+    """One face of a font file: a .ttf/.otf has one (index 0), a .ttc collection several."""
+
+    path: Path
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.stem}-{self.index}{self.path.suffix}" if self.is_collection else self.path.name
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    @property
+    def is_collection(self) -> bool:
+        return self.path.suffix.lower() == ".ttc"
+
+    def stat(self):
+        return self.path.stat()
+
+    def __str__(self) -> str:
+        return str(self.path) + (f"#{self.index}" if self.is_collection else "")
+
+
+def _face(font: "FontFace | Path | str") -> FontFace:
+    return font if isinstance(font, FontFace) else FontFace(Path(font))
+
+
+def _collection_size(path: Path) -> int:
+    from fontTools.ttLib import TTCollection
+
+    try:
+        return len(TTCollection(str(path), lazy=True).fonts)
+    except Exception:  # noqa: BLE001 - a damaged collection is skipped, like a font without glyphs
+        return 0
+
+
+def _code_points(face: FontFace) -> set[int]:
+    """The code points `face`'s character map covers (empty if the file cannot be read)."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(str(face.path), fontNumber=face.index if face.is_collection else -1, lazy=True) as font:
+            return set(font.getBestCmap() or {})
+    except Exception:  # noqa: BLE001 - unreadable: draw-checked instead (see make_glyphs)
+        return set()
+
+
+def find_fonts(roots=FONT_ROOTS) -> list[FontFace]:
+    """The TrueType/OpenType faces under `roots` (each face of a .ttc collection), sorted by name, without symbol
+    and maths fonts, and without links to fonts found anyway."""
+    faces, roots = [], [Path(root).resolve() for root in roots if Path(root).is_dir()]
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if any(word in path.name for word in SKIPPED_FONTS):
+                continue
+            if path.is_symlink() and any(path.resolve().is_relative_to(other) for other in roots):
+                continue  # another name of a font found anyway (Debian's fonts-japanese-gothic.ttf -> ipag.ttf)
+            if path.suffix.lower() in (".ttf", ".otf"):
+                faces.append(FontFace(path))
+            elif path.suffix.lower() == ".ttc":
+                faces += [FontFace(path, index) for index in range(_collection_size(path))]
+    return sorted(faces, key=lambda face: face.name)
 
 
 def _draw(font: ImageFont.FreeTypeFont, character: str, size: int, angle=0.0, scale=1.0, shift=(0, 0)):
@@ -97,23 +175,52 @@ def _has_glyph(font: ImageFont.FreeTypeFont, character: str, missing: numpy.ndar
     return drawn is not None and (missing is None or not numpy.array_equal(drawn, missing))
 
 
-def distinct_characters(characters: str, reference: ImageFont.FreeTypeFont, size: int, threshold: float) -> list[str]:
-    """The characters whose reference rendering correlates at most `threshold` with every earlier kept one."""
-    kept, vectors = [], []
+def distinct_characters(characters: str, reference, size: int, threshold: float) -> list[str]:
+    """The characters whose reference rendering correlates at most `threshold` with every earlier kept one.
+
+    `reference` is one font, or a function from a character to the font that draws it (None: left out).
+    """
+    kept, vectors = [], numpy.zeros((len(characters), size * size), dtype=numpy.float32)
     for character in characters:
-        drawn = _draw(reference, character, size)
+        font = reference(character) if callable(reference) else reference
+        drawn = None if font is None else _draw(font, character, size)
         if drawn is None:
             continue
         vector = drawn.flatten() - drawn.mean()
         vector /= numpy.linalg.norm(vector) + 1e-9
-        if vectors and float(numpy.max(numpy.stack(vectors) @ vector)) > threshold:
+        if kept and float(numpy.max(vectors[:len(kept)] @ vector)) > threshold:
             continue
+        vectors[len(kept)] = vector
         kept.append(character)
-        vectors.append(vector)
     return kept
 
 
-def make_glyphs(out: str | Path, config: GlyphsConfig = GlyphsConfig(), fonts: list[Path] | None = None,
+def _pictures(loaded: list, coverage: list[set[int]], missing: list, characters: list[str], size: int,
+              distinct: bool, progress: bool) -> dict[str, list[int]]:
+    """For each character, the indices of the fonts that draw it (not a "missing glyph" box); with `distinct`,
+    only the first font of each identical picture."""
+    from tqdm import tqdm
+
+    drawn_by = {}
+    for character in tqdm(characters, desc="fonts per character", disable=not progress, leave=False):
+        fonts, seen = [], set()
+        for index, font in enumerate(loaded):
+            if coverage[index] and ord(character) not in coverage[index]:
+                continue  # not in the font's character map: nothing to draw
+            drawn = _draw(font, character, size)
+            if drawn is None or (missing[index] is not None and numpy.array_equal(drawn, missing[index])):
+                continue
+            if distinct:
+                key = drawn.tobytes()
+                if key in seen:
+                    continue
+                seen.add(key)
+            fonts.append(index)
+        drawn_by[character] = fonts
+    return drawn_by
+
+
+def make_glyphs(out: str | Path, config: GlyphsConfig = GlyphsConfig(), fonts: list[FontFace | Path] | None = None,
                 characters: str = CHARACTERS, progress: bool = True) -> dict[str, tuple[int, int]]:
     """Write the benchmark to `out` (a new or empty folder); returns {split: (identities, images)}."""
     from tqdm import tqdm
@@ -121,16 +228,22 @@ def make_glyphs(out: str | Path, config: GlyphsConfig = GlyphsConfig(), fonts: l
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} is not empty; choose a new folder for the glyph benchmark")
-    fonts = fonts if fonts is not None else find_fonts()
-    reference = next((path for path in fonts if path.name == REFERENCE_FONT), fonts[0] if fonts else None)
-    if reference is None:
+    fonts = [_face(font) for font in (fonts if fonts is not None else find_fonts())]
+    if not fonts:
         raise DataError("no fonts found under " + ", ".join(FONT_ROOTS) + "; install some, e.g. "
                         "`apt-get install fonts-dejavu-core fonts-liberation fonts-noto-core`")
     size = config.size
-    loaded = [ImageFont.truetype(str(path), size * 2) for path in fonts]
-    kept = distinct_characters(characters, ImageFont.truetype(str(reference), size * 2), size, config.similarity)
+    loaded = [ImageFont.truetype(str(face.path), size * 2, index=face.index) for face in fonts]
+    coverage = [_code_points(face) for face in fonts]
     missing = [_draw(font, "\U0010FFFD", size) for font in loaded]  # each font's "missing glyph" picture
-    drawn_by = {c: [i for i, font in enumerate(loaded) if _has_glyph(font, c, missing[i], size)] for c in kept}
+    reference = next((i for i, face in enumerate(fonts) if face.name == REFERENCE_FONT), 0)
+    font_order = [reference] + [i for i in range(len(fonts)) if i != reference]
+
+    def reference_for(character: str):  # the reference font, else the first font whose map has the character
+        return next((loaded[i] for i in font_order if not coverage[i] or ord(character) in coverage[i]), None)
+
+    kept = distinct_characters(characters, reference_for, size, config.similarity)
+    drawn_by = _pictures(loaded, coverage, missing, kept, size, config.distinct_pictures, progress)
     identities = [c for c in kept if len(drawn_by[c]) >= config.min_fonts]
     if len(identities) < 4:
         raise DataError(f"only {len(identities)} characters are drawn by at least {config.min_fonts} of the "
@@ -158,12 +271,13 @@ def make_glyphs(out: str | Path, config: GlyphsConfig = GlyphsConfig(), fonts: l
     lines = [f"cnnkit glyph benchmark: {sum(c[0] for c in counts.values())} identities (characters) from "
              f"{len(fonts)} fonts", f"settings: {asdict(config)}"]
     lines += [f"{split}: {identities_} identities, {images} images" for split, (identities_, images) in counts.items()]
+    lines.append(f"fonts digest: {fonts_hash(fonts)}")
     lines.append("fonts: " + ", ".join(path.name for path in fonts))
     (out / "README.txt").write_text("\n".join(lines) + "\n")
     return counts
 
 
-def fonts_hash(fonts: list[Path]) -> str:
+def fonts_hash(fonts: list[FontFace | Path]) -> str:
     """A short digest of the font files' names and sizes (which fonts a benchmark was made with)."""
     import hashlib
 
@@ -171,4 +285,5 @@ def fonts_hash(fonts: list[Path]) -> str:
     return digest.hexdigest()[:12]
 
 
-__all__ = ["CHARACTERS", "GlyphsConfig", "distinct_characters", "find_fonts", "fonts_hash", "make_glyphs"]
+__all__ = ["CHARACTERS", "CHARACTER_SETS", "CJK_CHARACTERS", "FontFace", "GlyphsConfig", "distinct_characters",
+           "find_fonts", "fonts_hash", "make_glyphs"]

@@ -22,6 +22,7 @@ import torch
 from cnnkit.data import ArrayDataset, TensorLoader, compute_mean_std, load_dataset
 from cnnkit.data.loader import epoch_generator
 from cnnkit.data.preprocess import Preprocessing
+from cnnkit.engine.distributed import DistInfo
 from cnnkit.errors import DataError
 
 FASHION_MNIST_TRAIN_IDENTITIES = 7  # classes 0-6 train, 7-9 test (held-out classes)
@@ -121,14 +122,24 @@ class PKLoader(TensorLoader):
             order = torch.cat([order, torch.randint(total, (total - len(order),), generator=generator)])
         return order
 
+    def _epoch_slots(self) -> torch.Tensor:
+        """Under DDP each rank takes whole P x K batches (global batch i x world_size + rank), not every
+        world_size-th image, which would split each identity's K images over the ranks."""
+        blocks = torch.arange(len(self)) * self.world_size + self.rank  # this rank's batches in the epoch order
+        return (blocks[:, None] * self.batch_size + torch.arange(self.batch_size)).flatten()
+
 
 def make_loader(dataset: ArrayDataset, preprocessing: Preprocessing, config, device: torch.device, train: bool,
-                pk: bool = False) -> TensorLoader:
-    """Training: shuffled (or P x K with `pk`), augmented, full batches. Evaluation: every image once, in order."""
-    options = dict(batch_size=config.batch_size if train else max(config.batch_size, 512),
+                pk: bool = False, dist_info: DistInfo = DistInfo()) -> TensorLoader:
+    """Training: shuffled (or P x K with `pk`), augmented, full batches; under DDP each rank its share of every
+    epoch, batch_size / world_size images per rank (the global batch stays batch_size). Evaluation: every image
+    once, in order, on every rank (verification scores every pair: each rank computes the same metrics)."""
+    world = dist_info.world_size if train else 1
+    options = dict(batch_size=max(1, config.batch_size // world) if train else max(config.batch_size, 512),
                    mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=train,
                    augment=config.augment_config() if train else None, drop_last=train, seed=config.seed,
-                   channels_last=config.channels_last, device=device)
+                   channels_last=config.channels_last, device=device,
+                   rank=dist_info.rank if train else 0, world_size=world)
     if train and pk:
         return PKLoader(dataset.images, dataset.labels, config.images_per_identity, **options)
     return TensorLoader(dataset.images, dataset.labels, **options)

@@ -23,12 +23,11 @@ def check_settings(config, dist_info) -> None:
         raise ConfigError("embedding_dim and subcenters must be 1 or more, images_per_identity 2 or more")
     if not config.margin_lr_multiplier > 0:
         raise ConfigError(f"margin_lr_multiplier={config.margin_lr_multiplier} must be greater than 0")
-    if config.embed_loss in PAIR_LOSSES and config.batch_size // config.images_per_identity < 2:
-        raise ConfigError(f"embed_loss={config.embed_loss}: batch_size {config.batch_size} holds fewer than 2 identities "
-                          f"of images_per_identity={config.images_per_identity}; raise batch_size")
-    if dist_info.enabled:
-        raise ConfigError("--task embed trains on one process for now (its validation gathers every embedding); "
-                          "run it without torchrun")
+    per_rank = config.batch_size // dist_info.world_size  # under DDP each rank mines its own share of the batch
+    if config.embed_loss in PAIR_LOSSES and per_rank // config.images_per_identity < 2:
+        where = f" ({per_rank} per process of {dist_info.world_size})" if dist_info.enabled else ""
+        raise ConfigError(f"embed_loss={config.embed_loss}: batch_size {config.batch_size}{where} holds fewer than 2 "
+                          f"identities of images_per_identity={config.images_per_identity}; raise batch_size")
     if config.pretrained:
         raise ConfigError("pretrained weights are not supported for --task embed yet; train from scratch")
 
@@ -63,7 +62,7 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     task = EmbedTask(model, config.embed_loss, config.margin)
     record = build_record(task.name, architecture, data.train_identities, data.preprocessing.to_dict(), config)
     train_loader = make_loader(data.train, data.preprocessing, config, device, train=True,
-                               pk=config.embed_loss in PAIR_LOSSES)
+                               pk=config.embed_loss in PAIR_LOSSES, dist_info=dist_info)
     val_loader = make_loader(data.val, data.preprocessing, config, device, train=False) if data.val else None
     size = "x".join(map(str, data.preprocessing.image_size))
     sizes = (f"{len(data.train)} train images of {len(data.train_identities)} identities / "

@@ -60,8 +60,8 @@ class EmbeddingMeter:
     """Collects the embeddings of a split; `compute` scores every pair (verification) and a gallery of each
     identity's first image against the rest (identification).
 
-    Under DDP each rank would hold its own shard: the meter has no tensors to sum, so embed runs validate on
-    one process (see cnnkit.tasks.embed.setup).
+    Scoring every pair needs every embedding, so under DDP every rank validates on the whole split (the
+    embed task's evaluation loader is not sharded) and computes the same metrics: no tensors to sum.
     """
 
     def __init__(self):
