@@ -233,6 +233,9 @@ def markdown(rows: list[dict]) -> str:
             value = ", ".join(f"{key} {row[key]:.4f}" for key in ("knn_accuracy", "linear_probe_accuracy") if key in row)
             if "epochs" in row:
                 value += f" after {row['epochs']} epochs in {row['train_seconds'] / 60:.1f} min"
+            knn = [point[1] for point in row.get("curve", []) if point[1] is not None]
+            if knn and "knn_accuracy" not in row:  # MAE/BEiT: the monitor's kNN on the validation split
+                value = f"val kNN {max(knn):.4f}" + value
         table.append([row["experiment"], value])
     lines = [_common.markdown_table(["experiment", "result"], table), "", "## Goals of issue 20", ""]
     contrastive = [by_name[name]["linear_probe_accuracy"] for name in ("simclr", "moco") if name in by_name]
@@ -249,7 +252,10 @@ def markdown(rows: list[dict]) -> str:
     lines += ["", "Every run here held the shared heavy-job lock; the load averages under 'Measured by' show what else "
               "ran. Rows of 2026-12-06: other agents edited files and ran tests meanwhile (light load). Rows of "
               "2026-12-07 (simclr, labels-*): a niced analysis script and one niced unit test ran beside the SimCLR "
-              "pretraining for a few minutes; beside the MoCo run (moco row), niced unit tests for about 5 of its 29 minutes.", ""]
+              "pretraining for a few minutes; beside the MoCo run (moco row), niced unit tests for about 5 of its 29 minutes. "
+              "Rows of 2026-12-07 07:30-08:30 (mae, labels-vit-mae-finetune; beit, labels-vit-scratch, "
+              "labels-vit-beit-finetune): nothing else ran beside them; a first BEiT run shared the CPU with a "
+              "niced smoke test for ~2 minutes, so BEiT and the scratch rows were measured again alone.", ""]
     return "\n".join(lines) + "\n" + _common.runs_markdown(rows, "experiment")
 
 
