@@ -75,16 +75,22 @@ def write_crops(scenes: Path, out: Path) -> dict[str, int]:
                 for box, label in zip(image.boxes.tolist(), image.labels.tolist()):
                     folder = out / split / f"{label}"
                     folder.mkdir(parents=True, exist_ok=True)
-                    crop = picture.crop(tuple(int(value) for value in box)).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR)
-                    crop.save(folder / f"{count}.png")
+                    Image.fromarray(squashed_crop(picture, box)).save(folder / f"{count}.png")
                     count += 1
         counts[split] = count
     return counts
 
 
-def oracle_scores(run_dir: Path, scenes: Path) -> dict:
+def squashed_crop(picture: Image.Image, box: list[float]) -> numpy.ndarray:
+    """The object's box resized to CROP_SIZE x CROP_SIZE (the crops `write_crops` writes), (H, W, 3) uint8."""
+    return numpy.asarray(picture.crop(tuple(int(value) for value in box)).resize((CROP_SIZE, CROP_SIZE),
+                                                                                 Image.BILINEAR))
+
+
+def oracle_scores(run_dir: Path, scenes: Path, crop=squashed_crop) -> dict:
     """The crop classifier on the test split with the true boxes and masks: accuracy, mAP@.5 and per-class
-    AP50 (true boxes), oracle-mask mIoU and per-class IoU (true masks painted with the predicted classes)."""
+    AP50 (true boxes), oracle-mask mIoU and per-class IoU (true masks painted with the predicted classes).
+    `crop(picture, box)` cuts what the classifier was trained on ((H, W, 3) uint8)."""
     classifier = cnnkit.load(run_dir, device="cpu")
     folder_class = [int(name) for name in classifier.classes]  # class folders are named by label index
     test = read_split(scenes, "test")
@@ -96,10 +102,8 @@ def oracle_scores(run_dir: Path, scenes: Path) -> dict:
             continue
         with Image.open(image.file) as picture:
             picture = picture.convert("RGB")
-            crops = [numpy.asarray(picture.crop(tuple(int(value) for value in box)).resize((CROP_SIZE, CROP_SIZE),
-                                                                                           Image.BILINEAR))
-                     for box in image.boxes.tolist()]
-        batch = torch.from_numpy(numpy.stack(crops)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+            crops = [crop(picture, box) for box in image.boxes.tolist()]
+        batch = torch.from_numpy(numpy.stack(crops)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
         probabilities = classifier.predict_proba(batch).cpu()  # (N, 10), columns in folder order
         labels = torch.tensor(folder_class)
         truth = torch.from_numpy(image.labels)

@@ -89,6 +89,8 @@ ENCODER = {"task": "classify", "model": "resnet18", "data": "fashion-mnist", "im
 SCENE_ENCODER = {**ENCODER, "channels": 3, "translate": 4, "scale": 0.1}
 WINDOW = 64
 ENCODER_MODELS = ("unet", "deeplabv3", "fcn", "maskrcnn")  # the resnet18 segmenters
+ORACLE_NOTE = ("true masks painted with the classifier's class for each object; with benchmarks/scenes_data.py's "
+               "fastnet on 32-px squashed crops: 0.7995")
 GARMENT_GOALS = {"unet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}  # within 30 min of segmentation
 
 
@@ -114,6 +116,9 @@ def parse_args() -> argparse.Namespace:
                         help="the garment classifier's training budget (default 10), counted in each row's total")
     parser.add_argument("--encoder-run", default=None,
                         help="reuse this garment classifier run instead of training one (its recorded minutes count)")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="train the --encoder classifier (and, for scene-crops, score the scenes' oracle with it), "
+                             "no segmenter; writes segmentation-encoder.json and .md")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the rows of models not run this time (default: keep them from segmentation.json)")
     return parser.parse_args()
@@ -182,6 +187,13 @@ def inference_speed(predictor, settings: dict, task: str) -> float:
     return count / (time.perf_counter() - started)
 
 
+def window(picture, box: list[float], size: int = WINDOW):
+    """The SIZE x SIZE window of `picture` centred on `box`, shifted to stay inside the picture."""
+    left = min(max(0, round((box[0] + box[2]) / 2 - size / 2)), max(0, picture.width - size))
+    top = min(max(0, round((box[1] + box[3]) / 2 - size / 2)), max(0, picture.height - size))
+    return picture.crop((left, top, left + size, top + size))
+
+
 def write_windows(scenes: Path, out: Path, size: int = WINDOW) -> dict[str, int]:
     """SIZE x SIZE windows of the train and test canvases, one around each object at its own scale (shifted to
     stay inside the canvas), as class folders out/SPLIT/CLASS/N.png: what the segmenters' encoders must see."""
@@ -196,11 +208,9 @@ def write_windows(scenes: Path, out: Path, size: int = WINDOW) -> dict[str, int]
             with Image.open(image.file) as picture:
                 picture = picture.convert("RGB")
                 for box, label in zip(image.boxes.tolist(), image.labels.tolist()):
-                    left = min(max(0, round((box[0] + box[2]) / 2 - size / 2)), max(0, picture.width - size))
-                    top = min(max(0, round((box[1] + box[3]) / 2 - size / 2)), max(0, picture.height - size))
                     folder = out / split / f"{label}"
                     folder.mkdir(parents=True, exist_ok=True)
-                    picture.crop((left, top, left + size, top + size)).save(folder / f"{count}.png")
+                    window(picture, box, size).save(folder / f"{count}.png")
                     count += 1
         counts[split] = count
     out.with_name(out.name + ".json").write_text(json.dumps(counts))  # beside, not in, the class folders: done
@@ -235,8 +245,18 @@ def train_encoder(args, out: Path) -> dict:
         seconds = time.perf_counter() - started
     accuracy = cnnkit.load(run_dir, device="cpu").evaluate("test")["accuracy"]
     print(f"encoder: {run_dir}, {seconds / 60:.1f} min, test accuracy {accuracy:.4f}", flush=True)
-    return {"run": str(run_dir), "seconds": seconds, "test_accuracy": accuracy, "settings": dict(recipe),
-            "kind": args.encoder}
+    result = {"run": str(run_dir), "seconds": seconds, "test_accuracy": accuracy, "settings": dict(recipe),
+              "kind": args.encoder}
+    if args.encoder == "scene-crops":  # issue 25 §3: the scenes' oracle with this (stronger) crop classifier
+        import numpy
+
+        from scenes_data import oracle_scores
+
+        oracle = oracle_scores(run_dir, Path(args.data), crop=lambda picture, box: numpy.asarray(window(picture, box)))
+        result["oracle"] = {key: oracle[key] for key in ("accuracy", "map50", "miou", "iou")}
+        print(f"oracle with this classifier: crop accuracy {oracle['accuracy']:.4f}, oracle-box mAP@.5 "
+              f"{oracle['map50']:.4f}, oracle-mask mIoU {oracle['miou']:.4f}", flush=True)
+    return result
 
 
 def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
@@ -313,6 +333,9 @@ def markdown(rows: list[dict], args) -> str:
                       else "Fashion-MNIST")
             lines[-1] += (f". Encoder: resnet18 trained on {source} first ({encoder['seconds'] / 60:.1f} min, test "
                           f"accuracy {encoder['test_accuracy']:.4f}); total {row['total_seconds'] / 60:.1f} min")
+            if encoder.get("oracle"):
+                lines[-1] += (f". The scenes' oracle with this classifier: oracle-mask mIoU "
+                              f"{encoder['oracle']['miou']:.4f} ({ORACLE_NOTE})")
         if row.get("note"):
             lines[-1] += f". Conditions: {row['note']}"
     lines += ["", "Settings per model (cnnkit train key=value):", ""]
@@ -321,6 +344,23 @@ def markdown(rows: list[dict], args) -> str:
         lines.append(f"- {row['name']}: `{' '.join(f'{k}={json.dumps(v) if isinstance(v, dict) else v}' for k, v in shown.items())}`"
                      + ("" if "budget" in row["settings"] else f" epochs={row['epochs']}"))
     return "\n".join(lines) + "\n\n" + _common.runs_markdown(rows, "name")
+
+
+def write_encoder_result(encoder: dict | None, header: dict, args) -> None:
+    if encoder is None:
+        raise SystemExit("--encoder-only needs --encoder garments or scene-crops")
+    lines = [f"Encoder `--encoder {encoder['kind']}`: resnet18, {encoder['seconds'] / 60:.1f} min, test accuracy "
+             f"{encoder['test_accuracy']:.4f}.", ""]
+    if encoder.get("oracle"):
+        oracle = encoder["oracle"]
+        lines += [f"The scenes' oracle with this classifier (test split, true boxes and masks): crop accuracy "
+                  f"{oracle['accuracy']:.4f}, oracle-box mAP@.5 {oracle['map50']:.4f}, oracle-mask mIoU "
+                  f"**{oracle['miou']:.4f}** ({ORACLE_NOTE}).", "",
+                  "Per-class oracle IoU: " + ", ".join(f"{name} {value:.3f}" for name, value in oracle["iou"].items()
+                                                       if value is not None), ""]
+    lines.append(f"Settings: `{' '.join(f'{k}={v}' for k, v in encoder['settings'].items())}`")
+    _common.finish("segmentation-encoder", "The segmenters' encoder on its own (issue 25 §3)", header,
+                   {"encoder": encoder}, "\n".join(lines) + "\n", args.results_dir)
 
 
 def main() -> None:
@@ -340,6 +380,9 @@ def main() -> None:
                 raise SystemExit(f"--encoder {args.encoder}: {', '.join(unfit)} has no resnet18 encoder; choose among "
                                  f"{', '.join(ENCODER_MODELS)}")
             encoder = train_encoder(args, out)
+        if args.encoder_only:
+            write_encoder_result(encoder, header, args)
+            return
         rows = [run_model(name, args, out, encoder) for name in args.models]
     order = [*MODELS, *(f"{name}+{kind}" for kind in ("garments", "scene-crops") for name in ENCODER_MODELS)]
     rows = _common.merge_previous(NAME, header, rows, "name", order, args.results_dir, args.fresh)
