@@ -64,8 +64,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def write_crops(scenes: Path, out: Path) -> dict[str, int]:
-    """The ground-truth crops of train and test as class folders (out/SPLIT/k/N.png), 32x32 RGB."""
+def squashed_crop(picture: Image.Image, box: list[float]) -> numpy.ndarray:
+    """The object's box resized to CROP_SIZE x CROP_SIZE (the crops `write_crops` writes), (H, W, 3) uint8."""
+    return numpy.asarray(picture.crop(tuple(int(value) for value in box)).resize((CROP_SIZE, CROP_SIZE),
+                                                                                 Image.BILINEAR))
+
+
+def write_crops(scenes: Path, out: Path, crop=squashed_crop) -> dict[str, int]:
+    """The ground-truth crops of train and test as class folders (out/SPLIT/k/N.png): `crop(picture, box)`,
+    by default the box squashed to 32x32 RGB."""
     counts = {}
     for split in ("train", "test"):
         count = 0
@@ -75,16 +82,10 @@ def write_crops(scenes: Path, out: Path) -> dict[str, int]:
                 for box, label in zip(image.boxes.tolist(), image.labels.tolist()):
                     folder = out / split / f"{label}"
                     folder.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(squashed_crop(picture, box)).save(folder / f"{count}.png")
+                    Image.fromarray(crop(picture, box)).save(folder / f"{count}.png")
                     count += 1
         counts[split] = count
     return counts
-
-
-def squashed_crop(picture: Image.Image, box: list[float]) -> numpy.ndarray:
-    """The object's box resized to CROP_SIZE x CROP_SIZE (the crops `write_crops` writes), (H, W, 3) uint8."""
-    return numpy.asarray(picture.crop(tuple(int(value) for value in box)).resize((CROP_SIZE, CROP_SIZE),
-                                                                                 Image.BILINEAR))
 
 
 def oracle_scores(run_dir: Path, scenes: Path, crop=squashed_crop) -> dict:

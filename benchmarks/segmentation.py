@@ -197,22 +197,11 @@ def window(picture, box: list[float], size: int = WINDOW):
 def write_windows(scenes: Path, out: Path, size: int = WINDOW) -> dict[str, int]:
     """SIZE x SIZE windows of the train and test canvases, one around each object at its own scale (shifted to
     stay inside the canvas), as class folders out/SPLIT/CLASS/N.png: what the segmenters' encoders must see."""
-    from PIL import Image
+    import numpy
 
-    from cnnkit.data.detection import read_split
+    from scenes_data import write_crops
 
-    counts = {}
-    for split in ("train", "test"):
-        count = 0
-        for image in read_split(scenes, split).images:
-            with Image.open(image.file) as picture:
-                picture = picture.convert("RGB")
-                for box, label in zip(image.boxes.tolist(), image.labels.tolist()):
-                    folder = out / split / f"{label}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    window(picture, box, size).save(folder / f"{count}.png")
-                    count += 1
-        counts[split] = count
+    counts = write_crops(scenes, out, crop=lambda picture, box: numpy.asarray(window(picture, box, size)))
     out.with_name(out.name + ".json").write_text(json.dumps(counts))  # beside, not in, the class folders: done
     return counts
 
