@@ -10,6 +10,11 @@ then `--part write` composes benchmarks/results/search.md and search.json):
     final    the search's winner vs fastnet, each trained with the `make demo` recipe (10 epochs) and evaluated
              once on the test split, for each of --seeds (default 0 1 2; seed 0's runs are reused).
     scaling  `cnnkit search --space scaling`: the (alpha, beta, gamma) grid at phi = 1, then phi = -1..2.
+    fastnet  `cnnkit search --space fastnet --strategy halving` with macs <= 60% of fastnet: FastNet's own design
+             space (stem, stage widths and convolutions), successive halving from 1 to 9 proxy epochs on
+             --fastnet-proxy-images, the top --fastnet-full of the last rung retrained with the demo recipe
+             (validation accuracy picks the winner), then the winner with the demo recipe on --seeds, test split
+             once per run, against fastnet's runs of the final part (search-final.json).
     cells    `cnnkit search --space cells --strategy darts`: first-order DARTS (--darts-epochs) on the proxy subset,
              its cell and 8 random cells within 10% of its parameters, each trained by the same proxy
              (--cells-proxy-epochs); DARTS against the random cells' median.
@@ -138,6 +143,35 @@ def part_scaling(args) -> dict:
             "grid": [{"arch": r["arch"], "macs": r["macs"], "score": r["score"]} for r in result["records"]],
             "family_lines": [line for line in Path(result["report"]).read_text().splitlines() if line.startswith("|")
                              and ("phi" in line or line[2:3].lstrip("-").isdigit())], "n_family": len(family)}
+
+
+def part_fastnet(args) -> dict:
+    import torch
+
+    from cnnkit.search import search
+    from cnnkit.search.report import final_rung
+
+    torch.set_num_threads(THREADS)
+    root = WORK / "fastnet"
+    started = time.perf_counter()
+    result = search(root, space="fastnet", strategy="halving", budget=f"{args.fastnet_minutes:g}m",
+                    constraints=[f"macs<={0.6 * FASTNET_MACS:.0f}"], proxy_images=args.fastnet_proxy_images,
+                    proxy_epochs=1, full=args.fastnet_full, full_epochs=10, full_pick="top",
+                    settings={"num_threads": THREADS}, resume=(root / "search.json").is_file())
+    search_seconds = time.perf_counter() - started
+    runs = [_train_and_test(str(root / "winner.yaml"), f"fastnet-space-winner{'' if seed == 0 else f'-seed{seed}'}",
+                            WORK / "final", seed) for seed in args.seeds]
+    fastnet = (_load("final") or {}).get("fastnet")
+    records = result["records"]
+    return {"search_dir": str(root), "search_wall_seconds": search_seconds, "candidates": len(records),
+            "training_seconds": sum(r["seconds"] for r in records),
+            "rungs": {str(e): sum(r["epochs"] == e for r in records) for e in sorted({r["epochs"] for r in records})},
+            "last_rung": sorted(({k: r[k] for k in ("key", "description", "macs", "params", "score")}
+                                 for r in final_rung(records) if r["epochs"] == max(x["epochs"] for x in records)),
+                                key=lambda r: -r["score"]),
+            "full": result["full"], "winner": {k: result["winner"][k] for k in
+                                               ("key", "description", "macs", "params", "score", "full_score")},
+            "winner_runs": runs, "fastnet": fastnet, "report": str(result["report"])}
 
 
 def part_cells(args) -> dict:
@@ -307,7 +341,8 @@ def write_markdown() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", nargs="+", choices=("regnet", "final", "scaling", "cells", "write", "next"),
+    parser.add_argument("--part", nargs="+",
+                        choices=("regnet", "final", "scaling", "cells", "fastnet", "write", "next"),
                         required=True,
                         help="next: the first of final, scaling not yet done (several queued lock waiters share "
                              "the parts)")
@@ -316,6 +351,10 @@ def main() -> None:
     parser.add_argument("--cells-proxy-epochs", type=int, default=2, help="--part cells: proxy epochs per cell")
     parser.add_argument("--darts-epochs", type=int, default=3, help="--part cells: epochs of the DARTS search")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--part final: training seeds")
+    parser.add_argument("--fastnet-minutes", type=float, default=40.0,
+                        help="--part fastnet: the search's training budget (the retraining comes on top)")
+    parser.add_argument("--fastnet-proxy-images", type=int, default=20000)
+    parser.add_argument("--fastnet-full", type=int, default=3, help="--part fastnet: last-rung candidates retrained")
     parser.add_argument("--full", type=int, default=8)
     parser.add_argument("--full-epochs", type=int, default=2)
     args = parser.parse_args()
@@ -333,7 +372,8 @@ def main() -> None:
             continue
         header = _common.run_header(quick=False)
         started = time.perf_counter()
-        result = {"regnet": part_regnet, "final": part_final, "scaling": part_scaling, "cells": part_cells}[part](args)
+        result = {"regnet": part_regnet, "final": part_final, "scaling": part_scaling, "cells": part_cells,
+                  "fastnet": part_fastnet}[part](args)
         result = {**header, "part": part, "seconds": time.perf_counter() - started,
                   "load_average_end": list(os.getloadavg()), **result}
         path = RESULTS / f"search-{part}.json"

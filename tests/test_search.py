@@ -16,7 +16,7 @@ from cnnkit.models.anynet import AnyNetDesign, anynet_macs, anynet_spec, regnet_
 from cnnkit.models.custom import CustomCNN
 from cnnkit.search import search
 from cnnkit.search.report import pareto_front, rank, spearman
-from cnnkit.search.spaces import Constraint, RegNetSpace
+from cnnkit.search.spaces import Constraint, FastNetSpace, RegNetSpace
 
 # torchvision's builders' (depth, w_0, w_a, w_m, group_width) for the 15 published RegNetX/Y models.
 PUBLISHED = {
@@ -75,6 +75,42 @@ def test_anynet_spec_is_the_described_network() -> None:
     assert [c.groups for c in convs if c.kernel_size == (3, 3)] == [1, 2, 1, 1]
     assert [c.stride[0] for c in convs if c.kernel_size == (3, 3)] == [1, 2, 2, 1]
     assert anynet_macs(design, 1, 28, 4) == count_macs(model, (1, 28, 28))
+
+
+def test_fastnet_space_holds_fastnet_itself_and_its_macs_formula_is_measured() -> None:
+    from cnnkit.models.fastnet import fastnet
+
+    space = FastNetSpace()
+    reference = fastnet(num_classes=10, in_chans=1, input_size=28)
+    base = CustomCNN(space.spec(space.base), num_classes=10, in_chans=1, input_size=28)
+    assert space.macs(space.base, 1, 28, 10) == count_macs(base, (1, 28, 28)) == count_macs(reference, (1, 28, 28))
+    assert sum(p.numel() for p in base.parameters()) == sum(p.numel() for p in reference.parameters())
+    # the same weights give the same logits: the YAML layout is fastnet's (ceil pooling: 7x7 -> 4x4)
+    with torch.no_grad():
+        for target, source in zip(base.parameters(), reference.parameters()):
+            target.copy_(source)
+        images = torch.randn(2, 1, 28, 28)
+        assert torch.allclose(base.eval()(images), reference.eval()(images), atol=1e-5)
+    rng = random.Random(1)
+    for _ in range(4):
+        arch = space.sample(rng)
+        child = space.mutate(arch, rng)
+        assert sum(arch[k] != child[k] for k in arch) == 1 and space.is_valid(child)
+        for in_chans, size in ((1, 28), (3, 32)):
+            model = CustomCNN(space.spec(arch), num_classes=10, in_chans=in_chans, input_size=size)
+            assert space.macs(arch, in_chans, size, 10) == count_macs(model, (in_chans, size, size))
+
+
+def test_yaml_pools_take_ceil_mode() -> None:
+    spec = {"layers": [{"conv": {"filters": 4}}, {"maxpool": {"kernel": 2, "ceil": True}}, "globalavgpool",
+                       {"linear": {"units": 2}}]}
+    model = CustomCNN(spec, num_classes=2, in_chans=1, input_size=7)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools[0].ceil_mode and pools[0](torch.zeros(1, 1, 7, 7)).shape[-1] == 4
+    from cnnkit.models.custom import ModelSpecError
+
+    with pytest.raises(ModelSpecError, match="ceil must be true or false"):
+        CustomCNN({"layers": [{"maxpool": {"ceil": "yes"}}]}, num_classes=2, in_chans=1, input_size=8)
 
 
 def test_constraints_parse_and_bound_the_sampled_macs() -> None:
@@ -221,3 +257,16 @@ def test_bad_search_arguments_are_clear_errors_before_anything_is_written(tmp_pa
         assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="no search.json"):
         search(tmp_path / "nothing", resume=True, log=lambda *a: None)
+
+
+def test_full_pick_top_retrains_the_best_of_the_last_rung_in_the_fastnet_space(tmp_path: Path,
+                                                                               image_folder: Path) -> None:
+    trainer = FakeTrainer()
+    result = _search(tmp_path / "top", image_folder, trainer, space="fastnet", strategy="halving",
+                     constraints=["macs<=11.3M"], max_candidates=13, full=1, full_epochs=2, full_pick="top")
+    last_rung = [r for r in result["records"] if r["epochs"] == 9]
+    assert len(last_rung) == 1 and [f["key"] for f in result["full"]] == [last_rung[0]["key"]]
+    assert all(r["space"] == "fastnet" and r["macs"] == r["measured_macs"] <= 11.3e6 for r in result["records"])
+    assert result["winner"]["key"] == last_rung[0]["key"]
+    with pytest.raises(ConfigError, match="full_pick"):
+        _search(tmp_path / "bad", image_folder, trainer, full_pick="best")

@@ -10,7 +10,8 @@ from cnnkit.errors import ConfigError
 
 def add_search(commands) -> None:
     parser = commands.add_parser(
-        "search", help="architecture search: RegNet design space, compound scaling or DARTS cells, in a time budget",
+        "search", help="architecture search: RegNet or FastNet design spaces, compound scaling or DARTS cells, "
+                       "in a time budget",
         description="Search a space of networks on your data: each candidate is trained briefly (the proxy: a few\n"
                     "epochs on a subset) and recorded in SEARCH_DIR/candidates.jsonl; the search writes the Pareto\n"
                     "front (accuracy vs MACs), error EDF plots, report.md and the winner as winner.yaml (a cnnkit\n"
@@ -19,18 +20,22 @@ def add_search(commands) -> None:
                     "spaces and strategies:\n"
                     "  regnet   RegNetX design space (depth, w_0, w_a, w_m, group width, bottleneck); random,\n"
                     "           evolution (aging) or halving (successive halving over proxy epochs)\n"
+                    "  fastnet  FastNet's own design space: stem width, each stage's width and convolutions (fastnet\n"
+                    "           itself is one point); random, evolution or halving\n"
                     "  scaling  EfficientNet compound scaling of fastnet: (alpha, beta, gamma) grid, then phi=-1..2\n"
                     "  cells    DARTS cell space: darts (first-order differentiable search) or random cells",
         epilog="examples:\n"
                "  cnnkit search --space regnet --strategy random --budget 10m --constraint 'macs<=19M'\n"
                "  cnnkit search --space regnet --strategy evolution --budget 30m --full 8 num_threads=2\n"
+               "  cnnkit search --space fastnet --strategy halving --budget 40m --constraint 'macs<=11.3M' --full 4\n"
                "  cnnkit search --resume searches/regnet-random-fashion-mnist\n"
                "  cnnkit train --config searches/regnet-random-fashion-mnist/winner_recipe.yaml\n\n"
                "on a cluster: see the cnnkit.search module docstring (Optuna with a shared storage, or Ray Tune).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", choices=("regnet", "scaling", "cells"), default="regnet")
+    parser.add_argument("--space", choices=("regnet", "fastnet", "scaling", "cells"), default="regnet")
     parser.add_argument("--strategy", default=None,
-                        help="random | evolution | halving (regnet); darts | random (cells); default random/darts")
+                        help="random | evolution | halving (regnet, fastnet); darts | random (cells); default "
+                             "random/darts")
     parser.add_argument("--data", default="fashion-mnist", help="the dataset, as for cnnkit train")
     parser.add_argument("--budget", default="10m", help="training time to spend: 90s, 10m, 1.5h (default 10m)")
     parser.add_argument("--constraint", action="append", default=[], metavar="METRIC<=VALUE",
@@ -43,6 +48,9 @@ def add_search(commands) -> None:
                         help="retrain K candidates spread over the proxy ranking with the full recipe: the "
                              "proxy-vs-full rank correlation, and the winner picked by full training")
     parser.add_argument("--full-epochs", type=int, default=10, help="epochs of the full recipe (default 10)")
+    parser.add_argument("--full-pick", choices=("spread", "top"), default="spread",
+                        help="which K to retrain: spread over the proxy ranking (for the correlation, default) or "
+                             "the top K at the largest proxy budget (to pick the winner)")
     parser.add_argument("--darts-epochs", type=int, default=2, help="--space cells: epochs of the DARTS search")
     parser.add_argument("--random-cells", type=int, default=8,
                         help="--space cells --strategy darts: random cells trained as the baseline (default 8)")
@@ -74,6 +82,7 @@ def run_search(args) -> int:
     result = search(root, space=args.space, strategy=strategy, data=args.data, budget=args.budget,
                     constraints=args.constraint, proxy_epochs=args.proxy_epochs, proxy_images=args.proxy_images,
                     seed=args.seed, workers=args.workers, full=args.full, full_epochs=args.full_epochs,
+                    full_pick=args.full_pick,
                     max_candidates=args.max_candidates, settings=settings, resume=bool(args.resume),
                     darts_epochs=args.darts_epochs, random_cells=args.random_cells)
     winner = result["winner"]

@@ -23,7 +23,8 @@ defaults:
 
     conv           filters (required), kernel=3, stride=1, padding=same (same | valid | integer),
                    dilation=1, groups=1, bias=auto (off when a batchnorm follows directly, else on)
-    maxpool        kernel=2, stride=kernel, padding=0 (floor mode: 7x7 pooled by 2 is 3x3)
+    maxpool        kernel=2, stride=kernel, padding=0, ceil=false (floor: 7x7 pooled by 2 is 3x3; ceil: true
+                   keeps the last row and column, 4x4, as fastnet's pools do)
     avgpool        as maxpool
     globalavgpool  (C, H, W) -> (C,): the mean of each channel
     globalmaxpool  (C, H, W) -> (C,): the maximum of each channel
@@ -92,8 +93,8 @@ REQUIRED = object()  # marks a field without a default
 _FIELDS: dict[str, dict[str, Any]] = {
     "conv": {"filters": REQUIRED, "kernel": 3, "stride": 1, "padding": "same", "dilation": 1, "groups": 1,
              "bias": "auto"},
-    "maxpool": {"kernel": 2, "stride": None, "padding": 0},
-    "avgpool": {"kernel": 2, "stride": None, "padding": 0},
+    "maxpool": {"kernel": 2, "stride": None, "padding": 0, "ceil": False},
+    "avgpool": {"kernel": 2, "stride": None, "padding": 0, "ceil": False},
     "globalavgpool": {}, "globalmaxpool": {},
     "relu": {}, "leakyrelu": {"slope": 0.01}, "gelu": {}, "swish": {}, "sigmoid": {}, "tanh": {},
     "batchnorm": {},
@@ -223,6 +224,8 @@ def _check_values(layer: _Layer, label: str) -> None:
         if fields["padding"] > fields["kernel"] // 2:
             raise layer.error(f"padding {fields['padding']} is more than half the kernel ({fields['kernel']}); "
                               "PyTorch pools allow at most kernel // 2", "padding")
+        if not isinstance(fields.get("ceil", False), bool):
+            fail("ceil", "true or false")
     if layer.name == "linear":
         if not (fields["units"] == "num_classes" or is_int(fields["units"], 1)):
             fail("units", "a positive integer or num_classes")
@@ -288,7 +291,14 @@ def _spatial(layer: _Layer, shape: Shape, padding: int, extent: int, what: str) 
         raise layer.error(f"{what} is larger than the {height}x{width} input{padded} "
                           f"(shape {_shape_text(shape)}); {fix}", "kernel")
     stride = layer.fields["stride"] or layer.fields["kernel"]
-    return ((height + 2 * padding - extent) // stride + 1, (width + 2 * padding - extent) // stride + 1)
+    if not layer.fields.get("ceil"):
+        return ((height + 2 * padding - extent) // stride + 1, (width + 2 * padding - extent) // stride + 1)
+
+    def ceil_size(size: int) -> int:  # PyTorch's ceil_mode: the last window starts inside the input or left padding
+        out = -(-(size + 2 * padding - extent) // stride) + 1
+        return out - 1 if (out - 1) * stride >= size + padding else out
+
+    return ceil_size(height), ceil_size(width)
 
 
 def _build_conv(layer: _Layer, shape: Shape, next_name: str | None) -> tuple[nn.Module, Shape]:
@@ -314,7 +324,7 @@ def _build_pool(layer: _Layer, shape: Shape) -> tuple[nn.Module, Shape]:
     stride = layer.fields["stride"] or kernel
     height, width = _spatial(layer, shape, padding, kernel, f"kernel {kernel}")
     pool = nn.MaxPool2d if layer.name == "maxpool" else nn.AvgPool2d
-    return pool(kernel, stride=stride, padding=padding), (shape[0], height, width)
+    return pool(kernel, stride=stride, padding=padding, ceil_mode=layer.fields["ceil"]), (shape[0], height, width)
 
 
 class GlobalPool(nn.Module):

@@ -222,7 +222,7 @@ def load_options(root: Path, options: dict[str, Any], resume: bool) -> dict[str,
             raise ConfigError(f"{root} holds a search with other settings ({', '.join(changed)}); resume it "
                               f"with `cnnkit search --resume {root}` or choose another --name")
     merged = {**recorded, **{key: value for key, value in options.items()
-                             if key in ("budget", "max_candidates", "workers", "full", "full_epochs")
+                             if key in ("budget", "max_candidates", "workers", "full", "full_epochs", "full_pick")
                              and value is not None}} if resume else {**recorded, **options}
     atomic_write_text(path, json.dumps(merged, indent=1))
     return merged

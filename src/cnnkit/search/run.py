@@ -35,6 +35,7 @@ def parse_budget(text: str | float | int) -> float:
 def search(root: str | Path, *, space: str = "regnet", strategy: str = "random", data: str = "fashion-mnist",
            budget: str | float = "10m", constraints: list[str] = (), proxy_epochs: int = 1,
            proxy_images: int = 5000, seed: int = 0, workers: int = 1, full: int = 0, full_epochs: int = 10,
+           full_pick: str = "spread",
            max_candidates: int | None = None, settings: dict[str, Any] | None = None, resume: bool = False,
            base: str = "fastnet", darts_epochs: int = 2, random_cells: int = 8, trainer: Callable = train_candidate,
            latency_repeats: int = 30, log: Callable = print) -> dict[str, Any]:
@@ -42,14 +43,16 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
 
     Args:
         root: The search directory (see cnnkit.search.directory).
-        space: "regnet", "scaling" or "cells".
+        space: "regnet", "fastnet", "scaling" or "cells".
         strategy: "random", "evolution" or "halving" ("grid" for scaling, "darts" or "random" for cells).
         data: The dataset, as `cnnkit train --data`.
         budget: Training time the search may spend ("10m"), counted over resumed runs too.
         constraints: Cost bounds such as "macs<=19M".
         proxy_epochs, proxy_images: The proxy: epochs (the first rung for halving) on a subset of this size.
-        full: Retrain this many candidates (spread over the proxy ranking) with `full_epochs` on all the data,
-            for the proxy-vs-full rank correlation and a better-founded winner.
+        full: Retrain this many candidates with `full_epochs` on all the data, for the proxy-vs-full rank
+            correlation and a better-founded winner.
+        full_pick: Which ones: "spread" (evenly over the proxy ranking: the correlation means something) or
+            "top" (the best at the largest proxy budget: the budget goes to finding the winner).
         max_candidates: Stop after this many trained candidates.
         settings: TrainConfig keys for every run (e.g. num_threads=2); the proxy adds PROXY_DEFAULTS.
         resume: Continue the search in `root` with its recorded options.
@@ -61,13 +64,16 @@ def search(root: str | Path, *, space: str = "regnet", strategy: str = "random",
     root = Path(root)
     options = {"space": space, "strategy": strategy, "data": data, "budget": budget,
                "constraints": list(constraints), "proxy_epochs": proxy_epochs, "proxy_images": proxy_images,
-               "seed": seed, "workers": workers, "full": full, "full_epochs": full_epochs,
+               "seed": seed, "workers": workers, "full": full, "full_epochs": full_epochs, "full_pick": full_pick,
                "max_candidates": max_candidates, "settings": dict(settings or {}), "base": base,
                "darts_epochs": darts_epochs, "random_cells": random_cells}
-    strategies = {"regnet": ("random", "evolution", "halving"), "scaling": ("grid",), "cells": ("darts", "random")}
+    strategies = {"regnet": ("random", "evolution", "halving"), "fastnet": ("random", "evolution", "halving"),
+                  "scaling": ("grid",), "cells": ("darts", "random")}
     if not resume and options["strategy"] not in strategies.get(options["space"], (options["strategy"],)):
         raise ConfigError(f"--space {options['space']} searches with {' or '.join(strategies[options['space']])}, "
                           f"not {options['strategy']!r}")
+    if full_pick not in ("spread", "top"):
+        raise ConfigError(f"full_pick {full_pick!r}: choose spread or top")
     for text in options["constraints"]:  # mistakes answer before anything is written
         Constraint(text)
     parse_budget(options["budget"])
@@ -125,14 +131,17 @@ def with_latency(root: Path, records: list[dict[str, Any]], space, proxy: dict[s
 
 def retrain(root: Path, records: list[dict[str, Any]], options: dict[str, Any], trainer: Callable,
             log: Callable, space) -> list[dict[str, Any]]:
-    """Train `options["full"]` candidates, evenly spread over the proxy ranking, with the full recipe."""
+    """Train `options["full"]` candidates with the full recipe: evenly spread over the proxy ranking, or the
+    best at the largest proxy budget (`full_pick="top"`)."""
     path = root / "full.jsonl"
     done = {record["key"]: record for record in read_jsonl(path)}
     count = options.get("full") or 0
-    ranked = sorted(final_rung(records), key=lambda r: r["score"], reverse=True)
+    top = options.get("full_pick") == "top"
+    ranked = sorted(final_rung(records), key=lambda r: (r["epochs"], r["score"]) if top else r["score"], reverse=True)
     if count and ranked:
         count = min(count, len(ranked))
-        picks = [ranked[round(i * (len(ranked) - 1) / max(1, count - 1))] for i in range(count)]
+        picks = ranked[:count] if top else [ranked[round(i * (len(ranked) - 1) / max(1, count - 1))]
+                                            for i in range(count)]
         for record in picks:
             if record["key"] in done:
                 continue

@@ -5,6 +5,10 @@ YAML network spec it stands for.
   down for small images (the paper samples d < 64, w_0 < 256, w_a < 256 for ImageNet at 400 MF and more).
 - `scaling`: EfficientNet's compound scaling (Tan and Le 2019) of FastNet: depth alpha^phi, width beta^phi,
   resolution gamma^phi (cnnkit.search.scaling).
+- `fastnet`: FastNet's own design space, AnyNet-style (Radosavovic et al. 2020, section 3: free widths and
+  depths per stage): the stem width, and each of the three stages' width and convolutions. fastnet itself
+  (stem 24, widths 32-64-128, 2 convolutions per stage) is a point of it, so a search here answers "is there a
+  cheaper or better FastNet?" rather than "is another family better?".
 The `cells` space (DARTS) is not a YAML spec; it lives in cnnkit.search.cells.
 
 Every candidate's MACs are known before it is trained (constraints are checked by sampling, not by training).
@@ -108,6 +112,84 @@ class RegNetSpace:
                 f"b={arch['bottleneck_ratio']:g} -> depths {list(design.depths)} widths {list(design.widths)}")
 
 
+class FastNetSpace:
+    """{"stem", "w1", "w2", "w3", "d1", "d2", "d3"}: FastNet with free widths and convolutions per stage.
+
+    Each stage is conv -> maxpool(2, ceil as fastnet) -> BN -> GELU, then d - 1 times conv -> BN -> GELU at the
+    pooled size; global max pooling and a linear layer close it (cnnkit.models.fastnet's layout, as YAML).
+    Widths are multiples of 8 and never shrink from one stage to the next.
+    """
+
+    name = "fastnet"
+    stems = (8, 16, 24, 32)
+    widths = ((8, 64), (16, 128), (32, 256))  # per stage, multiples of 8
+    depths = (1, 3)
+    edf_parameters = ("stem", "w1", "w2", "w3", "d1", "d2", "d3")
+    base = {"stem": 24, "w1": 32, "w2": 64, "w3": 128, "d1": 2, "d2": 2, "d3": 2}  # fastnet
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        while True:
+            arch = {"stem": rng.choice(self.stems)}
+            arch.update({f"w{i + 1}": 8 * rng.randint(low // 8, high // 8)
+                         for i, (low, high) in enumerate(self.widths)})
+            arch.update({f"d{i + 1}": rng.randint(*self.depths) for i in range(3)})
+            if self.is_valid(arch):
+                return arch
+
+    def mutate(self, arch: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        """One parameter changed by a step: a stem choice, 8 or 16 channels of a width, one convolution."""
+        while True:
+            child = dict(arch)
+            key = rng.choice(list(child))
+            step = rng.choice((-1, 1))
+            if key == "stem":
+                index = min(max(self.stems.index(child[key]) + step, 0), len(self.stems) - 1)
+                child[key] = self.stems[index]
+            elif key.startswith("w"):
+                low, high = self.widths[int(key[1]) - 1]
+                child[key] = min(max(child[key] + step * 8 * rng.randint(1, 2), low), high)
+            else:
+                child[key] = min(max(child[key] + step, self.depths[0]), self.depths[1])
+            if child != arch and self.is_valid(child):
+                return child
+
+    def is_valid(self, arch: dict[str, Any]) -> bool:
+        return arch["w1"] <= arch["w2"] <= arch["w3"]
+
+    def spec(self, arch: dict[str, Any], input_size: int | None = None) -> dict:
+        layers: list = [{"conv": {"filters": arch["stem"]}}, "batchnorm", "gelu"]
+        for stage in (1, 2, 3):
+            width = arch[f"w{stage}"]
+            # no bias before pool -> BN: BN's shift replaces it (max(x + b) = max(x) + b), as in fastnet
+            layers += [{"conv": {"filters": width, "bias": False}}, {"maxpool": {"kernel": 2, "ceil": True}},
+                       "batchnorm", "gelu"]
+            layers += [{"conv": {"filters": width}}, "batchnorm", "gelu"] * (arch[f"d{stage}"] - 1)
+        layers += ["globalmaxpool", {"linear": {"units": "num_classes"}}]
+        return {"description": f"FastNet design space: {self.describe(arch)}", "layers": layers}
+
+    def macs(self, arch: dict[str, Any], in_chans: int, input_size: int, num_classes: int) -> int:
+        """Convolutions' and the linear layer's multiply-accumulates, by formula (equal to count_macs; tested)."""
+        size, channels = input_size, arch["stem"]
+        total = 9 * in_chans * channels * size * size
+        for stage in (1, 2, 3):
+            width = arch[f"w{stage}"]
+            total += 9 * channels * width * size * size
+            size = -(-size // 2)
+            total += (arch[f"d{stage}"] - 1) * 9 * width * width * size * size
+            channels = width
+        return total + channels * num_classes
+
+    def train_overrides(self, arch: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def build(self, arch: dict[str, Any], in_chans: int, input_size: int, num_classes: int) -> torch.nn.Module:
+        return CustomCNN(self.spec(arch), num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+
+    def describe(self, arch: dict[str, Any]) -> str:
+        return (f"stem {arch['stem']}, widths {[arch['w1'], arch['w2'], arch['w3']]}, "
+                f"convs {[arch['d1'], arch['d2'], arch['d3']]}")
+
+
 class Constraint:
     """`macs<=19M`, `params<=300k`, `macs>=5e6`: a bound on a candidate's cost."""
 
@@ -141,11 +223,11 @@ class Constraint:
 
 
 def space_by_name(name: str, **options):
-    """The search space called `name`: "regnet", "scaling" or "cells"."""
+    """The search space called `name`: "regnet", "fastnet", "scaling" or "cells"."""
     from cnnkit.search.cells import CellSpace
     from cnnkit.search.scaling import ScalingSpace
 
-    spaces = {"regnet": RegNetSpace, "scaling": ScalingSpace, "cells": CellSpace}
+    spaces = {"regnet": RegNetSpace, "fastnet": FastNetSpace, "scaling": ScalingSpace, "cells": CellSpace}
     if name not in spaces:
-        raise ConfigError(f"unknown search space {name!r}; choose regnet, scaling or cells")
+        raise ConfigError(f"unknown search space {name!r}; choose {', '.join(spaces)}")
     return spaces[name](**options) if name == "scaling" else spaces[name]()
