@@ -207,3 +207,80 @@ def test_cli_pretrain_then_evaluate_then_fine_tune_with_pretrained(tmp_path, ima
     wrong = run_cli("train", "--data", image_folder, "--model", "simple_cnn", "--epochs", 1, "--out", tmp_path,
                     f"pretrained={run}", "num_threads=1")
     assert wrong.returncode != 0 and "--model fastnet" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def _simclr_rank(rank: int, world: int, port: int, first, second, out) -> None:
+    """One process of the 2-process check: its half of the batch, the gathered NT-Xent, DDP's averaged grads."""
+    import torch.distributed as dist
+
+    from cnnkit.engine.distributed import gather_rows
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(6, 4))
+        half = len(first) // world
+        rows = slice(rank * half, (rank + 1) * half)
+        projections = model(torch.cat([first[rows], second[rows]]))
+        loss = nt_xent_loss(gather_rows(projections[:half], differentiable=True),
+                            gather_rows(projections[half:], differentiable=True), 0.5)
+        loss.backward()
+        if rank == 0:
+            torch.save({"loss": loss.detach(), "grad": model.module.weight.grad.clone()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_simclr_under_ddp_has_the_gradient_of_the_whole_batch_on_one_process(tmp_path):
+    """Two gloo processes, each with half the pairs: the gathered NT-Xent and DDP's gradient averaging give
+    the single-process loss and gradient of all the pairs (every rank's projections are negatives)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    first, second = torch.randn(8, 6, generator=torch.Generator().manual_seed(1)), torch.randn(8, 6)
+    torch.manual_seed(0)
+    single = torch.nn.Linear(6, 4)
+    loss = nt_xent_loss(single(first), single(second), 0.5)
+    loss.backward()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_simclr_rank, args=(2, port, first, second, out), nprocs=2, join=True, start_method="spawn")
+    result = torch.load(out)
+    assert torch.allclose(result["loss"], loss.detach(), atol=1e-6)
+    assert torch.allclose(result["grad"], single.weight.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "mae"])
+def test_pretrain_under_torchrun_on_two_processes(method, tmp_path, image_folder):
+    """`torchrun --nproc_per_node 2 -m cnnkit train --task pretrain`: each rank its share of every epoch, every
+    rank the same kNN monitor, one run directory."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    model = ["--model", "vit_mini"] if method == "mae" else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cnnkit",
+               "train", "--task", "pretrain", "--method", method, *model, "--data", str(image_folder), "--epochs", "2",
+               "--out", str(tmp_path), "--name", "ddp", "batch_size=16", "val_every=1", "moco_queue=32",
+               "report=false", "progress=false", "num_threads=1"]
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and math.isfinite(lines[-1]["train_loss"]) and 0 <= lines[-1]["val_knn_accuracy"] <= 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ddp"]
+
+
+def test_pretrain_refuses_a_global_batch_smaller_than_two_per_process():
+    from cnnkit.config import TrainConfig
+    from cnnkit.engine.distributed import DistInfo
+    from cnnkit.errors import ConfigError
+    from cnnkit.tasks.pretrain.setup import check_settings
+
+    config = TrainConfig(task="pretrain", method="simclr", batch_size=6)
+    check_settings(config, DistInfo(rank=0, world_size=2))
+    with pytest.raises(ConfigError, match="fewer than 2 images to each of the 4 processes"):
+        check_settings(config, DistInfo(rank=0, world_size=4))

@@ -44,6 +44,8 @@ def add_train(commands) -> None:
     parser.add_argument("--model", help="architecture name (see `cnnkit models`) or a YAML network spec "
                         "(see examples/my_net.yaml)")
     parser.add_argument("--epochs", type=int, help="number of epochs")
+    parser.add_argument("--method", choices=("simclr", "moco", "mae", "beit"),
+                        help="--task pretrain: the self-supervised method (the setting method=)")
     parser.add_argument("--out", metavar="DIR", help="parent directory of run directories (default runs/)")
     parser.add_argument("--name", help="run directory name (default <model>-<data>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint; "
@@ -55,7 +57,7 @@ def run_train(args) -> int:
     from cnnkit.config import parse_key_values
 
     overrides = parse_key_values(args.overrides)
-    for name in ("task", "data", "model", "epochs", "out", "name"):
+    for name in ("task", "data", "model", "epochs", "method", "out", "name"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.resume and args.config:

@@ -110,3 +110,22 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_rows(tensor: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+    """Every rank's (B, ...) rows concatenated in rank order, (world x B, ...); the tensor itself on one process.
+
+    differentiable=True keeps the graph (torch.distributed.nn's all_gather): each rank's rows get the sum over
+    the ranks of the gradients that flow into them. A loss computed identically on every rank over the gathered
+    rows, and DDP's averaging of the parameters' gradients, then give exactly the gradient of that loss on one
+    process holding the whole batch (SimCLR's NT-Xent with every rank's negatives).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    if differentiable:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor.contiguous()))
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts)

@@ -63,7 +63,7 @@ class KNNMeter:
         self.targets.append(targets.detach().cpu().view(-1, 2))
 
     def tensors(self) -> list[torch.Tensor]:
-        return []  # nothing to sum: pretrain runs evaluate on one process
+        return []  # nothing to sum: under torchrun every process scores every image (the loader is not sharded)
 
     def split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(bank features, bank labels, query features, query labels)."""

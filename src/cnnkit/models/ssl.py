@@ -58,8 +58,10 @@ class ContrastiveNet(nn.Module):
         self.backbone, self.feature_dim = headless(backbone, in_chans, input_size, backbone_args)
         self.projector = ProjectionHead(self.feature_dim, hidden_dim or max(self.feature_dim, 256), projection_dim)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)  # (B, C, H, W) -> (B, feature_dim)
+    def forward(self, images: torch.Tensor, objective: bool = False):
+        """The backbone's features (B, feature_dim); objective=True: what the loss takes (the projections).
+        Training goes through forward so that DDP, which wraps forward, averages the gradients."""
+        return self.project(images) if objective else self.backbone(images)
 
     def project(self, images: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(images))  # -> (B, projection_dim)
@@ -81,6 +83,14 @@ class MomentumContrastNet(ContrastiveNet):
         self.key_encoder.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim), dim=1))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, images: torch.Tensor, objective: bool = False):
+        """Features; objective=True on two views (2B, C, H, W), view 1 then view 2: (queries (2B, D), keys (2B, D)),
+        each query's key from the other view through the momentum encoder (one momentum step first)."""
+        if not objective:
+            return self.backbone(images)
+        count = len(images) // 2
+        return self.project(images), self.keys(torch.cat([images[count:], images[:count]]))
 
     def _query_encoder(self) -> nn.ModuleDict:
         # Not an attribute: a view of the same modules, so the state dict names each weight once.
@@ -165,8 +175,9 @@ class MaskedAutoencoder(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)  # (B, C, H, W) -> (B, width)
+    def forward(self, images: torch.Tensor, objective: bool = False):
+        """Features (B, width); objective=True: `reconstruct` at random masks, (predictions, mask)."""
+        return self.reconstruct(images) if objective else self.backbone(images)
 
     def encode_visible(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The encoder on the visible patches `keep` (B, V) only: (B, 1 + V, width), class token first."""
@@ -232,8 +243,12 @@ class MaskedFeatureNet(nn.Module):
         self.predictor = nn.Linear(width, self.cells ** 2 * hog_bins)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+    def forward(self, images: torch.Tensor, objective: bool = False):
+        """Features; objective=True: HOG predictions at a random mask of mask_ratio, (predictions, mask)."""
+        if not objective:
+            return self.backbone(images)
+        _, mask = random_masking(len(images), self.backbone.patch_embed.num_patches, self.mask_ratio, images.device)
+        return self.predict(images, mask), mask
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         return patch_hog(images, self.patch_size, self.hog_bins, self.cells)

@@ -197,11 +197,15 @@ def make_eval_loader(dataset: ArrayDataset, preprocessing: Preprocessing, config
 
 
 def make_view_loader(dataset: ArrayDataset, preprocessing: Preprocessing, config, device: torch.device,
-                     method: str) -> ViewLoader:
-    """The training loader: two views per image for simclr/moco, one for mae/beit."""
+                     method: str, dist_info=None) -> ViewLoader:
+    """The training loader: two views per image for simclr/moco, one for mae/beit. Under torchrun each process
+    takes its share of every epoch (the same permutation on every rank), batch_size / world images per step.
+    The kNN monitor's loader is not sharded: every process computes the same accuracy."""
+    rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
     contrastive = method in ("simclr", "moco")
     augment = view_augmentation(config, method, preprocessing.channels)
     return ViewLoader(dataset.images, dataset.labels, num_views=2 if contrastive else 1,
-                      blur=contrastive and config.views == "simclr", batch_size=config.batch_size,
+                      blur=contrastive and config.views == "simclr", batch_size=config.batch_size // world,
                       mean=list(preprocessing.mean), std=list(preprocessing.std), shuffle=True, augment=augment,
-                      drop_last=True, seed=config.seed, channels_last=config.channels_last, device=device)
+                      drop_last=True, seed=config.seed, channels_last=config.channels_last, device=device,
+                      rank=rank, world_size=world)

@@ -32,9 +32,9 @@ def check_settings(config, dist_info) -> None:
         raise ConfigError("projection_dim, moco_queue and knn_k must be 1 or more, knn_temperature above 0")
     if not 0.0 <= config.moco_momentum < 1.0:
         raise ConfigError(f"moco_momentum={config.moco_momentum} must be in [0, 1), e.g. 0.99")
-    if dist_info.enabled:
-        raise ConfigError("--task pretrain trains on one process for now (the kNN monitor gathers every feature; "
-                          "MoCo's queue is per process); run it without torchrun")
+    if config.batch_size < 2 * dist_info.world_size:  # under torchrun each process trains batch_size / world
+        raise ConfigError(f"batch_size={config.batch_size} gives fewer than 2 images to each of the "
+                          f"{dist_info.world_size} processes; raise batch_size (it is the global batch)")
     if config.pretrained:
         raise ConfigError("--task pretrain starts from scratch; pretrained= is for the classify run that follows "
                           "(pretrained=RUN_DIR of this one)")
@@ -74,7 +74,7 @@ def setup(config, device: torch.device, dist_info, resume) -> TaskSetup:
     # A record names at least one class: unlabeled data is recorded as one "unlabeled" class, and says so.
     record = build_record(task.name, architecture, data.classes or ["unlabeled"], data.preprocessing.to_dict(), config)
     record["labelled"] = data.labelled
-    train_loader = make_view_loader(data.train, data.preprocessing, config, device, config.method)
+    train_loader = make_view_loader(data.train, data.preprocessing, config, device, config.method, dist_info)
     val_loader = None
     if task.num_classes:  # the monitor's bank: a seeded subset of the training images (`cnnkit evaluate`: all)
         bank = data.train

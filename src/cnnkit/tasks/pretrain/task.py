@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from cnnkit.losses.ssl import masked_patch_loss, moco_loss, normalized_patch_targets, nt_xent_loss
 from cnnkit.metrics.knn import DEFAULT_K, DEFAULT_TEMPERATURE, KNNMeter
-from cnnkit.models.ssl import patchify, random_masking
+from cnnkit.engine.distributed import gather_rows
+from cnnkit.models.ssl import patchify
 from cnnkit.tasks.base import Task
 
 METHODS = ("simclr", "moco", "mae", "beit")
@@ -26,7 +27,7 @@ DEFAULT_TEMPERATURES = {"simclr": 0.2, "moco": 0.2}  # MoCo v2's 0.2; SimCLR's C
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a torch.compile wrapper (pretrain runs on one process: no DDP)."""
+    """The model inside DDP and torch.compile wrappers (for its queue, patch size and targets)."""
     while hasattr(model, "_orig_mod") or hasattr(model, "module") and not hasattr(model, "backbone"):
         model = getattr(model, "_orig_mod", None) or model.module
     return model
@@ -47,25 +48,24 @@ class PretrainTask(Task):
         self.monitor = "val_knn_accuracy" if num_classes else "train_loss"
 
     def training_step(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict:
+        # Through the model's forward (objective=True): under torchrun, DDP's forward is what averages gradients.
+        outputs = model(images, objective=True)
         net = unwrap(model)
-        if self.method in CONTRASTIVE:
+        if self.method == "simclr":
             count = len(images) // 2  # views: (2B, C, H, W), view 1 then view 2
-            if self.method == "simclr":
-                projections = net.project(images)
-                loss = nt_xent_loss(projections[:count], projections[count:], self.temperature)
-            else:
-                queries = net.project(images)
-                keys = net.keys(torch.cat([images[count:], images[:count]]))  # each query's key: the other view
-                queue = net.queue.clone()
-                loss = moco_loss(queries, keys, queue, self.temperature)  # mean over both views' queries
-                net.enqueue(keys)
-            return {"loss": loss, "batch_size": count}
+            # every rank's projections take part (each view's negatives: the whole global batch), as one process
+            first = gather_rows(outputs[:count], differentiable=True)
+            second = gather_rows(outputs[count:], differentiable=True)
+            return {"loss": nt_xent_loss(first, second, self.temperature), "batch_size": count}
+        if self.method == "moco":
+            queries, keys = outputs
+            loss = moco_loss(queries, keys, net.queue.clone(), self.temperature)  # mean over both views' queries
+            net.enqueue(gather_rows(keys))  # every rank enqueues every rank's keys: the queues stay equal
+            return {"loss": loss, "batch_size": len(images) // 2}
+        predictions, mask = outputs
         if self.method == "mae":
-            predictions, mask = net.reconstruct(images)
             targets = normalized_patch_targets(patchify(images.float(), net.patch_size))
         else:
-            _, mask = random_masking(len(images), net.backbone.patch_embed.num_patches, net.mask_ratio, images.device)
-            predictions = net.predict(images, mask)
             targets = net.targets(images)
         return {"loss": masked_patch_loss(predictions, targets, mask), "batch_size": len(images)}
 
