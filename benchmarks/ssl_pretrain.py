@@ -255,7 +255,14 @@ def markdown(rows: list[dict]) -> str:
               "pretraining for a few minutes; beside the MoCo run (moco row), niced unit tests for about 5 of its 29 minutes. "
               "Rows of 2026-12-07 07:30-08:30 (mae, labels-vit-mae-finetune; beit, labels-vit-scratch, "
               "labels-vit-beit-finetune): nothing else ran beside them; a first BEiT run shared the CPU with a "
-              "niced smoke test for ~2 minutes, so BEiT and the scratch rows were measured again alone.", ""]
+              "niced smoke test for ~2 minutes, so BEiT and the scratch rows were measured again alone."
+              ' Rows of 2026-12-07 10:06-10:27 (beit with 12 minutes instead of 3.5, labels-vit-scratch, labels-'
+              'vit-beit-finetune): unit tests ran beside the first ~2 minutes of pretraining and beside the fine-'
+              'tunes (fine-tuning runs fixed epochs: accuracy unaffected). Before it, BEiT with 3.5 minutes '
+              '(2026-12-07 08:14): val kNN 0.534, fine-tuned 0.521 +- 0.007 against the same scratch rows: more '
+              'pretraining made it worse. Two one-seed probes after it (seed 0, scratch 0.5288): mask_ratio 0.75 '
+              "(3.5 min): 0.4999; a 2-block decoder between encoder and HOG targets, as MAE's (1 epoch): 0.4981. "
+              'Not kept.', ""]
     return "\n".join(lines) + "\n" + _common.runs_markdown(rows, "experiment")
 
 

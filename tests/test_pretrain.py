@@ -284,3 +284,23 @@ def test_pretrain_refuses_a_global_batch_smaller_than_two_per_process():
     check_settings(config, DistInfo(rank=0, world_size=2))
     with pytest.raises(ConfigError, match="fewer than 2 images to each of the 4 processes"):
         check_settings(config, DistInfo(rank=0, world_size=4))
+
+
+def test_beit_predicts_each_patch_from_the_visible_ones_only():
+    from cnnkit.registry import create_model
+
+    net = create_model("beit", backbone="vit_mini", in_chans=1, input_size=28, mask_ratio=0.4).eval()
+    images = torch.randn(3, 1, 28, 28)
+    length = net.backbone.patch_embed.num_patches  # 7 x 7 patches of 4 x 4 pixels
+    with torch.no_grad():
+        predictions, mask = net(images, objective=True)
+        assert predictions.shape == (3, length, net.cells ** 2 * 9) == net.targets(images).shape
+        assert mask.shape == (3, length) and (mask.sum(1) == round(length * 0.4)).all()
+        fixed = torch.zeros(3, length)
+        fixed[:, 0] = 1  # the top-left patch is masked
+        reference = net.predict(images, fixed)
+        changed = images.clone()
+        changed[:, :, :4, :4] += 5.0  # the masked patch's pixels: not seen
+        assert torch.allclose(net.predict(changed, fixed), reference, atol=1e-5)
+        changed[:, :, :4, 4:8] += 5.0  # a visible patch's: seen
+        assert not torch.allclose(net.predict(changed, fixed), reference, atol=1e-3)
