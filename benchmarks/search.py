@@ -235,7 +235,7 @@ def _fastnet_section(part: dict) -> list[str]:
              "recipe (10 epochs, whole training split, validation accuracy picks the "
              f"winner). Search wall time, retraining included: {part['search_wall_seconds'] / 60:.1f} min. Load "
              f"average {part['machine']['load_average_start'][0]:.2f} at start, {part['load_average_end'][0]:.2f} "
-             "at end.",
+             "at end." + (f" {part['load_note']}" if part.get("load_note") else ""),
              "", "| last-rung candidate | MMACs | params | proxy acc % (9 epochs) | demo-recipe val acc % |",
              "|---|---|---|---|---|"]
     full = {f["key"]: f["score"] for f in part["full"]}
