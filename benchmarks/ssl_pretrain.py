@@ -282,10 +282,11 @@ def main() -> None:
         rows += label_runs(args, "fastnet", ssl_run if (ssl_run / "best.safetensors").is_file() else None, {
             "labels-scratch": {},
             "labels-ssl-probe": {"pretrained": True, "finetune": "linear", "head_init": "probe", "epochs": 0},
-            # head_init=random: LP-FT (probe head first) diverged here. The SSL backbone's eval-mode features
-            # vary little between images (std 0.001-0.03 per feature, train-mode 0.3), so the probe's weights
-            # on the raw features are ~100x larger and fine-tuning through them blew up (quick run: train loss
-            # 1561 in epoch 1, test accuracy 0.13; with freeze_bn: NaN in epoch 1)
+            # head_init=random: LP-FT (probe head first) diverged from the quick mode's 0.3-minute SimCLR run
+            # (its eval-mode features varied ~100x less than in train mode: train loss 1561 in epoch 1). From the
+            # 28.6-minute run (eval and train-mode feature spreads agree, std ~1) it trains, but did not beat this
+            # row on 3 seeds (2026-12-07, ssl-lpft.json): LP-FT 0.801, LP-FT at backbone_lr_ratio 0.5 0.815,
+            # plain fine-tuning at ratio 0.5 0.818 and 1.0 0.823 (this row, ratio 0.1: 0.810).
             "labels-ssl-finetune": {"pretrained": True, "finetune": "full"},
         }, args.seeds, {})
     if "mae" in args.parts or "beit" in args.parts:
