@@ -37,7 +37,26 @@ def spec_cost(spec: dict, in_chans: int, input_size: int, num_classes: int) -> t
     return sum(p.numel() for p in model.parameters()), count_macs(model, (in_chans, input_size, input_size))
 
 
-class RegNetSpace:
+class SampledSpace:
+    """What the strategies need of a space of parameter dicts: `sample` draws until `is_valid`, `mutate` changes one
+    parameter by one `step` (aging evolution's mutation). Subclasses give draw, step and is_valid."""
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        while True:
+            arch = self.draw(rng)
+            if self.is_valid(arch):
+                return arch
+
+    def mutate(self, arch: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        while True:
+            child = dict(arch)
+            key = rng.choice(list(child))
+            child[key] = self.step(key, child[key], rng.choice((-1, 1)), rng)
+            if child != arch and self.is_valid(child):
+                return child
+
+
+class RegNetSpace(SampledSpace):
     """RegNetX: depth, w_0, w_a, w_m, group width, bottleneck ratio (and the stem width)."""
 
     name = "regnet"
@@ -52,35 +71,24 @@ class RegNetSpace:
     stages = (2, 4)  # at 28 px and a stride-1 stem, 4 stride-2 stages end at 2x2
     edf_parameters = ("depth", "w_0", "w_a", "w_m", "group_width", "bottleneck_ratio")
 
-    def sample(self, rng: random.Random) -> dict[str, Any]:
-        while True:
-            arch = {"depth": rng.randint(*self.depths), "w_0": 8 * rng.randint(self.w_0[0] // 8, self.w_0[1] // 8),
-                    "w_a": round(math.exp(rng.uniform(math.log(self.w_a[0]), math.log(self.w_a[1]))), 2),
-                    "w_m": round(rng.uniform(*self.w_m), 2), "group_width": rng.choice(self.group_widths),
-                    "bottleneck_ratio": rng.choice(self.bottleneck_ratios), "stem_width": rng.choice(self.stem_widths)}
-            if self.is_valid(arch):
-                return arch
+    def draw(self, rng: random.Random) -> dict[str, Any]:
+        return {"depth": rng.randint(*self.depths), "w_0": 8 * rng.randint(self.w_0[0] // 8, self.w_0[1] // 8),
+                "w_a": round(math.exp(rng.uniform(math.log(self.w_a[0]), math.log(self.w_a[1]))), 2),
+                "w_m": round(rng.uniform(*self.w_m), 2), "group_width": rng.choice(self.group_widths),
+                "bottleneck_ratio": rng.choice(self.bottleneck_ratios), "stem_width": rng.choice(self.stem_widths)}
 
-    def mutate(self, arch: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        """One parameter changed by a small step (aging evolution's mutation)."""
-        while True:
-            child = dict(arch)
-            key = rng.choice(list(child))
-            step = rng.choice((-1, 1))
-            if key == "depth":
-                child[key] = min(max(child[key] + step * rng.randint(1, 2), self.depths[0]), self.depths[1])
-            elif key == "w_0":
-                child[key] = min(max(child[key] + 8 * step, self.w_0[0]), self.w_0[1])
-            elif key == "w_a":
-                child[key] = round(min(max(child[key] * 1.3 ** step, self.w_a[0]), self.w_a[1]), 2)
-            elif key == "w_m":
-                child[key] = round(min(max(child[key] + 0.2 * step, self.w_m[0]), self.w_m[1]), 2)
-            else:
-                choices = {"group_width": self.group_widths, "bottleneck_ratio": self.bottleneck_ratios,
-                           "stem_width": self.stem_widths}[key]
-                child[key] = choices[min(max(choices.index(child[key]) + step, 0), len(choices) - 1)]
-            if child != arch and self.is_valid(child):
-                return child
+    def step(self, key: str, value, step: int, rng: random.Random):
+        if key == "depth":
+            return min(max(value + step * rng.randint(1, 2), self.depths[0]), self.depths[1])
+        if key == "w_0":
+            return min(max(value + 8 * step, self.w_0[0]), self.w_0[1])
+        if key == "w_a":
+            return round(min(max(value * 1.3 ** step, self.w_a[0]), self.w_a[1]), 2)
+        if key == "w_m":
+            return round(min(max(value + 0.2 * step, self.w_m[0]), self.w_m[1]), 2)
+        choices = {"group_width": self.group_widths, "bottleneck_ratio": self.bottleneck_ratios,
+                   "stem_width": self.stem_widths}[key]
+        return choices[min(max(choices.index(value) + step, 0), len(choices) - 1)]
 
     def design(self, arch: dict[str, Any]):
         return regnet_design(arch["depth"], arch["w_0"], arch["w_a"], arch["w_m"], arch["group_width"],
@@ -112,7 +120,7 @@ class RegNetSpace:
                 f"b={arch['bottleneck_ratio']:g} -> depths {list(design.depths)} widths {list(design.widths)}")
 
 
-class FastNetSpace:
+class FastNetSpace(SampledSpace):
     """{"stem", "w1", "w2", "w3", "d1", "d2", "d3"}: FastNet with free widths and convolutions per stage.
 
     Each stage is conv -> maxpool(2, ceil as fastnet) -> BN -> GELU, then d - 1 times conv -> BN -> GELU at the
@@ -127,31 +135,20 @@ class FastNetSpace:
     edf_parameters = ("stem", "w1", "w2", "w3", "d1", "d2", "d3")
     base = {"stem": 24, "w1": 32, "w2": 64, "w3": 128, "d1": 2, "d2": 2, "d3": 2}  # fastnet
 
-    def sample(self, rng: random.Random) -> dict[str, Any]:
-        while True:
-            arch = {"stem": rng.choice(self.stems)}
-            arch.update({f"w{i + 1}": 8 * rng.randint(low // 8, high // 8)
-                         for i, (low, high) in enumerate(self.widths)})
-            arch.update({f"d{i + 1}": rng.randint(*self.depths) for i in range(3)})
-            if self.is_valid(arch):
-                return arch
+    def draw(self, rng: random.Random) -> dict[str, Any]:
+        arch = {"stem": rng.choice(self.stems)}
+        arch.update({f"w{i + 1}": 8 * rng.randint(low // 8, high // 8) for i, (low, high) in enumerate(self.widths)})
+        arch.update({f"d{i + 1}": rng.randint(*self.depths) for i in range(3)})
+        return arch
 
-    def mutate(self, arch: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-        """One parameter changed by a step: a stem choice, 8 or 16 channels of a width, one convolution."""
-        while True:
-            child = dict(arch)
-            key = rng.choice(list(child))
-            step = rng.choice((-1, 1))
-            if key == "stem":
-                index = min(max(self.stems.index(child[key]) + step, 0), len(self.stems) - 1)
-                child[key] = self.stems[index]
-            elif key.startswith("w"):
-                low, high = self.widths[int(key[1]) - 1]
-                child[key] = min(max(child[key] + step * 8 * rng.randint(1, 2), low), high)
-            else:
-                child[key] = min(max(child[key] + step, self.depths[0]), self.depths[1])
-            if child != arch and self.is_valid(child):
-                return child
+    def step(self, key: str, value, step: int, rng: random.Random):
+        """A stem choice, 8 or 16 channels of a width, one convolution."""
+        if key == "stem":
+            return self.stems[min(max(self.stems.index(value) + step, 0), len(self.stems) - 1)]
+        if key.startswith("w"):
+            low, high = self.widths[int(key[1]) - 1]
+            return min(max(value + step * 8 * rng.randint(1, 2), low), high)
+        return min(max(value + step, self.depths[0]), self.depths[1])
 
     def is_valid(self, arch: dict[str, Any]) -> bool:
         return arch["w1"] <= arch["w2"] <= arch["w3"]
