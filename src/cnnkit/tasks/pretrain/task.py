@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnkit.engine.distributed import gather_rows
 from cnnkit.losses.ssl import masked_patch_loss, moco_loss, normalized_patch_targets, nt_xent_loss
 from cnnkit.metrics.knn import DEFAULT_K, DEFAULT_TEMPERATURE, KNNMeter
-from cnnkit.engine.distributed import gather_rows
 from cnnkit.models.ssl import patchify
 from cnnkit.tasks.base import Task
 
