@@ -253,7 +253,9 @@ def test_simclr_under_ddp_has_the_gradient_of_the_whole_batch_on_one_process(tmp
     assert torch.allclose(result["grad"], single.weight.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "mae"])
+# simclr (the gathered NT-Xent) runs by default; moco and mae (-m slow) add ~13 s each
+@pytest.mark.parametrize("method", ["simclr", pytest.param("moco", marks=pytest.mark.slow),
+                                    pytest.param("mae", marks=pytest.mark.slow)])
 def test_pretrain_under_torchrun_on_two_processes(method, tmp_path, image_folder):
     """`torchrun --nproc_per_node 2 -m cnnkit train --task pretrain`: each rank its share of every epoch, every
     rank the same kNN monitor, one run directory."""
