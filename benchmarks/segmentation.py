@@ -276,7 +276,11 @@ def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
                    test_per_class_iou={k: v["iou"] for k, v in test["per_class"].items()})
     else:
         row.update(test_mask_map50=test["mask_map50"], test_mask_map=test["mask_map"], test_box_map50=test["map50"],
-                   test_per_class_mask_ap50={k: v.get("mask_ap50") for k, v in test["per_class"].items()})
+                   test_per_class_mask_ap50={k: v.get("mask_ap50") for k, v in test["per_class"].items()},
+                   # the same masks painted as a semantic map, comparable with the segment rows' mIoU
+                   test_semantic_miou=test.get("semantic_miou"),
+                   test_per_class_semantic_iou={"background": test.get("semantic_background_iou"),
+                                                **{k: v.get("sem_iou") for k, v in test["per_class"].items()}})
     row["goal_met"] = row[key] >= goal
     if encoder is not None:  # issue 25 §3's goals for segmenters from a garment-trained encoder
         row["name"] = f"{name}+{encoder.get('kind', 'garments')}"
@@ -316,6 +320,11 @@ def markdown(rows: list[dict], args) -> str:
         else:
             lines += [f"- {row['name']}: mask mAP@[.5:.95] {row['test_mask_map']:.4f}, box mAP@.5 "
                       f"{row['test_box_map50']:.4f}"]
+            if row.get("test_semantic_miou") is not None:  # rows from before the instance task scored it lack it
+                per_class = ", ".join(f"{k} {v:.3f}" for k, v in row["test_per_class_semantic_iou"].items()
+                                      if v is not None)
+                lines[-1] += (f"; its masks painted as a semantic map (score >= 0.25): mIoU "
+                              f"**{row['test_semantic_miou']:.4f}** ({per_class})")
         if row.get("encoder"):
             encoder = row["encoder"]
             source = ("64x64 windows around the scenes' train objects" if encoder.get("kind") == "scene-crops"

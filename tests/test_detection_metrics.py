@@ -49,8 +49,28 @@ def test_perfect_predictions_score_one_for_boxes_and_masks():
     for key in ("map", "map50", "map75", "mar100", "mask_map", "mask_map50"):
         assert result[key] == pytest.approx(1.0), key
     assert result["per_class"]["cat"]["ap"] == pytest.approx(1.0)
-    assert result["per_class"]["dog"] == {"ap": None, "ap50": None, "mask_ap": None, "mask_ap50": None}  # no dog
+    assert result["per_class"]["dog"] == {"ap": None, "ap50": None, "mask_ap": None, "mask_ap50": None,
+                                          "sem_iou": None}  # no dog
+    assert result["semantic_miou"] == pytest.approx(1.0) and result["semantic_pixel_accuracy"] == pytest.approx(1.0)
     assert "dog" in coco_ap_table(result) and "-" in coco_ap_table(result).splitlines()[2]
+
+
+def test_masks_scored_as_a_semantic_map():
+    # 64x64: a cat (top left), a fox (top right), background below. Predicted: the cat (0.9), a dog over the
+    # fox (0.8), a cat over the fox at 0.3 (painted first, so the dog stays on top) and a fox over the
+    # background at 0.1 (below SEMANTIC_SCORE_THRESHOLD: not painted).
+    truth_boxes = [[0, 0, 32, 32], [32, 0, 64, 32]]
+    target = {**_target(truth_boxes, [0, 2]), "masks": _box_masks(truth_boxes)}
+    boxes = [[0, 0, 32, 32], [32, 0, 64, 32], [32, 0, 64, 32], [0, 32, 64, 64]]
+    prediction = {**_prediction(boxes, [0.9, 0.8, 0.3, 0.1], [0, 1, 0, 2]), "masks": _box_masks(boxes)}
+    result = _meter([(prediction, target)], iou_type=("bbox", "segm")).compute(per_class=True)
+    assert result["semantic_background_iou"] == pytest.approx(1.0)  # the 0.1 fox was not painted
+    assert result["per_class"]["cat"]["sem_iou"] == pytest.approx(1.0)  # the 0.3 cat lies under the dog
+    assert result["per_class"]["dog"]["sem_iou"] == pytest.approx(0.0)
+    assert result["per_class"]["fox"]["sem_iou"] == pytest.approx(0.0)
+    assert result["semantic_miou"] == pytest.approx(0.5)  # (1 + 1 + 0 + 0) / 4: background, cat, dog, fox
+    assert result["semantic_pixel_accuracy"] == pytest.approx(0.75)
+    assert "semantic_miou" not in _meter([(prediction, target)]).compute()  # boxes only: no masks to paint
 
 
 def test_false_positive_ranked_first_halves_ap():

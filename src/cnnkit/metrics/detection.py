@@ -9,6 +9,13 @@ mAP@[.5:.95] ("map") also averages over the IoU thresholds 0.5, 0.55, ..., 0.95,
 boxes. At most 100 predictions per image count (the highest-scoring). Classes without ground truth
 are left out of the mean, as in COCO. IoU is between boxes ("bbox") or between masks ("segm").
 
+With masks, the same predictions are also scored as a semantic map, so an instance segmenter can be compared
+with the semantic segmenters (`cnnkit train --task segment`) on the same images: each image's predictions with
+score >= SEMANTIC_SCORE_THRESHOLD (`cnnkit predict`'s default) are painted with their class, lowest score first
+(the highest stays on top, as in the instance-id PNGs `predict` writes), the targets likewise, and
+cnnkit.metrics.segmentation's pixel confusion matrix gives semantic_miou (background included, as the segment
+task counts it) and semantic_pixel_accuracy.
+
 The counting is pycocotools' COCOeval, the reference implementation, fed in memory; this module only
 converts cnnkit's tensors (xyxy boxes, 0-based labels, (N, H, W) masks) to COCO's form (xywh boxes,
 category ids 1..K, RLE masks) and silences pycocotools' printing.
@@ -22,9 +29,10 @@ import io
 import numpy
 import torch
 
-__all__ = ["DetectionMeter", "coco_ap_table"]
+__all__ = ["SEMANTIC_SCORE_THRESHOLD", "DetectionMeter", "coco_ap_table", "paint_semantic"]
 
 _IOU_TYPES = ("bbox", "segm")
+SEMANTIC_SCORE_THRESHOLD = 0.25  # predictions painted into the semantic map: those `cnnkit predict` shows
 
 
 def _numpy(value) -> numpy.ndarray:
@@ -47,6 +55,19 @@ def _rles(masks) -> list[dict]:
         masks = masks >= 0.5
     # encode wants (H, W, N) uint8 in Fortran order.
     return mask_utils.encode(numpy.asfortranarray(masks.astype(numpy.uint8).transpose(1, 2, 0))) if len(masks) else []
+
+
+def paint_semantic(rles: list[dict], labels, scores, height: int, width: int) -> numpy.ndarray:
+    """int64 (H, W): 0 background, label + 1 under each mask; masks painted in ascending score (highest on top)."""
+    from pycocotools import mask as mask_utils
+
+    painted = numpy.zeros((height, width), dtype=numpy.int64)
+    if not len(rles):
+        return painted
+    masks = mask_utils.decode(list(rles))  # (H, W, N)
+    for index in numpy.argsort(numpy.asarray(scores), kind="stable"):
+        painted[masks[:, :, index].astype(bool)] = int(labels[index]) + 1
+    return painted
 
 
 class DetectionMeter:
@@ -174,7 +195,8 @@ class DetectionMeter:
     def compute(self, per_class: bool = False) -> dict:
         """map, map50, map75, mar100 (recall at 100 detections) for boxes; mask_map ... for masks.
 
-        With per_class, "per_class": {class name: {"ap", "ap50"} (and "mask_ap", "mask_ap50")}, None
+        With masks also semantic_miou and semantic_pixel_accuracy (the module docstring). With per_class,
+        "per_class": {class name: {"ap", "ap50"} (and "mask_ap", "mask_ap50", "sem_iou")}, None
         for a class without ground truth. Overall values are 0.0 when no image has ground truth.
         """
         result: dict = {"count": self.count}
@@ -195,9 +217,33 @@ class DetectionMeter:
                     at_50 = values[0][values[0] > -1]
                     per_class_values[name][prefix + "ap"] = float(present.mean()) if present.size else None
                     per_class_values[name][prefix + "ap50"] = float(at_50.mean()) if at_50.size else None
+        if "segm" in self.iou_types:
+            semantic = self._semantic()
+            result["semantic_miou"] = semantic["miou"]
+            result["semantic_pixel_accuracy"] = semantic["pixel_accuracy"]
+            if per_class:
+                for name, values in list(semantic["per_class"].items())[1:]:
+                    per_class_values[name]["sem_iou"] = values["iou"]
+                result["semantic_background_iou"] = next(iter(semantic["per_class"].values()))["iou"]
         if per_class:
             result["per_class"] = per_class_values
         return result
+
+    def _semantic(self) -> dict:
+        """The masks scored as semantic maps (see the module docstring): SegmentationMeter's compute(per_class)."""
+        from cnnkit.metrics.segmentation import SegmentationMeter
+
+        background = "background" if "background" not in self.class_names else "(background)"
+        meter = SegmentationMeter([background] + self.class_names)
+        for record in self._gathered():
+            height, width = record["height"], record["width"]
+            target, prediction = record["targets"], record["predictions"]
+            kept = numpy.flatnonzero(prediction["scores"] >= SEMANTIC_SCORE_THRESHOLD)
+            predicted = paint_semantic([prediction["masks"][i] for i in kept], prediction["labels"][kept],
+                                       prediction["scores"][kept], height, width)
+            truth = paint_semantic(target["masks"], target["labels"], numpy.zeros(len(target["labels"])), height, width)
+            meter.update(torch.from_numpy(predicted)[None], torch.from_numpy(truth)[None])
+        return meter.compute(per_class=True)
 
 
     def precision_recall(self, iou_type: str = "bbox", iou_threshold: float = 0.5) -> dict:

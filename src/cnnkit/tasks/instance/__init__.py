@@ -2,7 +2,8 @@
 
     cnnkit train --task instance --model maskrcnn_resnet18_fpn --data SCENES_DIR epochs=12
     cnnkit train --task instance --model yolo_seg_fastnet --data SCENES_DIR budget=15m   # one-stage, YOLACT-style
-    cnnkit evaluate RUN_DIR                     # COCO mask mAP@.5, mAP@[.5:.95] (and box mAP) on the test split
+    cnnkit evaluate RUN_DIR                     # COCO mask mAP@.5, mAP@[.5:.95] (and box mAP) on the test split,
+                                                # and the masks painted as a semantic map: mIoU as --task segment
     cnnkit predict RUN_DIR scene.png --out out/ # JSON (boxes, scores, RLE masks), instance mask PNG, overlay
 
 The task never asks which model it drives: any model registered with task="instance" that follows the
@@ -15,7 +16,8 @@ Everything but the masks is detection's (cnnkit.tasks.detection): the same data 
 (COCO JSON with polygon/RLE segmentations, or the scenes benchmark's instance PNGs), the same box-aware
 augmentation (`detect_augment`; masks move with the image), the same detection Dataset (here with
 masks=True) and the same DetectionMeter, asked for both iouType "bbox" and "segm". The monitor is
-val_mask_map50: COCO mask AP at IoU 0.5, averaged over the classes.
+val_mask_map50: COCO mask AP at IoU 0.5, averaged over the classes. The meter also paints the masks of score
+>= 0.25 into a semantic map (val_semantic_miou), so an instance segmenter compares with the semantic ones.
 
 Predicted masks are the model's per-pixel probabilities thresholded at 0.5. `predict` writes them as COCO
 RLE (pycocotools.mask.encode; "counts" as a string), as an instance-id PNG (0 background, i for the i-th

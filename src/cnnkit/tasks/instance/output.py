@@ -84,9 +84,10 @@ def write_predictions(segmenter, images: list[str], out: Path, score_threshold: 
 
 
 def evaluation_text(result: dict, split: str) -> str:
-    """`cnnkit evaluate`: mask and box mAP on one line, then the per-class AP table."""
-    return map_summary(result, split, [("mask mAP@.5", "mask_map50"), ("mask mAP@[.5:.95]", "mask_map"),
-                                       ("box mAP@.5", "map50"), ("box mAP@[.5:.95]", "map")])
+    """`cnnkit evaluate`: mask and box mAP and the masks' semantic mIoU on one line, then the per-class table."""
+    values = [("mask mAP@.5", "mask_map50"), ("mask mAP@[.5:.95]", "mask_map"), ("box mAP@.5", "map50"),
+              ("box mAP@[.5:.95]", "map")]
+    return map_summary(result, split, values + [("semantic mIoU", "semantic_miou")] * ("semantic_miou" in result))
 
 
 def predict_images(segmenter, images: list[str], options: PredictOptions) -> list[dict]:
