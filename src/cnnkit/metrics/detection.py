@@ -245,7 +245,6 @@ class DetectionMeter:
             meter.update(torch.from_numpy(predicted)[None], torch.from_numpy(truth)[None])
         return meter.compute(per_class=True)
 
-
     def precision_recall(self, iou_type: str = "bbox", iou_threshold: float = 0.5) -> dict:
         """Per class, its precision-recall curve as COCOeval measured it: (recall levels (101,), precision (101,)),
         at IoU `iou_threshold` (one of 0.5, 0.55, ..., 0.95), all areas, 100 detections per image; None for a
