@@ -53,6 +53,15 @@ MODELS = {
     # 50 against 35 training images/s (batch 16, 2 threads, bf16), so ~40% more epochs fit the budget.
     "unet": {**SEGMENT_COMMON, "model": "unet_resnet18", "model_args": {"decoder_channels": [128, 64, 32, 16, 8]},
              "goal": ("test_miou", 0.80)},
+    # U-Net on fastnet (cnnkit.models.fastnet, the Fashion-MNIST classifier of `make demo`): its pyramid at strides
+    # 1, 2, 4, 8 and a receptive field of ~52 px at the deepest level, the size of the scenes' garments (28-54 px);
+    # decoder 64-32-16-8, so a training step costs what unet_resnet18's does (48 against 47 images/s, batch 16,
+    # 2 threads, bf16; with unet's 128-64-32-16 decoder 24 images/s: its widest blocks run at full resolution).
+    # Flip TTA (tta=true: logits of the image and its mirror averaged, twice the inference cost): the seed-0 run's
+    # best checkpoint scored test mIoU 0.7055 without and 0.7300 with it (2026-12-07, AMD EPYC family 25 model 17).
+    "unet_fastnet": {**SEGMENT_COMMON, "model": "unet", "model_args": {"encoder": "fastnet",
+                                                                       "decoder_channels": [64, 32, 16, 8]},
+                     "tta": True, "goal": ("test_miou", 0.80)},
     "deeplabv3": {**SEGMENT_COMMON, "model": "deeplabv3_resnet18", "model_args": {"output_stride": 16},
                   "goal": ("test_miou", 0.80)},
     "fcn": {**SEGMENT_COMMON, "model": "fcn_resnet18", "model_args": {"output_stride": 16},
@@ -87,11 +96,18 @@ ENCODER = {"task": "classify", "model": "resnet18", "data": "fashion-mnist", "im
 # the train split's canvases around each object at its own scale (28-54 px, with its tint, clutter and
 # neighbours), labelled with its class; RGB, so the encoder's stem fits the segmenters' as it is.
 SCENE_ENCODER = {**ENCODER, "channels": 3, "translate": 4, "scale": 0.1}
+# unet_fastnet's encoder: fastnet with the fast recipe's optimizer (one-cycle SGD, label smoothing), at 40 px with
+# zoom 0.7-1.3 so the garments it learns span the scenes' 28-54 px.
+FASTNET_ENCODER = {"task": "classify", "model": "fastnet", "data": "fashion-mnist", "image_size": 40, "channels": 1,
+                   "batch_size": 256, "optimizer": "sgd", "schedule": "onecycle", "label_smoothing": 0.1,
+                   "hflip": True, "translate": 4, "scale": 0.3, "channels_last": True}
+ENCODER_RECIPES = {"resnet18": ENCODER, "fastnet": FASTNET_ENCODER}
 WINDOW = 64
-ENCODER_MODELS = ("unet", "deeplabv3", "fcn", "maskrcnn")  # the resnet18 segmenters
+ENCODER_MODELS = {"unet": "resnet18", "deeplabv3": "resnet18", "fcn": "resnet18", "maskrcnn": "resnet18",
+                  "unet_fastnet": "fastnet"}  # the segmenters with a zoo encoder, and its backbone
 ORACLE_NOTE = ("true masks painted with the classifier's class for each object; with benchmarks/scenes_data.py's "
                "fastnet on 32-px squashed crops: 0.7995")
-GARMENT_GOALS = {"unet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}  # within 30 min of segmentation
+GARMENT_GOALS = {"unet": 0.72, "unet_fastnet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}  # within 30 min of segmentation
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,14 +124,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--note", default=None,
                         help="conditions of this run worth knowing (e.g. other work on the machine), kept with its rows")
     parser.add_argument("--encoder", choices=("scratch", "garments", "scene-crops"), default="scratch",
-                        help="garments: start the resnet18 encoders (unet, deeplabv3, fcn, maskrcnn) from a "
-                             "Fashion-MNIST classifier trained first (rows named MODEL+garments); scene-crops: from "
+                        help="garments: start the encoders (resnet18: unet, deeplabv3, fcn, maskrcnn; fastnet: "
+                             "unet_fastnet) from a Fashion-MNIST classifier of the same backbone trained first (rows named MODEL+garments); scene-crops: from "
                              "a classifier of 64x64 windows around the train split's objects (MODEL+scene-crops); "
                              "default scratch")
     parser.add_argument("--encoder-minutes", type=float, default=10.0,
                         help="the garment classifier's training budget (default 10), counted in each row's total")
-    parser.add_argument("--encoder-run", default=None,
-                        help="reuse this garment classifier run instead of training one (its recorded minutes count)")
+    parser.add_argument("--encoder-run", nargs="+", default=[], metavar="[BACKBONE=]RUN",
+                        help="reuse this garment classifier run instead of training one (its recorded minutes count); "
+                             "BACKBONE=RUN (resnet18=..., fastnet=...) when the models need several backbones")
     parser.add_argument("--encoder-only", action="store_true",
                         help="train the --encoder classifier (and, for scene-crops, score the scenes' oracle with it), "
                              "no segmenter; writes segmentation-encoder.json and .md")
@@ -206,12 +223,24 @@ def write_windows(scenes: Path, out: Path, size: int = WINDOW) -> dict[str, int]
     return counts
 
 
-def train_encoder(args, out: Path) -> dict:
+def reused_encoder_run(args, backbone: str) -> str | None:
+    """The `--encoder-run` given for `backbone` (BACKBONE=RUN, or a bare RUN for any), or None."""
+    for value in args.encoder_run:
+        name, separator, run = value.partition("=")
+        if not separator:
+            return value
+        if name == backbone:
+            return run
+    return None
+
+
+def train_encoder(args, out: Path, backbone: str = "resnet18") -> dict:
     """The classifier the encoders start from (`--encoder garments` or `scene-crops`): its run, minutes and test
     accuracy (Fashion-MNIST's test split, or the windows of the scenes' test split)."""
     import cnnkit
 
-    recipe, name = (ENCODER, "encoder-garments") if args.encoder == "garments" else (SCENE_ENCODER, "encoder-scene-crops")
+    recipe, name = (ENCODER_RECIPES[backbone], f"encoder-garments-{backbone}") if args.encoder == "garments" \
+        else (SCENE_ENCODER, "encoder-scene-crops")
     if args.encoder == "scene-crops":
         windows = out / "scene-windows"
         if not windows.with_name(windows.name + ".json").is_file():
@@ -220,15 +249,16 @@ def train_encoder(args, out: Path) -> dict:
                   flush=True)
         recipe = {**recipe, "data": str(windows)}
 
-    if args.encoder_run:
-        run_dir = Path(args.encoder_run)
+    if reused_encoder_run(args, backbone):
+        run_dir = Path(reused_encoder_run(args, backbone))
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         seconds = sum(json.loads(line)["epoch_seconds"] for line in lines)
     else:
         settings = {**recipe, "out": str(out), "name": name, "seed": args.seed, "progress": False,
                     "report": False, "num_threads": args.threads or 0,
                     "budget": f"{0.1 if args.quick else args.encoder_minutes:g}m"}
-        print(f"encoder: resnet18 on {settings['data']} at 64 px, budget {settings['budget']}", flush=True)
+        print(f"encoder: {backbone} on {settings['data']} at {recipe['image_size']} px, budget {settings['budget']}",
+              flush=True)
         started = time.perf_counter()
         run_dir = cnnkit.train(settings).run_dir
         seconds = time.perf_counter() - started
@@ -289,6 +319,8 @@ def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
         goal = GARMENT_GOALS[name]
         row["goal"] = {"metric": key, "value": goal}
         row["goal_met"] = row[key] >= goal
+    if args.seed:  # seeds beside seed 0's row, not over it
+        row["name"] += f"-seed{args.seed}"
     if args.note:
         row["note"] = args.note
     print(f"{name}: {key} {row[key]:.4f} (goal {goal}), {train_seconds / 60:.1f} min, "
@@ -329,8 +361,8 @@ def markdown(rows: list[dict], args) -> str:
             encoder = row["encoder"]
             source = ("64x64 windows around the scenes' train objects" if encoder.get("kind") == "scene-crops"
                       else "Fashion-MNIST")
-            lines[-1] += (f". Encoder: resnet18 trained on {source} first ({encoder['seconds'] / 60:.1f} min, test "
-                          f"accuracy {encoder['test_accuracy']:.4f}); total {row['total_seconds'] / 60:.1f} min")
+            lines[-1] += (f". Encoder: {encoder['settings'].get('model', 'resnet18')} trained on {source} first "
+                          f"({encoder['seconds'] / 60:.1f} min, test accuracy {encoder['test_accuracy']:.4f}); total {row['total_seconds'] / 60:.1f} min")
             if encoder.get("oracle"):
                 lines[-1] += (f". The scenes' oracle with this classifier: oracle-mask mIoU "
                               f"{encoder['oracle']['miou']:.4f} ({ORACLE_NOTE})")
@@ -347,7 +379,7 @@ def markdown(rows: list[dict], args) -> str:
 def write_encoder_result(encoder: dict | None, header: dict, args) -> None:
     if encoder is None:
         raise SystemExit("--encoder-only needs --encoder garments or scene-crops")
-    lines = [f"Encoder `--encoder {encoder['kind']}`: resnet18, {encoder['seconds'] / 60:.1f} min, test accuracy "
+    lines = [f"Encoder `--encoder {encoder['kind']}`: {encoder['settings'].get('model', 'resnet18')}, {encoder['seconds'] / 60:.1f} min, test accuracy "
              f"{encoder['test_accuracy']:.4f}.", ""]
     if encoder.get("oracle"):
         oracle = encoder["oracle"]
@@ -371,17 +403,19 @@ def main() -> None:
             args.minutes = min(args.minutes, 0.05)
         make_scenes(Path(args.data), args.quick)
         out = Path(args.out) if args.out else Path(temporary) / "runs"
-        encoder = None
+        encoders: dict[str, dict] = {}  # backbone -> its garment classifier
         if args.encoder != "scratch":
-            unfit = [name for name in args.models if name not in ENCODER_MODELS]
+            unfit = [name for name in args.models if name not in ENCODER_MODELS
+                     or (args.encoder == "scene-crops" and ENCODER_MODELS[name] != "resnet18")]
             if unfit:
-                raise SystemExit(f"--encoder {args.encoder}: {', '.join(unfit)} has no resnet18 encoder; choose among "
-                                 f"{', '.join(ENCODER_MODELS)}")
-            encoder = train_encoder(args, out)
+                raise SystemExit(f"--encoder {args.encoder}: {', '.join(unfit)} has no encoder for it; choose among "
+                                 f"{', '.join(ENCODER_MODELS)} (scene-crops: the resnet18 ones)")
+            for backbone in dict.fromkeys(ENCODER_MODELS[name] for name in args.models):
+                encoders[backbone] = train_encoder(args, out, backbone)
         if args.encoder_only:
-            write_encoder_result(encoder, header, args)
+            write_encoder_result(next(iter(encoders.values()), None), header, args)
             return
-        rows = [run_model(name, args, out, encoder) for name in args.models]
+        rows = [run_model(name, args, out, encoders.get(ENCODER_MODELS.get(name))) for name in args.models]
     order = [*MODELS, *(f"{name}+{kind}" for kind in ("garments", "scene-crops") for name in ENCODER_MODELS)]
     rows = _common.merge_previous(NAME, header, rows, "name", order, args.results_dir, args.fresh)
     title = "Segmentation on the scenes benchmark (U-Net, DeepLabV3, FCN, Mask R-CNN, YOLO-seg)"
