@@ -65,6 +65,38 @@ def test_evaluate_prints_miou_and_writes_json(segment_run):
     assert len(written["confusion_matrix"]) == 3
 
 
+def test_evaluate_tta_override_scores_the_mirrored_average_and_writes_beside(segment_run):
+    run_dir, _, _ = segment_run
+    plain = json.loads((run_dir / "evaluation-test.json").read_text()) if (run_dir / "evaluation-test.json").is_file() \
+        else None
+    result = run_cli("evaluate", run_dir, "--device", "cpu", "--tta", "on", "--json")
+    assert result.returncode == 0, result.stderr
+    on = json.loads((run_dir / "evaluation-test-tta-on.json").read_text())
+    assert on["tta"] is True and json.loads(result.stdout)["miou"] == on["miou"]
+    off = run_cli("evaluate", run_dir, "--device", "cpu", "--tta", "off", "--json")
+    assert off.returncode == 0, off.stderr
+    off = json.loads((run_dir / "evaluation-test-tta-off.json").read_text())
+    assert off["tta"] is False
+    if plain is not None:  # the run was trained without tta: "off" is its own evaluation
+        assert off["miou"] == plain["miou"]
+    # the mirrored average changes the logits of an asymmetric test set, so the two confusion matrices differ
+    assert on["confusion_matrix"] != off["confusion_matrix"]
+
+
+def test_evaluate_tta_is_refused_where_the_task_has_none(tmp_path, monkeypatch, capsys):
+    import cnnkit.api
+    from cnnkit.cli import main
+
+    class Detector:  # what load() gives for a detection run: no flip TTA to switch
+        record = {"task": "detect"}
+
+    monkeypatch.setattr(cnnkit.api, "load", lambda run_dir, device: Detector())
+    assert main(["evaluate", str(tmp_path), "--tta", "on"]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "--tta applies to classification and segmentation runs" in stderr
+    assert "detect run: leave --tta out" in stderr and not list(tmp_path.iterdir())
+
+
 def test_predict_writes_mask_and_overlay_at_the_image_size(segment_run, tmp_path):
     run_dir, data, _ = segment_run
     odd = tmp_path / "odd.png"  # another size than training (32x32): the mask must match the input

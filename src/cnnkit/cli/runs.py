@@ -29,13 +29,19 @@ def add_evaluate(commands) -> None:
                     "(pycocotools), box mAP and per-class AP; detection runs: COCO box mAP@[.5:.95], mAP@.5,\n"
                     "mAP@.75, recall@100 and per-class AP (pycocotools), and the detector's images/s.",
         epilog="examples:\n  cnnkit evaluate runs/fastnet-fashion-mnist-20261125-101500\n"
-               "  cnnkit evaluate RUN_DIR --split val --json > val.json",
+               "  cnnkit evaluate RUN_DIR --split val --json > val.json\n"
+               "  cnnkit evaluate SEGMENT_RUN --tta on    # with flip TTA, whatever the run was trained with",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--json", action="store_true", help="print JSON (accuracy, loss, per_class, confusion_matrix ...) "
                         "instead of the table; the same JSON is always written to RUN_DIR/evaluation-SPLIT.json")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--tta", choices=("on", "off"), default=None,
+                        help="classification and segmentation runs: evaluate with (on) or without (off) flip "
+                             "test-time augmentation, the logits of each image and its mirror image averaged "
+                             "(twice the inference cost); default: as the run was trained (its tta setting). "
+                             "Written to evaluation-SPLIT-tta-on.json (or -off), beside the run's own")
 
 
 def run_evaluate(args) -> int:
@@ -44,10 +50,18 @@ def run_evaluate(args) -> int:
 
     predictor = load(args.run_dir, device=args.device)
     info = task_info(predictor.record["task"])
+    suffix = ""
+    if args.tta is not None:
+        if not hasattr(predictor, "tta"):
+            raise CnnkitError(f"{args.run_dir}: --tta applies to classification and segmentation runs; this is a "
+                              f"{predictor.record['task']} run: leave --tta out")
+        predictor.tta, suffix = args.tta == "on", f"-tta-{args.tta}"
     result = predictor.evaluate(args.split)
+    if args.tta is not None:
+        result["tta"] = predictor.tta
     text = json.dumps(result, indent=2)
     print(text if args.json else info.evaluation_text(result, args.split))
-    return _write_evaluation(predictor.run_dir, args.split, text, info.evaluation_saved)
+    return _write_evaluation(predictor.run_dir, args.split + suffix, text, info.evaluation_saved)
 
 
 def _write_evaluation(run_dir: Path, split: str, text: str, what: str) -> int:
