@@ -24,6 +24,9 @@ instead; their "epochs" read run/planned.
     .venv/bin/python benchmarks/segmentation.py --quick                       # smoke test: tiny data, seconds
     .venv/bin/python benchmarks/segmentation.py --models unet --encoder garments   # encoder from a garment classifier
     .venv/bin/python benchmarks/segmentation.py --models unet --encoder scene-crops  # ... trained on the scenes' garments
+    .venv/bin/python benchmarks/segmentation.py --models unet_fastnet --encoder garments --encoder-minutes 6
+    .venv/bin/python benchmarks/segmentation.py --models unet_fastnet --encoder garments --seed 1 \
+        --encoder-run fastnet=RUNS/encoder-garments-fastnet      # another seed, the same encoder
 
 The scenes data is made with `cnnkit data make-scenes DATA --seed 0` when DATA does not exist yet.
 Writes benchmarks/results/segmentation.json and .md (segmentation-quick.* for --quick).
