@@ -110,7 +110,8 @@ ENCODER_MODELS = {"unet": "resnet18", "deeplabv3": "resnet18", "fcn": "resnet18"
                   "unet_fastnet": "fastnet"}  # the segmenters with a zoo encoder, and its backbone
 ORACLE_NOTE = ("true masks painted with the classifier's class for each object; with benchmarks/scenes_data.py's "
                "fastnet on 32-px squashed crops: 0.7995")
-GARMENT_GOALS = {"unet": 0.72, "unet_fastnet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}  # within 30 min of segmentation
+# within 30 minutes of segmentation
+GARMENT_GOALS = {"unet": 0.72, "unet_fastnet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}
 
 
 def parse_args() -> argparse.Namespace:
@@ -128,7 +129,8 @@ def parse_args() -> argparse.Namespace:
                         help="conditions of this run worth knowing (e.g. other work on the machine), kept with its rows")
     parser.add_argument("--encoder", choices=("scratch", "garments", "scene-crops"), default="scratch",
                         help="garments: start the encoders (resnet18: unet, deeplabv3, fcn, maskrcnn; fastnet: "
-                             "unet_fastnet) from a Fashion-MNIST classifier of the same backbone trained first (rows named MODEL+garments); scene-crops: from "
+                             "unet_fastnet) from a Fashion-MNIST classifier of the same backbone trained first "
+                             "(rows named MODEL+garments); scene-crops: from "
                              "a classifier of 64x64 windows around the train split's objects (MODEL+scene-crops); "
                              "default scratch")
     parser.add_argument("--encoder-minutes", type=float, default=10.0,
@@ -252,8 +254,9 @@ def train_encoder(args, out: Path, backbone: str = "resnet18") -> dict:
                   flush=True)
         recipe = {**recipe, "data": str(windows)}
 
-    if reused_encoder_run(args, backbone):
-        run_dir = Path(reused_encoder_run(args, backbone))
+    reused = reused_encoder_run(args, backbone)
+    if reused:
+        run_dir = Path(reused)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         seconds = sum(json.loads(line)["epoch_seconds"] for line in lines)
     else:
@@ -365,7 +368,8 @@ def markdown(rows: list[dict], args) -> str:
             source = ("64x64 windows around the scenes' train objects" if encoder.get("kind") == "scene-crops"
                       else "Fashion-MNIST")
             lines[-1] += (f". Encoder: {encoder['settings'].get('model', 'resnet18')} trained on {source} first "
-                          f"({encoder['seconds'] / 60:.1f} min, test accuracy {encoder['test_accuracy']:.4f}); total {row['total_seconds'] / 60:.1f} min")
+                          f"({encoder['seconds'] / 60:.1f} min, test accuracy {encoder['test_accuracy']:.4f}); "
+                          f"total {row['total_seconds'] / 60:.1f} min")
             if encoder.get("oracle"):
                 lines[-1] += (f". The scenes' oracle with this classifier: oracle-mask mIoU "
                               f"{encoder['oracle']['miou']:.4f} ({ORACLE_NOTE})")
@@ -382,8 +386,8 @@ def markdown(rows: list[dict], args) -> str:
 def write_encoder_result(encoder: dict | None, header: dict, args) -> None:
     if encoder is None:
         raise SystemExit("--encoder-only needs --encoder garments or scene-crops")
-    lines = [f"Encoder `--encoder {encoder['kind']}`: {encoder['settings'].get('model', 'resnet18')}, {encoder['seconds'] / 60:.1f} min, test accuracy "
-             f"{encoder['test_accuracy']:.4f}.", ""]
+    lines = [f"Encoder `--encoder {encoder['kind']}`: {encoder['settings'].get('model', 'resnet18')}, "
+             f"{encoder['seconds'] / 60:.1f} min, test accuracy {encoder['test_accuracy']:.4f}.", ""]
     if encoder.get("oracle"):
         oracle = encoder["oracle"]
         lines += [f"The scenes' oracle with this classifier (test split, true boxes and masks): crop accuracy "
