@@ -84,7 +84,9 @@ def machine_info() -> dict[str, Any]:
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     try:
-        bf16_native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        from cnnkit.device import cpu_bf16_native
+
+        bf16_native = cpu_bf16_native()
     except (AttributeError, RuntimeError):
         bf16_native = None
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -438,3 +438,22 @@ def test_export_keeps_the_callers_model_and_respects_the_umask(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # not moved or cast in place
     assert [m.training for m in model.modules()] == modes  # every module's mode as it was
     assert stat.S_IMODE(result.path.stat().st_mode) == 0o640  # 0666 & ~umask, not mkstemp's 0600
+
+
+# ---------------------------------------------------------------- and on the CPU: bf16 only where it is native
+@pytest.mark.parametrize("avx512_bf16,amx,expected", [(False, False, None), (True, False, torch.bfloat16),
+                                                      (False, True, torch.bfloat16)])
+def test_auto_precision_on_an_x86_cpu_is_bf16_only_with_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, expected):
+    """oneDNN reports bf16 "supported" on any AVX-512 CPU, where it is emulated (3.3x slower than fp32 measured)."""
+    monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert device_module.resolve_precision("auto", torch.device("cpu")) == expected
+    assert device_module.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
+
+
+def test_auto_precision_on_a_cpu_without_onednn_bf16_is_fp32(monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert device_module.resolve_precision("auto", torch.device("cpu")) is None
