@@ -65,6 +65,10 @@ MODELS = {
     "unet_fastnet": {**SEGMENT_COMMON, "model": "unet", "model_args": {"encoder": "fastnet",
                                                                        "decoder_channels": [64, 32, 16, 8]},
                      "tta": True, "goal": ("test_miou", 0.80)},
+    # DeepLabV3 and FCN on the same fastnet encoder (cnnkit.models.segmentation.fastnet_backbone) at output stride 8:
+    # torchvision's ASPP head / FCNHead on its 16x16 map of a 128-px scene, upsampled bilinearly; flip TTA as above.
+    "deeplabv3_fastnet": {**SEGMENT_COMMON, "model": "deeplabv3_fastnet", "tta": True, "goal": ("test_miou", 0.80)},
+    "fcn_fastnet": {**SEGMENT_COMMON, "model": "fcn_fastnet", "tta": True, "goal": ("test_miou", 0.75)},
     "deeplabv3": {**SEGMENT_COMMON, "model": "deeplabv3_resnet18", "model_args": {"output_stride": 16},
                   "goal": ("test_miou", 0.80)},
     "fcn": {**SEGMENT_COMMON, "model": "fcn_resnet18", "model_args": {"output_stride": 16},
@@ -107,11 +111,13 @@ FASTNET_ENCODER = {"task": "classify", "model": "fastnet", "data": "fashion-mnis
 ENCODER_RECIPES = {"resnet18": ENCODER, "fastnet": FASTNET_ENCODER}
 WINDOW = 64
 ENCODER_MODELS = {"unet": "resnet18", "deeplabv3": "resnet18", "fcn": "resnet18", "maskrcnn": "resnet18",
-                  "unet_fastnet": "fastnet"}  # the segmenters with a zoo encoder, and its backbone
+                  "unet_fastnet": "fastnet", "deeplabv3_fastnet": "fastnet", "fcn_fastnet": "fastnet"}
+# ^ the segmenters with a zoo encoder, and its backbone
 ORACLE_NOTE = ("true masks painted with the classifier's class for each object; with benchmarks/scenes_data.py's "
                "fastnet on 32-px squashed crops: 0.7995")
 # within 30 minutes of segmentation
-GARMENT_GOALS = {"unet": 0.72, "unet_fastnet": 0.72, "deeplabv3": 0.70, "fcn": 0.68, "maskrcnn": 0.78}
+GARMENT_GOALS = {"unet": 0.72, "unet_fastnet": 0.72, "deeplabv3": 0.70, "deeplabv3_fastnet": 0.70, "fcn": 0.68,
+                 "fcn_fastnet": 0.68, "maskrcnn": 0.78}
 
 
 def parse_args() -> argparse.Namespace:
@@ -129,7 +135,7 @@ def parse_args() -> argparse.Namespace:
                         help="conditions of this run worth knowing (e.g. other work on the machine), kept with its rows")
     parser.add_argument("--encoder", choices=("scratch", "garments", "scene-crops"), default="scratch",
                         help="garments: start the encoders (resnet18: unet, deeplabv3, fcn, maskrcnn; fastnet: "
-                             "unet_fastnet) from a Fashion-MNIST classifier of the same backbone trained first "
+                             "unet_fastnet, deeplabv3_fastnet, fcn_fastnet) from a Fashion-MNIST classifier of the same backbone trained first "
                              "(rows named MODEL+garments); scene-crops: from "
                              "a classifier of 64x64 windows around the train split's objects (MODEL+scene-crops); "
                              "default scratch")

@@ -379,3 +379,32 @@ def test_pretrained_backbone_weights_load_by_name(tmp_path):
     fcn = create_model("fcn_resnet18", num_classes=3, input_size=128)
     load_pretrained(fcn, str(file), {"name": "fcn_resnet18", "args": {}})
     assert torch.equal(fcn.state_dict()["backbone.layer4.1.conv2.weight"], classifier.state_dict()["layer4.1.conv2.weight"])
+
+
+def test_fastnet_backbones_keep_fastnet_names_and_strides(tmp_path):
+    """deeplabv3_fastnet / fcn_fastnet: 16x16 features on a 128-px image (stride 8), 32x32 at output_stride=4;
+    a gray fastnet classifier loads into them tensor for tensor (all but its linear head), kernels spread over RGB."""
+    from safetensors.torch import save_file
+
+    from cnnkit.errors import ModelError
+    from cnnkit.tasks.segmentation import load_pretrained
+
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, 128, 128)
+    for name in ("deeplabv3_fastnet", "fcn_fastnet"):
+        model = create_model(name, num_classes=11, input_size=128).eval()
+        assert model.backbone(images)["out"].shape == (1, 128, 16, 16)
+        assert model(images).shape == (1, 11, 128, 128)
+    fine = create_model("fcn_fastnet", num_classes=11, input_size=128, output_stride=4).eval()
+    assert fine.backbone(images)["out"].shape == (1, 128, 32, 32)
+    with pytest.raises(ModelError, match="output_stride"):
+        create_model("deeplabv3_fastnet", num_classes=11, output_stride=16)
+    classifier = create_model("fastnet", num_classes=10, in_chans=1, input_size=40)
+    file = tmp_path / "fastnet.safetensors"
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(file))
+    model = create_model("deeplabv3_fastnet", num_classes=11, input_size=128)
+    message = load_pretrained(model, str(file), {"name": "deeplabv3_fastnet", "args": {}})
+    assert f"loaded {len(classifier.state_dict()) - 2} of" in message  # all but head.weight / head.bias
+    weights = classifier.state_dict()
+    assert torch.equal(model.state_dict()["backbone.stages.2.conv2.weight"], weights["stages.2.conv2.weight"])
+    assert model.state_dict()["backbone.stem.0.weight"].shape[1] == 3

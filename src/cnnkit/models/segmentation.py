@@ -31,6 +31,9 @@ Deviations, all for small images:
 - ResNet-18/34 have basic blocks, which torchvision will not dilate: `dilate_stage` sets the strides and
   dilations itself (the first block of a dilated stage also uses the new rate, a slight difference from
   torchvision's bottleneck ResNets, which keep the previous rate there).
+- fastnet backbones (`deeplabv3_fastnet`, `fcn_fastnet`): cnnkit's demo classifier at its own output stride 8,
+  or 4 with the last stage's pool dropped and its second convolution dilated; small enough for CPU training
+  and initialised from a fastnet classification run with `pretrained=RUN`.
 Pretrained weights are never downloaded here (weights=None, weights_backbone=None); `--pretrained`
 loads them later by name.
 """
@@ -135,6 +138,32 @@ def resnet_backbone(name: str, in_chans: int, input_size, output_stride: int, re
     return IntermediateLayerGetter(resnet, return_layers)
 
 
+def fastnet_backbone(in_chans: int, output_stride: int, return_layers: dict[str, str]) -> nn.Module:
+    """cnnkit's fastnet (the demo's classifier) as a feature extractor at `output_stride` 8 (its own) or 4.
+
+    Stride 4 drops the last stage's max-pool and dilates that stage's second convolution by 2, the atrous trick
+    on a net whose stages pool after their first convolution. The layers keep fastnet's names (stem, stages),
+    so a fastnet classifier run loads into it with `pretrained=RUN`.
+    """
+    from cnnkit.models.fastnet import FastNet
+
+    if output_stride not in (4, 8):
+        raise ModelError(f"output_stride must be 8 (fastnet's own) or 4 for a fastnet backbone, got {output_stride}")
+    net = FastNet(in_chans=in_chans)
+    if output_stride == 4:
+        last = net.stages[-1]
+        last.pool = nn.Identity()
+        last.conv2.dilation, last.conv2.padding = (2, 2), (2, 2)
+    return IntermediateLayerGetter(net, return_layers)
+
+
+def _backbone(name: str, in_chans: int, input_size, output_stride: int, return_layers: dict[str, str]):
+    """(feature extractor, its deep features' channels) for a ResNet name or "fastnet"."""
+    if name == "fastnet":
+        return fastnet_backbone(in_chans, output_stride, return_layers), 128
+    return resnet_backbone(name, in_chans, input_size, output_stride, return_layers), _resnet_channels(name)[1]
+
+
 def default_rates(input_size, output_stride: int, small: bool) -> tuple[int, ...]:
     """ASPP rates scaled from the paper's (6, 12, 18) on 33x33 features to this model's feature side."""
     side = min(zoo_input_size(input_size)) / (output_stride // (4 if small else 1))
@@ -154,20 +183,21 @@ def _check(num_classes: int, in_chans: int, input_size) -> bool:
 # ----------------------------------------------------------------------------------------------- builders
 def fcn(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 3, input_size=128,
         output_stride: int = 8) -> FCN:
-    """FCN on a dilated ResNet (torchvision's FCN and FCNHead; `fcn_resnet50` is torchvision's model)."""
+    """FCN on a dilated ResNet or fastnet (torchvision's FCN and FCNHead; `fcn_resnet50` is torchvision's model)."""
     _check(num_classes, in_chans, input_size)
-    backbone = resnet_backbone(backbone_name, in_chans, input_size, output_stride, {"layer4": "out"})
-    channels = _resnet_channels(backbone_name)[1]
+    layer = "stages" if backbone_name == "fastnet" else "layer4"
+    backbone, channels = _backbone(backbone_name, in_chans, input_size, output_stride, {layer: "out"})
     return FCN(backbone, FCNHead(channels, num_classes), None)
 
 
 def deeplabv3(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 3, input_size=128,
               output_stride: int = 8, atrous_rates=None) -> DeepLabV3:
-    """DeepLabV3 on a dilated ResNet (torchvision's DeepLabV3 and DeepLabHead with ASPP)."""
+    """DeepLabV3 on a dilated ResNet or fastnet (torchvision's DeepLabV3 and DeepLabHead with ASPP)."""
     small = _check(num_classes, in_chans, input_size)
-    backbone = resnet_backbone(backbone_name, in_chans, input_size, output_stride, {"layer4": "out"})
+    layer = "stages" if backbone_name == "fastnet" else "layer4"
+    backbone, channels = _backbone(backbone_name, in_chans, input_size, output_stride, {layer: "out"})
     rates = tuple(atrous_rates) if atrous_rates else default_rates(input_size, output_stride, small)
-    return DeepLabV3(backbone, DeepLabHead(_resnet_channels(backbone_name)[1], num_classes, rates), None)
+    return DeepLabV3(backbone, DeepLabHead(channels, num_classes, rates), None)
 
 
 def deeplabv3plus(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 3, input_size=128,
@@ -190,6 +220,20 @@ def fcn_resnet50(**kwargs) -> FCN:
 def fcn_resnet18(**kwargs) -> FCN:
     """FCN on a ResNet-18 dilated to output stride 8: torchvision's FCN and FCNHead, a CPU-sized backbone."""
     return fcn("resnet18", **kwargs)
+
+
+@register_model(family="fcn", source="cnnkit", task="segment")
+def fcn_fastnet(**kwargs) -> FCN:
+    """FCN on fastnet (the demo's classifier, 0.3M parameters) at its own output stride 8: `pretrained=` a
+    fastnet classification run starts it from garments it already knows."""
+    return fcn("fastnet", **kwargs)
+
+
+@register_model(family="deeplab", source="cnnkit", task="segment")
+def deeplabv3_fastnet(**kwargs) -> DeepLabV3:
+    """DeepLabV3 (torchvision's ASPP head) on fastnet at its own output stride 8, a CPU-sized backbone that a
+    fastnet classification run fits tensor for tensor (`pretrained=RUN`)."""
+    return deeplabv3("fastnet", **kwargs)
 
 
 @register_model(family="deeplab", source="torchvision", task="segment")
@@ -230,5 +274,5 @@ def deeplabv3plus_resnet50(**kwargs) -> DeepLabV3Plus:
     return deeplabv3plus("resnet50", **kwargs)
 
 
-__all__ = ["DeepLabV3", "DeepLabV3Plus", "FCN", "deeplabv3", "deeplabv3plus", "dilate_stage", "fcn",
+__all__ = ["DeepLabV3", "DeepLabV3Plus", "FCN", "deeplabv3", "deeplabv3plus", "dilate_stage", "fastnet_backbone", "fcn",
            "resnet_backbone"]
