@@ -65,10 +65,15 @@ MODELS = {
     "unet_fastnet": {**SEGMENT_COMMON, "model": "unet", "model_args": {"encoder": "fastnet",
                                                                        "decoder_channels": [64, 32, 16, 8]},
                      "tta": True, "goal": ("test_miou", 0.80)},
-    # DeepLabV3 and FCN on the same fastnet encoder (cnnkit.models.segmentation.fastnet_backbone) at output stride 8:
-    # torchvision's ASPP head / FCNHead on its 16x16 map of a 128-px scene, upsampled bilinearly; flip TTA as above.
-    "deeplabv3_fastnet": {**SEGMENT_COMMON, "model": "deeplabv3_fastnet", "tta": True, "goal": ("test_miou", 0.80)},
-    "fcn_fastnet": {**SEGMENT_COMMON, "model": "fcn_fastnet", "tta": True, "goal": ("test_miou", 0.75)},
+    # DeepLabV3 and FCN on the same fastnet encoder (cnnkit.models.segmentation.fastnet_backbone) at output stride 4:
+    # the scenes' masks, area-averaged to a stride-s grid and upsampled bilinearly, score mIoU 0.94 / 0.85 / 0.64 at
+    # s = 4 / 8 / 16 (test split), a ceiling on any head that predicts at stride s. ASPP at 64 channels: training
+    # images/s (batch 16, fp32, 2 threads, Intel Xeon family 6 model 207) 33 at stride 4, against 22 with 128
+    # channels and 12 with torchvision's 256; FCN at stride 4: 51. Flip TTA as above.
+    "deeplabv3_fastnet": {**SEGMENT_COMMON, "model": "deeplabv3_fastnet", "tta": True,
+                          "model_args": {"output_stride": 4, "aspp_channels": 64}, "goal": ("test_miou", 0.80)},
+    "fcn_fastnet": {**SEGMENT_COMMON, "model": "fcn_fastnet", "tta": True, "model_args": {"output_stride": 4},
+                    "goal": ("test_miou", 0.75)},
     "deeplabv3": {**SEGMENT_COMMON, "model": "deeplabv3_resnet18", "model_args": {"output_stride": 16},
                   "goal": ("test_miou", 0.80)},
     "fcn": {**SEGMENT_COMMON, "model": "fcn_resnet18", "model_args": {"output_stride": 16},

@@ -397,6 +397,10 @@ def test_fastnet_backbones_keep_fastnet_names_and_strides(tmp_path):
         assert model(images).shape == (1, 11, 128, 128)
     fine = create_model("fcn_fastnet", num_classes=11, input_size=128, output_stride=4).eval()
     assert fine.backbone(images)["out"].shape == (1, 128, 32, 32)
+    thin = create_model("deeplabv3_fastnet", num_classes=11, input_size=128, output_stride=4, aspp_channels=64).eval()
+    assert thin.classifier[0].project[0].out_channels == 64 and thin(images).shape == (1, 11, 128, 128)
+    default = create_model("deeplabv3_resnet18", num_classes=3, input_size=128).state_dict()
+    assert default["classifier.1.weight"].shape == (256, 256, 3, 3)  # torchvision's DeepLabHead names and widths
     with pytest.raises(ModelError, match="output_stride"):
         create_model("deeplabv3_fastnet", num_classes=11, output_stride=16)
     classifier = create_model("fastnet", num_classes=10, in_chans=1, input_size=40)

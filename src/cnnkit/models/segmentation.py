@@ -50,6 +50,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
 from cnnkit.errors import ModelError
+from cnnkit.models._utils import check_positive
 from cnnkit.models.adapt import adapted_stem, check_args, is_small, zoo_input_size
 from cnnkit.registry import register_model
 
@@ -190,14 +191,27 @@ def fcn(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 
     return FCN(backbone, FCNHead(channels, num_classes), None)
 
 
+def deeplab_head(in_channels: int, num_classes: int, rates, channels: int = 256) -> nn.Sequential:
+    """torchvision's DeepLabHead (ASPP, 3x3 conv-BN-ReLU, 1x1 classifier) with `channels` instead of its fixed 256.
+
+    The layers keep DeepLabHead's names (0: ASPP ... 4: classifier), so torchvision's weights load at 256.
+    """
+    if channels == 256:
+        return DeepLabHead(in_channels, num_classes, rates)
+    check_positive("aspp_channels", channels)
+    return nn.Sequential(ASPP(in_channels, rates, channels), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, num_classes, 1))
+
+
 def deeplabv3(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 3, input_size=128,
-              output_stride: int = 8, atrous_rates=None) -> DeepLabV3:
-    """DeepLabV3 on a dilated ResNet or fastnet (torchvision's DeepLabV3 and DeepLabHead with ASPP)."""
+              output_stride: int = 8, atrous_rates=None, aspp_channels: int = 256) -> DeepLabV3:
+    """DeepLabV3 on a dilated ResNet or fastnet (torchvision's DeepLabV3 and ASPP; `aspp_channels` 256 as the
+    paper, fewer for a cheaper head on a small backbone)."""
     small = _check(num_classes, in_chans, input_size)
     layer = "stages" if backbone_name == "fastnet" else "layer4"
     backbone, channels = _backbone(backbone_name, in_chans, input_size, output_stride, {layer: "out"})
     rates = tuple(atrous_rates) if atrous_rates else default_rates(input_size, output_stride, small)
-    return DeepLabV3(backbone, DeepLabHead(channels, num_classes, rates), None)
+    return DeepLabV3(backbone, deeplab_head(channels, num_classes, rates, aspp_channels), None)
 
 
 def deeplabv3plus(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 3, input_size=128,
