@@ -20,7 +20,11 @@ What it measures, on a scenes set made with the given settings (default: `cnnkit
     .venv/bin/python benchmarks/scenes_data.py --train 3000 --min-objects 1 --max-objects 4 --max-scale 0.45
     .venv/bin/python benchmarks/scenes_data.py --quick               # smoke test: 40/10/10 canvases, 1 epoch
 
-Writes benchmarks/results/scenes_data.json and .md (scenes_data-quick.* with --quick).
+    .venv/bin/python benchmarks/scenes_data.py --resolution-ceiling data/scenes   # only the stride ceiling, seconds
+
+Writes benchmarks/results/scenes_data.json and .md (scenes_data-quick.* with --quick; scenes_data-resolution.*
+with --resolution-ceiling: the mIoU that a head predicting at output stride 4, 8, 16, 32 and upsampled, as FCN's
+and DeepLabV3's are, gets at best on the test masks).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--augment-items", type=int, default=300, help="items timed per augmentation preset")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
+    parser.add_argument("--resolution-ceiling", metavar="SCENES", default=None,
+                        help="only this: the mIoU ceiling of output strides 4-32 on an existing scenes folder's test "
+                             "masks (writes scenes_data-resolution.*)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
     if args.quick:
@@ -130,9 +137,48 @@ def oracle_scores(run_dir: Path, scenes: Path, crop=squashed_crop) -> dict:
             "miou": segmentation["miou"], "iou": {name: values["iou"] for name, values in segmentation["per_class"].items()}}
 
 
+def resolution_ceiling(scenes: Path, strides=(4, 8, 16, 32), split: str = "test") -> dict[int, dict]:
+    """mIoU of the true semantic masks seen through a stride-s grid: one-hot masks area-averaged over s x s cells,
+    upsampled bilinearly to the image and arg-maxed (what a head that predicts at output stride s and is upsampled,
+    as FCN's and DeepLabV3's are, gets at best from perfectly recognised, perfectly averaged logits)."""
+    import torch.nn.functional as F
+
+    files = sorted((scenes / split / "masks").glob("*.png"))
+    masks = torch.from_numpy(numpy.stack([numpy.asarray(Image.open(file), dtype=numpy.int64) for file in files]))
+    classes = ["background", *filter(None, (scenes / "classes.txt").read_text().splitlines())]
+    onehot = F.one_hot(masks, len(classes)).permute(0, 3, 1, 2).float()  # (N, K, H, W)
+    result = {}
+    for stride in strides:
+        meter = SegmentationMeter(classes)
+        for start in range(0, len(masks), 100):
+            low = F.avg_pool2d(onehot[start:start + 100], stride)
+            seen = F.interpolate(low, size=masks.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+            meter.update(seen, masks[start:start + 100])
+        scores = meter.compute(per_class=True)
+        result[stride] = {"miou": scores["miou"],
+                          "iou": {name: values["iou"] for name, values in scores["per_class"].items()}}
+    return result
+
+
+def resolution_main(args: argparse.Namespace) -> None:
+    header = _common.run_header(False)
+    ceiling = resolution_ceiling(Path(args.resolution_ceiling))
+    rows = [[stride, f"{values['miou']:.4f}", ", ".join(f"{name} {iou:.3f}" for name, iou in values["iou"].items())]
+            for stride, values in ceiling.items()]
+    body = (f"Scenes: {args.resolution_ceiling}, test split. The true semantic masks, one-hot, area-averaged over "
+            "stride x stride cells, upsampled bilinearly and arg-maxed: the best mIoU of a head that predicts at that "
+            "output stride and is upsampled to the image (FCN, DeepLabV3).\n\n"
+            + _common.markdown_table(["output stride", "mIoU ceiling", "per-class IoU"], rows) + "\n")
+    _common.finish(f"{NAME}-resolution", "Scenes benchmark: the mIoU ceiling of each output stride", header,
+                   {"ceiling": {str(k): v for k, v in ceiling.items()}}, body, args.results_dir)
+
+
 def main() -> None:
     args = parse_args()
     _common.set_threads(args.threads)
+    if args.resolution_ceiling:
+        resolution_main(args)
+        return
     header = _common.run_header(args.quick)
     config = ScenesConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ScenesConfig)})
     with tempfile.TemporaryDirectory(prefix="cnnkit-scenes-") as workdir:

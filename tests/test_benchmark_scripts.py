@@ -30,3 +30,24 @@ def test_peers_quick_runs_without_the_peer_and_says_so(tmp_path):
     assert row["peer"]["missing"].startswith("no peer environment")
     assert 0.0 <= row["cnnkit"]["accuracy"] <= 1.0 and row["row"] == "classify/fastnet/0.05min"
     assert "no peer environment" in (tmp_path / "peers-quick.md").read_text()
+
+
+def test_resolution_ceiling_keeps_grid_aligned_masks_and_loses_objects_below_the_stride(tmp_path):
+    """benchmarks/scenes_data.py --resolution-ceiling: masks made of 4x4 blocks survive stride 4 but for their
+    corners (bilinear upsampling rounds them); at stride 8 a 4x4 object in an 8x8 cell is outvoted and lost."""
+    import numpy
+    from PIL import Image
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from scenes_data import resolution_ceiling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    (tmp_path / "test" / "masks").mkdir(parents=True)
+    (tmp_path / "classes.txt").write_text("Ankle boot\nBag\n")  # names with spaces stay one class
+    mask = numpy.zeros((16, 16), dtype=numpy.uint8)
+    mask[0:4, 0:4], mask[8:16, 8:16] = 1, 2
+    Image.fromarray(mask).save(tmp_path / "test" / "masks" / "000000.png")
+    ceiling = resolution_ceiling(tmp_path, strides=(4, 8))
+    assert 0.95 < ceiling[4]["miou"] < 1.0 and set(ceiling[4]["iou"]) == {"background", "Ankle boot", "Bag"}
+    assert ceiling[8]["iou"]["Ankle boot"] == 0.0 and ceiling[8]["miou"] < 1.0
