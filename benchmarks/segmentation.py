@@ -10,7 +10,8 @@ on the 500 test canvases:
 
 and inference speed: test images per second through the model alone (batches of 16, preprocessed,
 eval mode, the run's precision). Goals (issue 7): U-Net and DeepLabV3 >= 0.80 mIoU, FCN >= 0.75 mIoU,
-Mask R-CNN >= 0.75 mask mAP@.5; issue 25: yolo_seg_fastnet >= 0.69 mask mAP@.5 in 15 minutes on 1 thread (1.1x
+Mask R-CNN >= 0.75 mask mAP@.5; issue 25 (from a garment-trained encoder): U-Net >= 0.72, DeepLabV3 >= 0.70,
+FCN >= 0.68 mIoU, Mask R-CNN >= 0.78 mask mAP@.5, and yolo_seg_fastnet >= 0.69 mask mAP@.5 in 15 minutes on 1 thread (1.1x
 ultralytics YOLO11n-seg's 0.625 under those conditions).
 
 The budget: `cnnkit.train` with `budget=` the minutes (cnnkit.engine.budget): the Trainer plans the epochs and
@@ -27,6 +28,8 @@ instead; their "epochs" read run/planned.
     .venv/bin/python benchmarks/segmentation.py --models unet_fastnet --encoder garments --encoder-minutes 6
     .venv/bin/python benchmarks/segmentation.py --models unet_fastnet --encoder garments --seed 1 \
         --encoder-run fastnet=RUNS/encoder-garments-fastnet      # another seed, the same encoder
+    .venv/bin/python benchmarks/segmentation.py --models deeplabv3_fastnet fcn_fastnet --encoder garments \
+        --encoder-minutes 6                                      # DeepLabV3 / FCN on the same fastnet encoder
 
 The scenes data is made with `cnnkit data make-scenes DATA --seed 0` when DATA does not exist yet.
 Writes benchmarks/results/segmentation.json and .md (segmentation-quick.* for --quick).
