@@ -42,9 +42,10 @@ def test_optimized_inputs_excite_their_channels_more_than_noise_and_real_images(
         score = float(optimized[row, channel])
         assert score == pytest.approx(result.scores[row], abs=1e-4)
         assert score > result.start_scores[row] + 0.1
-        # "much more than noise": measured 13-66 standard deviations of 32 noise images above their mean
+        # "much more than noise": measured 13-66 standard deviations of 32 noise images above their mean for a
+        # bf16-trained fixture; 7.3-66 when it trains in fp32 (CPUs without native bf16), so the bar is 5
         noise = noise_means[:, channel]
-        assert (score - float(noise.mean())) / float(noise.std()) > 8, (channel, score)
+        assert (score - float(noise.mean())) / float(noise.std()) > 5, (channel, score)
         # and more than any of the 80 real test images (measured: by 0.2-2.6)
         assert score > float(real_means[:, channel].max()), (channel, score)
 
