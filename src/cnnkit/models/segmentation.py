@@ -158,11 +158,11 @@ def fastnet_backbone(in_chans: int, output_stride: int, return_layers: dict[str,
     return IntermediateLayerGetter(net, return_layers)
 
 
-def _backbone(name: str, in_chans: int, input_size, output_stride: int, return_layers: dict[str, str]):
-    """(feature extractor, its deep features' channels) for a ResNet name or "fastnet"."""
+def _deep_backbone(name: str, in_chans: int, input_size, output_stride: int):
+    """(feature extractor giving {"out": deep features}, their channels) for a ResNet name or "fastnet"."""
     if name == "fastnet":
-        return fastnet_backbone(in_chans, output_stride, return_layers), 128
-    return resnet_backbone(name, in_chans, input_size, output_stride, return_layers), _resnet_channels(name)[1]
+        return fastnet_backbone(in_chans, output_stride, {"stages": "out"}), 128
+    return resnet_backbone(name, in_chans, input_size, output_stride, {"layer4": "out"}), _resnet_channels(name)[1]
 
 
 def default_rates(input_size, output_stride: int, small: bool) -> tuple[int, ...]:
@@ -186,8 +186,7 @@ def fcn(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: int = 
         output_stride: int = 8) -> FCN:
     """FCN on a dilated ResNet or fastnet (torchvision's FCN and FCNHead; `fcn_resnet50` is torchvision's model)."""
     _check(num_classes, in_chans, input_size)
-    layer = "stages" if backbone_name == "fastnet" else "layer4"
-    backbone, channels = _backbone(backbone_name, in_chans, input_size, output_stride, {layer: "out"})
+    backbone, channels = _deep_backbone(backbone_name, in_chans, input_size, output_stride)
     return FCN(backbone, FCNHead(channels, num_classes), None)
 
 
@@ -208,8 +207,7 @@ def deeplabv3(backbone_name: str = "resnet50", num_classes: int = 21, in_chans: 
     """DeepLabV3 on a dilated ResNet or fastnet (torchvision's DeepLabV3 and ASPP; `aspp_channels` 256 as the
     paper, fewer for a cheaper head on a small backbone)."""
     small = _check(num_classes, in_chans, input_size)
-    layer = "stages" if backbone_name == "fastnet" else "layer4"
-    backbone, channels = _backbone(backbone_name, in_chans, input_size, output_stride, {layer: "out"})
+    backbone, channels = _deep_backbone(backbone_name, in_chans, input_size, output_stride)
     rates = tuple(atrous_rates) if atrous_rates else default_rates(input_size, output_stride, small)
     return DeepLabV3(backbone, deeplab_head(channels, num_classes, rates, aspp_channels), None)
 
