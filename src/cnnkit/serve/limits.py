@@ -7,8 +7,11 @@ Order of checks for `POST /predict`, cheapest first, so a hostile or mistaken re
    site must not reach a local server through a name it controls); both Content-Length and
    Transfer-Encoding -> 400 (RFC 9112 6.3: such a request is how a body hides its size); no
    Content-Length (a chunked upload) -> 411; a Content-Length over `max_body_bytes` -> 413. Then the body
-   is read here, counting the bytes actually received: past `max_body_bytes` -> 413 at once, the rest
-   unread and the connection closed, so no more than the limit (plus one network read) is ever held;
+   is read here, counting the bytes actually received: past `max_body_bytes` -> 413, so no more than the
+   limit (plus one network read) is ever held; the rest of a refused body is read and thrown away (at most
+   `LINGER_BYTES` within `LINGER_S`, as nginx's lingering close does) before the answer is sent and the
+   connection closed: closing a socket with unread bytes makes the kernel send a reset, and a client still
+   uploading then loses the answer ("peer closed connection") instead of reading the 413/411/400;
    a body not complete within `read_timeout_s` -> 408 (a slow client is dropped). Headers not complete
    within `read_timeout_s` close the connection (`SlowClientProtocol`, app.py).
 2. Queue room (queue.py): all workers busy and the queue full -> 503 with Retry-After.
@@ -30,6 +33,7 @@ bad input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from dataclasses import dataclass
 
@@ -92,6 +96,8 @@ class ServeError(CnnkitError):
 
 # Refusals sent before the body is read close the connection: the unread rest cannot start the next request.
 CLOSE = {"Connection": "close"}
+# How much of a refused body is read and discarded before the refusal is sent (module docstring, step 1).
+LINGER_BYTES, LINGER_S = 64 * 2**20, 2.0
 
 
 class BadRequest(ServeError):
@@ -115,7 +121,7 @@ class PayloadTooLarge(ServeError):
 
 
 class BodyTooLarge(PayloadTooLarge):
-    headers = CLOSE  # the rest of the body is never read
+    headers = CLOSE  # the rest of the body is never kept
 
 
 class UnsupportedImage(ServeError):
@@ -209,12 +215,22 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 return b"".join(chunks), False
 
+    @staticmethod
+    async def _discard(receive, budget: int) -> None:
+        """Read and drop what is left of a refused body, up to `budget` bytes (nothing is kept)."""
+        while budget > 0:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+            budget -= len(message.get("body", b""))
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         error = self._refusal(scope)
-        if error is None and scope["method"] in ("POST", "PUT", "PATCH"):
+        uploading = scope["method"] in ("POST", "PUT", "PATCH")
+        if error is None and uploading:
             try:
                 body, disconnected = await asyncio.wait_for(self._read_body(receive), self.read_timeout_s)
             except ServeError as refused:
@@ -227,6 +243,9 @@ class BodySizeLimit:
                     return
                 receive = _replay(body, receive)
         if error is not None:
+            if uploading and error.headers is CLOSE and not isinstance(error, RequestTimeout):  # linger (docstring)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._discard(receive, LINGER_BYTES), min(LINGER_S, self.read_timeout_s))
             await error.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
