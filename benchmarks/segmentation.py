@@ -30,6 +30,8 @@ instead; their "epochs" read run/planned.
         --encoder-run fastnet=RUNS/encoder-garments-fastnet      # another seed, the same encoder
     .venv/bin/python benchmarks/segmentation.py --models deeplabv3_fastnet fcn_fastnet --encoder garments \
         --encoder-minutes 6                                      # DeepLabV3 / FCN on the same fastnet encoder
+    .venv/bin/python benchmarks/segmentation.py --models deeplabv3_fastnet --encoder garments --encoder-minutes 12 \
+        --tag enc12 --seed 2                                     # a variant's rows beside the earlier ones
 
 The scenes data is made with `cnnkit data make-scenes DATA --seed 0` when DATA does not exist yet.
 Writes benchmarks/results/segmentation.json and .md (segmentation-quick.* for --quick).
@@ -155,6 +157,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder-only", action="store_true",
                         help="train the --encoder classifier (and, for scene-crops, score the scenes' oracle with it), "
                              "no segmenter; writes segmentation-encoder.json and .md")
+    parser.add_argument("--tag", default=None,
+                        help="appended to the rows' names (MODEL+garments-TAG-seedN), so a variant (another encoder, "
+                             "another setting) stands beside the earlier rows instead of replacing them")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the rows of models not run this time (default: keep them from segmentation.json)")
     return parser.parse_args()
@@ -298,6 +303,11 @@ def train_encoder(args, out: Path, backbone: str = "resnet18") -> dict:
     return result
 
 
+def row_name(name: str, tag: str | None, seed: int) -> str:
+    """A row's name in segmentation.json: a --tag and a seed other than 0 stand beside the earlier rows, not over them."""
+    return name + (f"-{tag}" if tag else "") + (f"-seed{seed}" if seed else "")
+
+
 def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
     import cnnkit
 
@@ -339,8 +349,7 @@ def run_model(name: str, args, out: Path, encoder: dict | None = None) -> dict:
         goal = GARMENT_GOALS[name]
         row["goal"] = {"metric": key, "value": goal}
         row["goal_met"] = row[key] >= goal
-    if args.seed:  # seeds beside seed 0's row, not over it
-        row["name"] += f"-seed{args.seed}"
+    row["name"] = row_name(row["name"], args.tag, args.seed)
     if args.note:
         row["note"] = args.note
     print(f"{name}: {key} {row[key]:.4f} (goal {goal}), {train_seconds / 60:.1f} min, "

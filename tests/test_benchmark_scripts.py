@@ -51,3 +51,14 @@ def test_resolution_ceiling_keeps_grid_aligned_masks_and_loses_objects_below_the
     ceiling = resolution_ceiling(tmp_path, strides=(4, 8))
     assert 0.95 < ceiling[4]["miou"] < 1.0 and set(ceiling[4]["iou"]) == {"background", "Ankle boot", "Bag"}
     assert ceiling[8]["iou"]["Ankle boot"] == 0.0 and ceiling[8]["miou"] < 1.0
+
+
+def test_segmentation_rows_of_a_tag_or_seed_stand_beside_the_earlier_ones():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from segmentation import row_name
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    names = {row_name("deeplabv3_fastnet+garments", tag, seed) for tag in (None, "enc12") for seed in (0, 1, 2)}
+    assert len(names) == 6 and "deeplabv3_fastnet+garments" in names
+    assert row_name("deeplabv3_fastnet+garments", "enc12", 2) == "deeplabv3_fastnet+garments-enc12-seed2"
