@@ -306,3 +306,52 @@ def test_beit_predicts_each_patch_from_the_visible_ones_only():
         assert torch.allclose(net.predict(changed, fixed), reference, atol=1e-5)
         changed[:, :, :4, 4:8] += 5.0  # a visible patch's: seen
         assert not torch.allclose(net.predict(changed, fixed), reference, atol=1e-3)
+
+
+def test_block_masking_masks_exactly_the_ratio_in_rectangles():
+    from cnnkit.models.ssl import block_masking
+
+    generator = torch.Generator().manual_seed(0)
+    masks = block_masking(64, 7, 7, 0.4, generator=generator)
+    assert masks.shape == (64, 49) and (masks.sum(1) == round(49 * 0.4)).all()
+    assert torch.equal(masks, block_masking(64, 7, 7, 0.4, generator=torch.Generator().manual_seed(0)))
+    # blocks, not salt and pepper: masked patches have more masked 4-neighbours than uniform masking gives them
+    def neighbours(mask: torch.Tensor) -> float:
+        grid = mask.reshape(-1, 7, 7)
+        padded = torch.nn.functional.pad(grid, (1, 1, 1, 1))
+        around = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+        return float((around * grid).sum() / grid.sum())
+
+    uniform = random_masking(64, 49, 0.4, generator=torch.Generator().manual_seed(0))[1]
+    assert neighbours(masks) > neighbours(uniform) + 0.8
+
+
+def test_beit_block_masking_through_the_settings():
+    from cnnkit.config import TrainConfig
+    from cnnkit.engine.distributed import DistInfo
+    from cnnkit.errors import ConfigError
+    from cnnkit.registry import create_model
+    from cnnkit.tasks.pretrain.setup import check_settings
+
+    net = create_model("beit", backbone="vit_mini", in_chans=1, input_size=28, masking="block")
+    _, mask = net(torch.randn(2, 1, 28, 28), objective=True)
+    assert (mask.sum(1) == 20).all()
+    with pytest.raises(ConfigError, match="masking=block is for method=beit"):
+        check_settings(TrainConfig(task="pretrain", method="mae", masking="block"), DistInfo(rank=0, world_size=1))
+    with pytest.raises(ConfigError, match="masking='rows' is not one of random, block"):
+        TrainConfig(task="pretrain", method="beit", masking="rows").validate()
+
+
+def test_vit_mini_average_pooling_shares_the_token_pooling_weights():
+    from cnnkit.registry import create_model
+
+    torch.manual_seed(0)
+    token = create_model("vit_mini", num_classes=10, in_chans=1, input_size=28).eval()
+    average = create_model("vit_mini", num_classes=10, in_chans=1, input_size=28, global_pool="avg").eval()
+    assert token.state_dict().keys() == average.state_dict().keys()
+    average.load_state_dict(token.state_dict())
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        tokens = token.forward_features(images)  # (B, 1 + 49, D), after the last norm
+        assert torch.allclose(average(images), token.head(tokens[:, 1:].mean(1)), atol=1e-5)
+        assert torch.allclose(token(images), token.head(tokens[:, 0]), atol=1e-5)

@@ -229,6 +229,8 @@ class TrainConfig:
     moco_momentum: float = setting(0.99, "task=pretrain, moco: the key encoder's EMA momentum")
     mask_ratio: float | None = setting(None, "task=pretrain, mae/beit: fraction of patches masked; None: 0.75 (mae), "
                                        "0.4 (beit)")
+    masking: str = setting("random", 'task=pretrain, beit: which patches are masked: "random" (uniformly) or "block" '
+                           "(BEiT's blockwise masking: rectangles of >= 4 patches, aspect 0.3-3.3)")
     views: str = setting("simclr", 'task=pretrain: the views\' augmentation: "simclr" (crop 0.2-1, flip, brightness '
                          '/ contrast 0.4, blur; crop 0.35-1 + flip for mae/beit) or "config" (the augmentation '
                          "settings above)")
@@ -280,6 +282,7 @@ class TrainConfig:
             "auto_augment": ("none", "autoaugment", "randaugment", "trivialaugment"),
             "detect_augment": ("none", "light", "default", "strong"),  # cnnkit.data.detection.transforms presets
             "logger": ("none", "tensorboard", "mlflow"),
+            "masking": ("random", "block"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

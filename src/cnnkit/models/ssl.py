@@ -13,7 +13,10 @@ whose head is removed: `backbone` is that classifier, so `pretrained=RUN` loads 
   and the encoder predicts a target for each. Deviation: BEiT's targets are the discrete codes of a DALL-E
   dVAE tokenizer (downloaded, trained on 250M images); cnnkit predicts the HOG features of the masked patches
   instead (Wei et al. 2022, "Masked Feature Prediction for Self-Supervised Visual Pre-Training", MaskFeat),
-  which needs no tokenizer and no download. Masking is uniform at random, not BEiT's blockwise masking.
+  which needs no tokenizer and no download. Masking is uniform at random by default; `masking="block"` is BEiT's
+  blockwise masking (its Algorithm 1: rectangles of random area and aspect ratio until the ratio is reached), with
+  a minimum block of 4 patches instead of 16 (a 28 px image has 7 x 7 patches, not 14 x 14), topped up uniformly
+  at random when the last rectangle does not fit, so that exactly round(L x mask_ratio) patches are masked.
 
 Not from lightly/solo-learn: they bring Lightning and hydra, and these are a few dozen lines over timm's blocks.
 """
@@ -21,7 +24,9 @@ Not from lightly/solo-learn: they bring Lightning and hydra, and these are a few
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -149,6 +154,49 @@ def random_masking(batch: int, length: int, mask_ratio: float, device=None,
     return keep, mask
 
 
+def block_masking(batch: int, rows: int, columns: int, mask_ratio: float, min_block: int = 4,
+                  generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """BEiT's blockwise masking (Bao et al. 2022, Algorithm 1): mask (B, rows * columns), 1 where masked.
+
+    Rectangles of s patches (min_block <= s <= those still to mask) and aspect ratio r in [0.3, 1/0.3] (log-uniform)
+    are placed at random until round(L x mask_ratio) patches are masked; where ten tries in a row add nothing, the
+    rest are picked uniformly at random among the visible ones, so the count is always exact.
+    """
+    length = rows * columns
+    target = int(round(length * mask_ratio))
+    if not 0 < target < length:
+        raise ModelError(f"mask_ratio={mask_ratio} masks {target} of {length} patches; it must leave at least one "
+                         "patch masked and one visible")
+    # Python's random and numpy, not torch ops: ~30 draws and slices per image, a few microseconds each this way
+    draw = random.Random(int(torch.randint(2 ** 62, (), generator=generator)))
+    masks = np.zeros((batch, rows, columns), dtype=np.float32)
+    for mask in masks:
+        count, failures = 0, 0
+        while count < target and failures < 10:
+            remaining = target - count
+            if remaining < min_block:
+                break
+            area = draw.uniform(min_block, remaining)
+            aspect = math.exp(draw.uniform(math.log(0.3), math.log(1 / 0.3)))
+            height = int(round(math.sqrt(area * aspect)))
+            width = int(round(math.sqrt(area / aspect)))
+            if not (0 < height <= rows and 0 < width <= columns):
+                failures += 1
+                continue
+            top, left = draw.randrange(rows - height + 1), draw.randrange(columns - width + 1)
+            block = mask[top:top + height, left:left + width]
+            added = int((block == 0).sum())
+            if 0 < added <= remaining:
+                block.fill(1.0)
+                count, failures = count + added, 0
+            else:
+                failures += 1
+        if count < target:  # top up: exactly `target` patches masked
+            flat = mask.reshape(-1)
+            flat[draw.sample(np.flatnonzero(flat == 0).tolist(), target - count)] = 1.0
+    return torch.from_numpy(masks.reshape(batch, length)).to(device)
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE: `reconstruct(images)` -> (per-patch pixel predictions (B, L, P), mask (B, L)); `forward` gives the
     encoder's features of the whole image (the class token after the last norm), for kNN and probes."""
@@ -231,8 +279,11 @@ class MaskedFeatureNet(nn.Module):
     gives each patch's predicted HOG features (B, L, hog_dim) with the masked patches replaced by a mask token."""
 
     def __init__(self, backbone: str = "vit_mini", in_chans: int = 1, input_size=28, mask_ratio: float = 0.4,
-                 hog_bins: int = 9, backbone_args: dict | None = None):
+                 hog_bins: int = 9, backbone_args: dict | None = None, masking: str = "random"):
         super().__init__()
+        if masking not in ("random", "block"):
+            raise ModelError(f"beit: masking={masking!r}; use 'random' or 'block'")
+        self.masking = masking
         self.backbone, width = headless(backbone, in_chans, input_size, backbone_args)
         if not all(hasattr(self.backbone, part) for part in ("patch_embed", "pos_embed", "blocks", "cls_token")):
             raise ModelError(f"--method mae/beit needs a timm ViT backbone (e.g. --model vit_mini), not {backbone}")
@@ -247,8 +298,14 @@ class MaskedFeatureNet(nn.Module):
         """Features; objective=True: HOG predictions at a random mask of mask_ratio, (predictions, mask)."""
         if not objective:
             return self.backbone(images)
-        _, mask = random_masking(len(images), self.backbone.patch_embed.num_patches, self.mask_ratio, images.device)
-        return self.predict(images, mask), mask
+        return self.predict(images, mask := self.random_mask(len(images), images.device)), mask
+
+    def random_mask(self, batch: int, device=None) -> torch.Tensor:
+        """A fresh mask (B, L) of this net's ratio and kind, 1 where masked."""
+        if self.masking == "block":
+            rows, columns = self.backbone.patch_embed.grid_size
+            return block_masking(batch, rows, columns, self.mask_ratio, device=device)
+        return random_masking(batch, self.backbone.patch_embed.num_patches, self.mask_ratio, device)[1]
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
         return patch_hog(images, self.patch_size, self.hog_bins, self.cells)
@@ -293,6 +350,7 @@ def mae(backbone: str = "vit_mini", in_chans: int = 1, input_size=28, num_classe
 
 @register_model(family="ssl", task="pretrain")
 def beit(backbone: str = "vit_mini", in_chans: int = 1, input_size=28, num_classes: int | None = None,
-         mask_ratio: float = 0.4, hog_bins: int = 9, backbone_args: dict | None = None) -> MaskedFeatureNet:
+         mask_ratio: float = 0.4, hog_bins: int = 9, backbone_args: dict | None = None,
+         masking: str = "random") -> MaskedFeatureNet:
     """BEiT-style masked image modelling, predicting the HOG features of masked patches (MaskFeat's targets)."""
-    return MaskedFeatureNet(backbone, in_chans, input_size, mask_ratio, hog_bins, backbone_args)
+    return MaskedFeatureNet(backbone, in_chans, input_size, mask_ratio, hog_bins, backbone_args, masking)

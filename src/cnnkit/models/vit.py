@@ -92,13 +92,18 @@ def vit_small_patch16_224(num_classes: int = 1000, in_chans: int = 3, input_size
 @register_model(family="vit", source="cnnkit")
 def vit_mini(num_classes: int = 10, in_chans: int = 1, input_size: int | tuple[int, int] = 28,
              drop_rate: float | None = None, drop_path_rate: float | None = None, patch_size: int | None = None,
-             embed_dim: int = 128, depth: int = 6, num_heads: int = 4) -> nn.Module:
+             embed_dim: int = 128, depth: int = 6, num_heads: int = 4, global_pool: str = "token") -> nn.Module:
     """A small ViT for 28-32 px images on CPUs (6 layers, width 128, 4 heads, 1.2M parameters; timm's blocks).
 
     cnnkit's own size, not a paper's: DeiT-Ti (width 192, 12 layers) trains ~4x slower on two CPU cores. It is
     the encoder of `--task pretrain --method mae|beit` (cnnkit.models.ssl), so a pretrain run fine-tunes into it.
+    global_pool: "token" (the class token, ViT's way) or "avg" (the mean of the patch tokens after the last norm,
+    as BEiT and MAE fine-tune: a masked-image-modelling loss trains the patch tokens, not the class token). Both
+    have the same weights, so a run of either loads into the other.
     """
     check_args(num_classes, in_chans, drop_rate, drop_path_rate)
+    if global_pool not in ("token", "avg"):
+        raise ModelError(f"vit_mini: global_pool={global_pool!r}; use 'token' or 'avg'")
     size = zoo_input_size(input_size)
     patch_size = patch_size or (SMALL_PATCH if is_small(size) else 16)
     if any(side % patch_size for side in size):
@@ -106,4 +111,5 @@ def vit_mini(num_classes: int = 10, in_chans: int = 1, input_size: int | tuple[i
                          f"got input_size={input_size!r}; resize the images or pass patch_size=")
     return timm_vit.VisionTransformer(img_size=size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                                       embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                                      global_pool=global_pool, fc_norm=False,
                                       **given(drop_rate=drop_rate, drop_path_rate=drop_path_rate))

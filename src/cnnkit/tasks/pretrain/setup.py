@@ -28,6 +28,9 @@ def check_settings(config, dist_info) -> None:
         raise ConfigError(f"temperature={config.temperature} must be greater than 0 (e.g. 0.2)")
     if config.mask_ratio is not None and not 0.0 < config.mask_ratio < 1.0:
         raise ConfigError(f"mask_ratio={config.mask_ratio} must be in (0, 1), e.g. 0.75")
+    if config.masking != "random" and config.method != "beit":
+        raise ConfigError(f"masking={config.masking} is for method=beit; {config.method} masks uniformly at random "
+                          "(drop masking= or use method=beit)")
     if config.projection_dim < 1 or config.moco_queue < 1 or config.knn_k < 1 or not config.knn_temperature > 0:
         raise ConfigError("projection_dim, moco_queue and knn_k must be 1 or more, knn_temperature above 0")
     if not 0.0 <= config.moco_momentum < 1.0:
@@ -59,6 +62,8 @@ def architecture_of(config, preprocessing) -> dict:
         args.update(queue_size=config.moco_queue, momentum=config.moco_momentum)
     if config.method in DEFAULT_MASK_RATIOS:
         args["mask_ratio"] = config.mask_ratio if config.mask_ratio is not None else DEFAULT_MASK_RATIOS[config.method]
+    if config.method == "beit" and config.masking != "random":
+        args["masking"] = config.masking  # absent from older records: they were all "random"
     return {"name": config.method, "args": args}
 
 
