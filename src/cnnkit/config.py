@@ -230,7 +230,7 @@ class TrainConfig:
     mask_ratio: float | None = setting(None, "task=pretrain, mae/beit: fraction of patches masked; None: 0.75 (mae), "
                                        "0.4 (beit)")
     masking: str = setting("random", 'task=pretrain, beit: which patches are masked: "random" (uniformly) or "block" '
-                           "(BEiT's blockwise masking: rectangles of >= 4 patches, aspect 0.3-3.3)")
+                           "(BEiT's blockwise masking: rectangles of >= 4 patches at 7x7, 16 at 14x14, aspect 0.3-3.3)")
     views: str = setting("simclr", 'task=pretrain: the views\' augmentation: "simclr" (crop 0.2-1, flip, brightness '
                          '/ contrast 0.4, blur; crop 0.35-1 + flip for mae/beit) or "config" (the augmentation '
                          "settings above)")

@@ -15,7 +15,7 @@ whose head is removed: `backbone` is that classifier, so `pretrained=RUN` loads 
   instead (Wei et al. 2022, "Masked Feature Prediction for Self-Supervised Visual Pre-Training", MaskFeat),
   which needs no tokenizer and no download. Masking is uniform at random by default; `masking="block"` is BEiT's
   blockwise masking (its Algorithm 1: rectangles of random area and aspect ratio until the ratio is reached), with
-  a minimum block of 4 patches instead of 16 (a 28 px image has 7 x 7 patches, not 14 x 14), topped up uniformly
+  BEiT's minimum block of 16 of 14 x 14 patches scaled to the grid (4 for a 28 px image's 7 x 7), topped up uniformly
   at random when the last rectangle does not fit, so that exactly round(L x mask_ratio) patches are masked.
 
 Not from lightly/solo-learn: they bring Lightning and hydra, and these are a few dozen lines over timm's blocks.
@@ -154,15 +154,17 @@ def random_masking(batch: int, length: int, mask_ratio: float, device=None,
     return keep, mask
 
 
-def block_masking(batch: int, rows: int, columns: int, mask_ratio: float, min_block: int = 4,
+def block_masking(batch: int, rows: int, columns: int, mask_ratio: float, min_block: int | None = None,
                   generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """BEiT's blockwise masking (Bao et al. 2022, Algorithm 1): mask (B, rows * columns), 1 where masked.
 
     Rectangles of s patches (min_block <= s <= those still to mask) and aspect ratio r in [0.3, 1/0.3] (log-uniform)
     are placed at random until round(L x mask_ratio) patches are masked; where ten tries in a row add nothing, the
-    rest are picked uniformly at random among the visible ones, so the count is always exact.
+    rest are picked uniformly at random among the visible ones, so the count is always exact. min_block: BEiT's 16
+    patches of 14 x 14 scaled to this grid (4 of 7 x 7) unless given.
     """
     length = rows * columns
+    min_block = min_block or max(4, round(16 * length / 196))
     target = int(round(length * mask_ratio))
     if not 0 < target < length:
         raise ModelError(f"mask_ratio={mask_ratio} masks {target} of {length} patches; it must leave at least one "
